@@ -1,0 +1,34 @@
+"""What every stage entry point shares: load and validate params.yaml, turn known failures into a
+one-line message and a non-zero exit (no traceback for bad input)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from diffaudit.config.schema import Config, ConfigError, load_params
+from diffaudit.data.types import DataError
+from diffaudit.diffusion.lit_module import NonFiniteLossError
+from diffaudit.tracking.mlflow_tracking import TrackingError
+from diffaudit.training.diffusion_training import CheckpointMismatchError
+
+EXPECTED = (ConfigError, DataError, TrackingError, NonFiniteLossError, CheckpointMismatchError, FileNotFoundError)
+
+
+class GateFailure(RuntimeError):
+    """A release gate failed and the config says that fails the stage."""
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("DIFFAUDIT_PROGRESS", "1") != "0"
+
+
+def run(stage: str, main: Callable[[Config], None]) -> None:
+    params = os.environ.get("DIFFAUDIT_PARAMS", "params.yaml")
+    try:
+        cfg = load_params(params)
+        main(cfg)
+    except (*EXPECTED, GateFailure) as err:
+        print(f"[{stage}] error: {err}", file=sys.stderr)
+        sys.exit(1)

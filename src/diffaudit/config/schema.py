@@ -1,0 +1,194 @@
+"""Typed schema of the composed config (conf/ -> params.yaml), validated at the start of every stage.
+
+A bad key, type or value fails fast with the dotted key and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """The composed config is invalid; the message lists every bad key with what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BiasCfg(_Strict):
+    """Keep only `keep_fraction` of one attribute group within `classes` (a deliberately skewed set)."""
+
+    attribute: str
+    group: int = Field(ge=0)
+    keep_fraction: float = Field(gt=0.0, le=1.0)
+    classes: list[int] = Field(min_length=1)
+
+
+class DataCfg(_Strict):
+    name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "celeba", "image_folder"]
+    root: str | None = None
+    image_size: int = Field(ge=4, le=512)
+    channels: Literal[1, 3]
+    val_fraction: float = Field(gt=0.0, lt=0.5)
+    test_fraction: float = Field(gt=0.0, lt=0.5)
+    max_per_class: int | None = Field(default=None, ge=2)
+    label_attribute: str | None = None
+    attributes: list[str] | None = None
+    csv: str = "attributes.csv"
+    bias: BiasCfg | None = None
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataCfg:
+        if self.name != "digits" and not self.root:
+            raise ValueError(f"data.root is required for data.name={self.name!r} (a local folder)")
+        return self
+
+
+class ModelCfg(_Strict):
+    block_out_channels: list[int] = Field(min_length=1)
+    layers_per_block: int = Field(ge=1)
+    attention: list[bool]
+    norm_num_groups: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelCfg:
+        if len(self.attention) != len(self.block_out_channels):
+            raise ValueError("model.attention needs one flag per entry of model.block_out_channels")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"model.block_out_channels entry {c} is not divisible by model.norm_num_groups")
+        return self
+
+
+class DiffusionCfg(_Strict):
+    num_train_timesteps: int = Field(ge=10, le=10000)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+    prediction_type: Literal["epsilon", "v_prediction", "sample"]
+
+
+class TrainCfg(_Strict):
+    max_steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    warmup_steps: int = Field(ge=0)
+    ema_decay: float = Field(ge=0.0, lt=1.0)
+    grad_clip: float = Field(ge=0.0)
+    cond_drop_prob: float = Field(ge=0.0, lt=1.0)
+    checkpoint_every_n_steps: int = Field(ge=1)
+    log_every_n_steps: int = Field(ge=1)
+    num_workers: int = Field(ge=0)
+    scale_lr: bool = False
+
+
+class TrainerCfg(_Strict):
+    accelerator: Literal["cpu", "gpu", "auto"]
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp"]
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+
+
+class SamplerCfg(_Strict):
+    name: Literal["ddpm", "ddim", "dpm_solver", "euler"]
+    steps: int = Field(ge=1, le=10000)
+    guidance_scale: float = Field(ge=0.0)
+    eta: float = Field(ge=0.0, le=1.0)
+    num_per_class: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+
+
+class EvaluatorCfg(_Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    width: int = Field(ge=4)
+
+
+class EvalCfg(_Strict):
+    feature: Literal["evaluator", "inception"]
+    inception_weights: str | None = None
+    kid_subset_size: int = Field(ge=2)
+    evaluator: EvaluatorCfg
+
+
+class AuditCfg(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)  # gate thresholds grow with the audit
+    fail_on_gate: bool = False
+
+
+class TrackingCfg(_Strict):
+    uri: str
+    experiment_name: str = Field(min_length=1)
+    registered_model_name: str = Field(min_length=1)
+
+
+class PathsCfg(_Strict):
+    data: str
+    models: str
+    samples: str
+    metrics: str
+    plots: str
+    reports: str
+
+
+class Config(_Strict):
+    seed: int = Field(ge=0)
+    data: DataCfg
+    model: ModelCfg
+    diffusion: DiffusionCfg
+    train: TrainCfg
+    trainer: TrainerCfg
+    sampler: SamplerCfg
+    eval: EvalCfg
+    audit: AuditCfg
+    tracking: TrackingCfg
+    paths: PathsCfg
+
+    @model_validator(mode="after")
+    def _image_divisible(self) -> Config:
+        levels = len(self.model.block_out_channels) - 1
+        if self.data.image_size % (2**levels):
+            raise ValueError(
+                f"data.image_size={self.data.image_size} cannot be halved {levels} times by the UNet "
+                f"(model.block_out_channels has {levels + 1} levels): use a multiple of {2**levels}"
+            )
+        return self
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not in the schema)"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    """Validate a composed config dict; raise ConfigError naming every bad key and what is allowed."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml, the composed config every stage reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: compose it first with `make params`")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} does not hold a mapping")
+    return validate_config(raw)

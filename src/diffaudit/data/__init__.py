@@ -1,0 +1,1 @@
+"""Datasets: loading (embedded digits, torchvision on-disk formats, image folders), preparation, splits."""

@@ -1,0 +1,1 @@
+"""Diffusion: noise schedules and samplers (diffusers schedulers), the Lightning training module, sampling."""

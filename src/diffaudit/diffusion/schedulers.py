@@ -1,0 +1,50 @@
+"""Schedulers: the training noise schedule and the samplers built from the same config.
+
+Every sampler clips or thresholds the x0-prediction: with epsilon prediction on the cosine schedule
+the x0-prediction explodes at high noise otherwise (measured: several times worse FID).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from diffaudit.config.schema import DiffusionCfg
+
+SAMPLERS = ("ddpm", "ddim", "dpm_solver", "euler")
+
+
+def build_noise_scheduler(cfg: DiffusionCfg) -> DDPMScheduler:
+    """The forward (noising) process used in training; its config is saved with the model."""
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=True,
+        clip_sample_range=1.0,
+    )
+
+
+def build_sampler(name: str, train_config: dict[str, Any]) -> SchedulerMixin:
+    """A sampler scheduler sharing the training schedule (betas, objective)."""
+    if name == "ddpm":
+        return DDPMScheduler.from_config(train_config, clip_sample=True)
+    if name == "ddim":
+        return DDIMScheduler.from_config(train_config, clip_sample=True, set_alpha_to_one=True)
+    if name == "dpm_solver":
+        return DPMSolverMultistepScheduler.from_config(
+            train_config, algorithm_type="dpmsolver++", solver_order=2,
+            thresholding=True, sample_max_value=1.0, dynamic_thresholding_ratio=0.995,
+            final_sigmas_type="zero", lower_order_final=True,
+        )
+    if name == "euler":
+        # Euler has no clipping option of its own: sampling.py clips its x0-prediction.
+        return EulerDiscreteScheduler.from_config(train_config)
+    raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")

@@ -1,0 +1,1 @@
+"""Networks: the diffusion denoiser (a diffusers UNet) and the evaluator classifier."""

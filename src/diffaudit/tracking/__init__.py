@@ -1,0 +1,1 @@
+"""Experiment tracking: MLflow runs for the pipeline and its stages."""

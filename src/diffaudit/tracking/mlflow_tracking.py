@@ -1,0 +1,174 @@
+"""MLflow runs: one parent run per pipeline execution, one nested run per stage.
+
+Stages are separate processes (DVC runs them), so the parent is found by a pipeline id that
+`make repro` exports (DIFFAUDIT_PIPELINE_ID); `dvc exp run` supplies DVC_EXP_NAME; a bare
+`dvc repro` groups stages by git commit and config hash. Only global rank 0 ever writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from diffaudit.config.schema import Config
+from diffaudit.utils.lineage import git_commit, path_md5
+
+PIPELINE_TAG = "diffaudit.pipeline_id"
+STAGE_TAG = "diffaudit.stage"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def is_global_zero() -> bool:
+    """True on the process that may write (rank 0 of a distributed job, or a single process)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def tracking_uri(cfg: Config) -> str:
+    """MLFLOW_TRACKING_URI wins over the config, so a shared server needs no config change."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+
+
+def redact_uri(uri: str) -> str:
+    """Drop credentials (user:password@) from a URI before it is printed or logged."""
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, with the URI in the message, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    # Keep MLflow's own client from retrying for minutes if the server goes away later.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"MLflow server {redact_uri(uri)} answered /health with {resp.status}")
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise TrackingError(
+            f"MLflow tracking server {redact_uri(uri)} is unreachable ({err}); start it (`make ui`) "
+            "or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+        ) from None
+
+
+def setup(cfg: Config) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id."""
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.set_experiment(cfg.tracking.experiment_name).experiment_id
+    except Exception as err:  # MLflow raises many types for a bad store
+        raise TrackingError(f"cannot use MLflow store {redact_uri(uri)}: {err}") from None
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}, as MLflow params."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out |= flatten(v, f"{prefix}{k}.")
+    else:
+        out[prefix.rstrip(".")] = json.dumps(data) if isinstance(data, list) else str(data)
+    return out
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    params = flatten(cfg.model_dump(mode="json"))
+    params["tracking.uri"] = redact_uri(params["tracking.uri"])
+    return params
+
+
+def pipeline_id(cfg: Config) -> str:
+    explicit = os.environ.get("DIFFAUDIT_PIPELINE_ID") or os.environ.get("DVC_EXP_NAME")
+    if explicit:
+        return explicit
+    digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{git_commit()[:12]}-{digest}"
+
+
+def find_or_create_parent(experiment_id: str, pid: str, cfg: Config | None = None) -> str:
+    """The parent run of pipeline execution `pid`, created (and left FINISHED) on first use."""
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=f"pipeline-{pid[:24]}",
+        tags={PIPELINE_TAG: pid, STAGE_TAG: "pipeline", "git_commit": git_commit()},
+    )
+    if cfg is not None:
+        _log_params(client, run.info.run_id, config_params(cfg))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+@contextmanager
+def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = None) -> Iterator[Run | None]:
+    """A nested MLflow run for one stage: config params, lineage tags, the config as an artifact.
+
+    Yields None on ranks other than 0. The run ends FAILED if the stage raises.
+    """
+    if not is_global_zero():
+        yield None
+        return
+    experiment_id = setup(cfg)
+    pid = pipeline_id(cfg)
+    parent = find_or_create_parent(experiment_id, pid, cfg)
+    tags = {
+        STAGE_TAG: stage, PIPELINE_TAG: pid, "git_commit": git_commit(),
+        "mlflow.parentRunId": parent,  # nests the run under the pipeline in the UI
+    }
+    for name, path in (inputs or {}).items():
+        if Path(path).exists():
+            tags[f"input_md5.{name}"] = path_md5(path)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
+        _log_params(MlflowClient(), run.info.run_id, config_params(cfg))
+        mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/params.yaml")
+        yield run
+
+
+def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:
+    """Log every numeric leaf of a nested dict as an MLflow metric named by its dotted path."""
+    flat: dict[str, float] = {}
+
+    def walk(d: Any, p: str) -> None:
+        if isinstance(d, dict):
+            for k, v in d.items():
+                walk(v, f"{p}{k}.")
+        elif isinstance(d, (int, float)) and not isinstance(d, bool):
+            flat[re.sub(r"[^\w./ -]", "_", p.rstrip("."))] = float(d)
+
+    walk(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat)

@@ -1,0 +1,1 @@
+"""Training loops: the evaluator classifier (plain PyTorch) and the diffusion model (Lightning)."""
