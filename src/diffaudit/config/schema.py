@@ -11,6 +11,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from diffaudit.config.audit_schema import AuditCfg
+from diffaudit.config.eval_schema import EvalCfg, EvaluatorCfg, SamplerCfg
+from diffaudit.config.explain_schema import ExplainCfg
+
+__all__ = ["AuditCfg", "EvalCfg", "EvaluatorCfg", "ExplainCfg", "SamplerCfg"]
+
 
 class ConfigError(ValueError):
     """The composed config is invalid; the message lists every bad key with what is allowed."""
@@ -95,34 +101,6 @@ class TrainerCfg(_Strict):
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
 
 
-class SamplerCfg(_Strict):
-    name: Literal["ddpm", "ddim", "dpm_solver", "euler"]
-    steps: int = Field(ge=1, le=10000)
-    guidance_scale: float = Field(ge=0.0)
-    eta: float = Field(ge=0.0, le=1.0)
-    num_per_class: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-
-
-class EvaluatorCfg(_Strict):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0.0)
-    width: int = Field(ge=4)
-
-
-class EvalCfg(_Strict):
-    feature: Literal["evaluator", "inception"]
-    inception_weights: str | None = None
-    kid_subset_size: int = Field(ge=2)
-    evaluator: EvaluatorCfg
-
-
-class AuditCfg(_Strict):
-    model_config = ConfigDict(extra="allow", frozen=True)  # gate thresholds grow with the audit
-    fail_on_gate: bool = False
-
-
 class TrackingCfg(_Strict):
     uri: str
     experiment_name: str = Field(min_length=1)
@@ -147,6 +125,7 @@ class Config(_Strict):
     trainer: TrainerCfg
     sampler: SamplerCfg
     eval: EvalCfg
+    explain: ExplainCfg
     audit: AuditCfg
     tracking: TrackingCfg
     paths: PathsCfg

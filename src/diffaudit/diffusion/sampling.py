@@ -104,3 +104,27 @@ def _x0_of(scheduler: SchedulerMixin, out: torch.Tensor, x_in: torch.Tensor, t: 
     a = scheduler.alphas_cumprod.to(x_in.device)[int(t)]
     x0, _ = to_x0_eps(out, x_in, a, prediction_type)
     return x0.clamp(-1, 1)
+
+
+def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def sample_seeds(seed: int, n: int) -> list[int]:
+    """Per-image seeds derived from the run seed: image i is the same whatever the batch size."""
+    return [seed * 1_000_003 + i for i in range(n)]
+
+
+def generate(
+    unet: UNet2DModel, scheduler: SchedulerMixin, labels: torch.Tensor, seeds: list[int], steps: int,
+    guidance_scale: float, prediction_type: str, batch_size: int, progress: bool = False,
+) -> torch.Tensor:
+    """Sample many images in batches (CPU tensors in [-1, 1])."""
+    from diffaudit.models.unet import null_class
+
+    out = []
+    batches = range(0, len(labels), batch_size)
+    for i in tqdm(batches, desc=f"sampling {len(labels)} images", disable=not progress):
+        out.append(sample(unet, scheduler, labels[i : i + batch_size], seeds[i : i + batch_size], steps,
+                          guidance_scale, null_class(unet), prediction_type).cpu())
+    return torch.cat(out)

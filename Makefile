@@ -1,0 +1,45 @@
+# diffaudit: `make repro` runs the pipeline, `make test` the test suite. Both install first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+OVERRIDES ?=
+PYTEST_ARGS ?=
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+
+.PHONY: install params repro test lint ui clean
+
+# One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Compose conf/ (+ OVERRIDES) into params.yaml, validated against the schema.
+params: install
+	$(PY) -m pipelines.compose $(OVERRIDES)
+
+# The whole pipeline; DVC reruns only the stages whose deps or params changed.
+repro: params
+	@test -d .dvc || dvc init -q
+	DIFFAUDIT_PIPELINE_ID=$${DIFFAUDIT_PIPELINE_ID:-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$} bash -c '\
+	  dvc repro $(DVC_ARGS); rc=$$?; $(PY) -m pipelines.pipeline_run finish $$rc; exit $$rc'
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src pipelines tests benchmarks
+
+# The MLflow dashboard over the project's store, on loopback only unless UI_HOST says otherwise.
+ui: install
+	$(VENV)/bin/mlflow server --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	  --host $(UI_HOST) --port $(UI_PORT)
+
+clean:
+	rm -rf data/prepared models samples metrics plots reports

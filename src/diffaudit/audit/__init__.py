@@ -1,0 +1,2 @@
+"""The audit: explainability (how the model reaches an image), fairness (whom it represents) and privacy
+(whether it copies its training data), with release gates."""

@@ -1,0 +1,1 @@
+"""Pictures and documents for people: image grids, plots, the audit report and model card."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny composed config and one tiny pipeline run (prepare -> evaluate) per session,
+so most tests reuse real artifacts instead of training their own."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from diffaudit.config.compose import compose_config, write_params
+from diffaudit.config.schema import Config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Few steps, few images: seconds, not minutes. Quality is not the point of these runs.
+TINY = [
+    "train.max_steps=30", "train.batch_size=32", "train.checkpoint_every_n_steps=15", "train.log_every_n_steps=5",
+    "train.warmup_steps=5", "sampler.num_per_class=6", "sampler.steps=4", "sampler.batch_size=64",
+    "eval.evaluator.epochs=3", "eval.kid_subset_size=20", "data.max_per_class=60",
+    "model.block_out_channels=[16,32]", "model.attention=[false,true]",
+]
+
+
+def tiny_overrides(root: Path, extra: list[str] | None = None) -> list[str]:
+    """TINY plus every output path (and the MLflow store) under `root`."""
+    paths = [f"paths.{k}={root / k}" for k in ("data", "models", "samples", "metrics", "plots", "reports")]
+    return TINY + paths + [f"tracking.uri=sqlite:///{root / 'mlflow.db'}"] + list(extra or [])
+
+
+def tiny_config(root: Path, extra: list[str] | None = None) -> Config:
+    raw = compose_config(tiny_overrides(root, extra), ROOT / "conf")
+    root.mkdir(parents=True, exist_ok=True)
+    write_params(raw, root / "params.yaml")
+    return validate_config(raw)
+
+
+@dataclass
+class TinyRun:
+    root: Path
+    cfg: Config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """prepare -> evaluator -> train -> sample -> evaluate on the tiny config, in process."""
+    from pipelines import evaluate, evaluator, prepare, sample, train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(root)
+    old = {k: os.environ.get(k) for k in ("DIFFAUDIT_PIPELINE_ID", "DIFFAUDIT_PROGRESS", "MLFLOW_TRACKING_URI")}
+    os.environ.update(DIFFAUDIT_PIPELINE_ID="tiny-session", DIFFAUDIT_PROGRESS="0")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        for stage in (prepare, evaluator, train, sample, evaluate):
+            stage.main(cfg)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return TinyRun(root=root, cfg=cfg)
