@@ -30,8 +30,10 @@ repro: params
 	DIFFAUDIT_PIPELINE_ID=$${DIFFAUDIT_PIPELINE_ID:-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$} bash -c '\
 	  dvc repro $(DVC_ARGS); rc=$$?; $(PY) -m pipelines.pipeline_run finish $$rc; exit $$rc'
 
+# Every test, slow ones included. pytest's exit code 5 (no test collected) is a failure here.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: install
 	$(VENV)/bin/ruff check src pipelines tests benchmarks

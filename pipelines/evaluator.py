@@ -9,8 +9,8 @@ import mlflow
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.models.evaluator import save_evaluator
-from diffaudit.training.evaluator_training import held_out_report, train_evaluator
 from diffaudit.tracking.mlflow_tracking import stage_run
+from diffaudit.training.evaluator_training import held_out_report, train_evaluator
 from diffaudit.utils.io import atomic_path, write_json
 from pipelines._stage import progress_enabled, run
 

@@ -8,10 +8,17 @@ import mlflow
 import torch
 
 from diffaudit.config.schema import Config
-from diffaudit.data.prepare import apply_bias, cap_per_class, data_card, load_raw, stratified_split, validate
+from diffaudit.data.prepare import (
+    apply_bias,
+    cap_per_class,
+    data_card,
+    load_raw,
+    stratified_split,
+    to_model_tensor,
+    validate,
+)
 from diffaudit.data.store import save_prepared
 from diffaudit.report.images import class_grid, save_png
-from diffaudit.data.prepare import to_model_tensor
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
 from diffaudit.utils.io import atomic_path, write_json
 from diffaudit.utils.lineage import path_md5

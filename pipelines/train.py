@@ -46,7 +46,8 @@ def main(cfg: Config) -> None:
             return
         export_ema(module, models / "diffusion")
         write_text(Path(cfg.paths.plots) / "train_loss.csv", loss_curve_csv(active.info.run_id))
-        mlflow.log_metric("global_step", trainer.global_step)
+        mlflow.log_metrics({"global_step": trainer.global_step, "world_size": trainer.world_size,
+                            "ddp_ranks_agree": float(getattr(module, "ranks_agree", True))})
         mlflow.log_artifacts(str(models / "diffusion"), "model")
         mlflow.log_artifact(str(Path(cfg.paths.plots) / "train_loss.csv"))
         last = models / "checkpoints" / "last.ckpt"

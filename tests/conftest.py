@@ -14,13 +14,8 @@ from diffaudit.config.schema import Config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Few steps, few images: seconds, not minutes. Quality is not the point of these runs.
-TINY = [
-    "train.max_steps=30", "train.batch_size=32", "train.checkpoint_every_n_steps=15", "train.log_every_n_steps=5",
-    "train.warmup_steps=5", "sampler.num_per_class=6", "sampler.steps=4", "sampler.batch_size=64",
-    "eval.evaluator.epochs=3", "eval.kid_subset_size=20", "data.max_per_class=60",
-    "model.block_out_channels=[16,32]", "model.attention=[false,true]",
-]
+# conf/experiment/smoke.yaml: few steps, few images. Quality is not the point of these runs.
+TINY = ["experiment=smoke"]
 
 
 def tiny_overrides(root: Path, extra: list[str] | None = None) -> list[str]:

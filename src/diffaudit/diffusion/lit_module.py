@@ -111,6 +111,12 @@ class DiffusionModule(L.LightningModule):
         """Context manager: the UNet carries the EMA weights inside, its own weights after."""
         return _EmaSwap(self)
 
+    def on_train_end(self) -> None:
+        # DDP keeps replicas identical by construction; check it, so a broken launch cannot pass silently.
+        checksum = torch.stack([p.detach().double().sum() for p in self.unet.parameters()]).sum()
+        gathered = self.all_gather(checksum)
+        self.ranks_agree = bool(torch.allclose(gathered, gathered.reshape(-1)[0].expand_as(gathered)))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema"] = self.ema.state_dict()
         checkpoint["diffaudit_config_hash"] = self.hparams.config_hash

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -75,6 +75,8 @@ def build_trainer(
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                         auto_insert_metric_name=False),
     ] + list(extra_callbacks or [])
+    if progress:  # tqdm rather than rich: it also prints progress into DVC's and CI's logs
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every_n_steps)))
     return L.Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,

@@ -1,0 +1,126 @@
+"""Scale and survive: DDP on CPU, kill-and-resume, NaN loss, bitwise determinism, atomic outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from diffaudit.data.store import load_meta, load_split
+from diffaudit.diffusion.lit_module import NonFiniteLossError
+from diffaudit.training.diffusion_training import train_diffusion
+from diffaudit.utils.io import atomic_path, write_json
+from tests.conftest import ROOT, tiny_config
+
+
+def _params_like(tiny_run, tmp_path: Path, **paths: str) -> Path:
+    """The tiny run's params.yaml with some paths redirected (and its own MLflow store)."""
+    raw = yaml.safe_load((tiny_run.root / "params.yaml").read_text())
+    raw["paths"].update(paths)
+    raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(raw))
+    return out
+
+
+def _env(params: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_"))}
+    return env | {"DIFFAUDIT_PARAMS": str(params), "DIFFAUDIT_PROGRESS": "0", "DIFFAUDIT_PIPELINE_ID": "rel"} | extra
+
+
+def test_same_seed_gives_bitwise_identical_samples(tiny_run, tmp_path) -> None:
+    outs = []
+    for name in ("a", "b"):
+        params = _params_like(tiny_run, tmp_path / name, samples=str(tmp_path / name / "samples"))
+        subprocess.run([sys.executable, "-m", "pipelines.sample"], cwd=ROOT, env=_env(params), check=True,
+                       capture_output=True, timeout=900)
+        outs.append((tmp_path / name / "samples" / "samples.safetensors").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tiny_run, tmp_path) -> None:
+    import shutil
+
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
+    before = (ckpt_dir / "last.ckpt").read_bytes()
+    data = tiny_run.root / "data" / "prepared"
+    train = load_split(data, "train")
+    train.images = torch.full_like(train.images, float("nan"))
+    cfg = tiny_run.cfg.model_copy(update={"train": tiny_run.cfg.train.model_copy(update={"max_steps": 45})})
+    with pytest.raises(NonFiniteLossError, match="loss is nan at global step 30"):
+        train_diffusion(cfg, train, load_split(data, "val"), load_meta(data), ckpt_dir, progress=False)
+    assert (ckpt_dir / "last.ckpt").read_bytes() == before
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
+    target = tmp_path / "out.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "half')
+        raise RuntimeError("killed mid-write")
+    assert target.read_text().strip().endswith("}") and '"v": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_checkpoint(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, ["train.max_steps=80", "train.checkpoint_every_n_steps=10"])
+    env = _env(tmp_path / "params.yaml")
+    for stage in ("prepare",):
+        subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=ROOT, env=env, check=True,
+                       capture_output=True, timeout=900)
+    ckpts = tmp_path / "models" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while not (ckpts / "step20.ckpt").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    step = killed_at["global_step"]
+    assert 20 <= step < cfg.train.max_steps
+    done = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stdout
+    final = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == cfg.train.max_steps
+    assert final["ema"]["optimization_step"] == cfg.train.max_steps  # EMA continued, not restarted
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`diffaudit.stage` = 'train'",
+                              order_by=["attributes.start_time DESC"])
+    resumed = client.get_metric_history(runs[0].info.run_id, "train/loss")
+    assert min(m.step for m in resumed) >= step  # the second run logged only the steps after the kill
+    assert (tmp_path / "models" / "diffusion" / "unet" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, ["trainer=ddp_cpu", "train.max_steps=10", "train.checkpoint_every_n_steps=5"])
+    env = _env(tmp_path / "params.yaml")
+    subprocess.run([sys.executable, "-m", "pipelines.prepare"], cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=900)
+    done = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`diffaudit.stage` = 'train'")
+    assert len(runs) == 1  # only rank 0 wrote to MLflow
+    metrics = runs[0].data.metrics
+    assert metrics["world_size"] == 2 and metrics["ddp_ranks_agree"] == 1.0
+    assert metrics["global_step"] == 10
+    assert (tmp_path / "models" / "diffusion" / "unet" / "diffusion_pytorch_model.safetensors").is_file()

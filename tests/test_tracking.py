@@ -1,0 +1,83 @@
+"""MLflow tracking: one parent run per pipeline, nested stage runs with config params and lineage tags,
+no secrets logged, a clear and quick error for an unreachable server."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from diffaudit.tracking.mlflow_tracking import (
+    PIPELINE_TAG,
+    STAGE_TAG,
+    TrackingError,
+    check_reachable,
+    flatten,
+    redact_uri,
+    stage_run,
+)
+from tests.conftest import tiny_config
+
+
+def test_tiny_run_has_parent_and_nested_stage_runs(tiny_run) -> None:
+    client = MlflowClient(f"sqlite:///{tiny_run.root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(tiny_run.cfg.tracking.experiment_name)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = 'tiny-session'")
+    by_stage = {r.data.tags[STAGE_TAG]: r for r in runs}
+    assert {"pipeline", "prepare", "evaluator", "train", "sample", "evaluate"} <= set(by_stage)
+    parent = by_stage["pipeline"].info.run_id
+    for stage in ("prepare", "evaluator", "train", "sample", "evaluate"):
+        run = by_stage[stage]
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.info.status == "FINISHED"
+        assert run.data.params["train.max_steps"] == str(tiny_run.cfg.train.max_steps)
+        assert len(run.data.tags["git_commit"]) >= 7
+    assert "input_md5.data" in by_stage["train"].data.tags
+    train = by_stage["train"]
+    history = client.get_metric_history(train.info.run_id, "train/loss")
+    assert len(history) >= 3 and len({m.step for m in history}) == len(history)  # step-wise loss
+    artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert {"model", "config", "checkpoints"} <= artifacts
+    assert "fid_evaluator" in by_stage["evaluate"].data.metrics
+
+
+def test_failed_stage_marks_its_run_failed(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "fail-test")
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"), stage_run(cfg, "prepare"):
+        raise RuntimeError("boom")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = 'prepare'")
+    assert run.info.status == "FAILED"
+
+
+def test_environment_secrets_are_not_logged(tmp_path, monkeypatch) -> None:
+    secret = "s3cr3t-planted-value-123"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "secret-test")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = tiny_config(tmp_path)
+    with stage_run(cfg, "prepare") as run:
+        mlflow.log_metric("x", 1.0)
+    data = MlflowClient().get_run(run.info.run_id).data
+    logged = list(data.params.items()) + list(data.tags.items())
+    assert not any(secret in k or secret in v for k, v in logged)
+
+
+def test_credentials_in_uris_are_redacted() -> None:
+    assert redact_uri("https://alice:pw@mlflow.example/x") == "https://***@mlflow.example/x"
+    assert flatten({"a": {"b": [1, 2]}, "c": 3}) == {"a.b": "[1, 2]", "c": "3"}
+
+
+def test_unreachable_server_fails_within_seconds() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=f"127.0.0.1:{port}.*unreachable"):
+        check_reachable(f"http://127.0.0.1:{port}", timeout=3)
+    assert time.monotonic() - start < 10

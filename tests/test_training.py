@@ -1,0 +1,67 @@
+"""Diffusion training on the tiny run: checkpoints carry EMA and optimizer state, the export loads
+with diffusers, resume continues from the last step, a config mismatch is caught."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffaudit.data.store import load_meta, load_split
+from diffaudit.training.diffusion_training import (
+    CheckpointMismatchError,
+    load_exported,
+    resume_path,
+    train_diffusion,
+    training_config_hash,
+)
+
+
+def test_checkpoint_has_ema_optimizer_and_config_hash(tiny_run) -> None:
+    last = tiny_run.root / "models" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == tiny_run.cfg.train.max_steps
+    assert ckpt["optimizer_states"] and ckpt["ema"]["shadow_params"]
+    meta = load_meta(tiny_run.root / "data" / "prepared")
+    assert ckpt["diffaudit_config_hash"] == training_config_hash(tiny_run.cfg, meta)
+    # the EMA weights differ from the raw weights after training
+    raw = [v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")]
+    assert any(not torch.equal(a, b) for a, b in zip(raw, ckpt["ema"]["shadow_params"], strict=False))
+
+
+def test_export_is_diffusers_format_with_safetensors(tiny_run) -> None:
+    model_dir = tiny_run.root / "models" / "diffusion"
+    assert (model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    unet = UNet2DModel.from_pretrained(model_dir / "unet")
+    sched = DDPMScheduler.from_pretrained(model_dir / "scheduler")
+    assert unet.config.num_class_embeds == 11  # 10 digits + the null class
+    assert sched.config.prediction_type == tiny_run.cfg.diffusion.prediction_type
+    loaded, cfg = load_exported(model_dir)
+    assert cfg["num_train_timesteps"] == tiny_run.cfg.diffusion.num_train_timesteps
+    assert not loaded.training
+
+
+def test_resume_continues_from_the_last_step(tiny_run, tmp_path) -> None:
+    import shutil
+
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
+    data = tiny_run.root / "data" / "prepared"
+    meta = load_meta(data)
+    more = tiny_run.cfg.model_copy(update={"train": tiny_run.cfg.train.model_copy(update={"max_steps": 40})})
+    module, trainer = train_diffusion(more, load_split(data, "train"), load_split(data, "val"), meta, ckpt_dir,
+                                      progress=False)
+    assert trainer.global_step == 40  # 30 from the checkpoint, then 10 more: not 40 from scratch
+    assert module.ema.optimization_step >= 40
+
+
+def test_checkpoint_from_another_config_is_detected(tiny_run, tmp_path) -> None:
+    import shutil
+
+    import pytest
+
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
+    with pytest.raises(CheckpointMismatchError, match="different model"):
+        resume_path(ckpt_dir, "another-hash", strict=True)
+    assert resume_path(ckpt_dir, "another-hash") is None  # not strict: stale checkpoints cleared
+    assert not ckpt_dir.exists()
