@@ -104,7 +104,9 @@ class DiffusionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.ema.to(self.device)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA right after the weights change, before any callback (checkpointing) sees the step.
+        super().optimizer_step(*args, **kwargs)
         self.ema.step(self.unet.parameters())
 
     def ema_weights(self) -> _EmaSwap:
