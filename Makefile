@@ -8,8 +8,12 @@ OVERRIDES ?=
 PYTEST_ARGS ?=
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 5001
+SERVE_ALIAS ?= champion
+RETRAIN_ARGS ?=
 
-.PHONY: install params repro test lint ui clean
+.PHONY: install params repro test lint ui serve retrain bench clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
@@ -42,6 +46,15 @@ lint: install
 ui: install
 	$(VENV)/bin/mlflow server --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  --host $(UI_HOST) --port $(UI_PORT)
+
+# Serve a registry alias (default: the champion) with `mlflow models serve` on loopback.
+serve: install
+	$(PY) -m pipelines.serve --alias $(SERVE_ALIAS) --host $(SERVE_HOST) --port $(SERVE_PORT)
+
+# The release loop: compose, dvc repro, promote or refuse against the champion, say why (exit 1 = refused).
+retrain: install
+	@test -d .dvc || dvc init -q
+	$(PY) -m pipelines.retrain $(RETRAIN_ARGS) $(OVERRIDES)
 
 clean:
 	rm -rf data/prepared models samples metrics plots reports

@@ -28,7 +28,8 @@ def finish(returncode: int) -> None:
         return
     run_id = runs[0].info.run_id
     client = MlflowClient()
-    for path in ["params.yaml", "dvc.lock", *sorted(str(p) for p in Path(cfg.paths.metrics).glob("*.json"))]:
+    params = os.environ.get("DIFFAUDIT_PARAMS", "params.yaml")
+    for path in [params, "dvc.lock", *sorted(str(p) for p in Path(cfg.paths.metrics).glob("*.json"))]:
         if Path(path).is_file():
             client.log_artifact(run_id, path, "pipeline")
     client.set_tag(run_id, "dvc_repro_exit_code", str(returncode))

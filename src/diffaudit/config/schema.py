@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from diffaudit.config.audit_schema import AuditCfg
 from diffaudit.config.eval_schema import EvalCfg, EvaluatorCfg, SamplerCfg
 from diffaudit.config.explain_schema import ExplainCfg
+from diffaudit.config.release_schema import ReleaseCfg
 
 __all__ = ["AuditCfg", "EvalCfg", "EvaluatorCfg", "ExplainCfg", "SamplerCfg"]
 
@@ -127,6 +128,7 @@ class Config(_Strict):
     eval: EvalCfg
     explain: ExplainCfg
     audit: AuditCfg
+    release: ReleaseCfg = Field(default_factory=ReleaseCfg)
     tracking: TrackingCfg
     paths: PathsCfg
 

@@ -76,7 +76,12 @@ def setup(cfg: Config) -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.set_experiment(cfg.tracking.experiment_name).experiment_id
+        name = cfg.tracking.experiment_name
+        if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+            # Artifacts beside the database, not in whatever directory the process started in.
+            root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
+            mlflow.create_experiment(name, artifact_location=root.as_uri())
+        return mlflow.set_experiment(name).experiment_id
     except Exception as err:  # MLflow raises many types for a bad store
         raise TrackingError(f"cannot use MLflow store {redact_uri(uri)}: {err}") from None
 

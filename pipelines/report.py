@@ -1,0 +1,115 @@
+"""Stage report (last): register the model (alias `candidate`; `champion` when the release rule allows),
+then write reports/audit.html, reports/MODEL_CARD.md and reports/release.json, all logged to MLflow.
+
+The registry comes first so the report can state the decision it documents.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import mlflow
+from mlflow.entities import Run
+
+from diffaudit.config.release_schema import ReleaseCfg, release_config
+from diffaudit.config.schema import Config
+from diffaudit.report.content import Lineage, RunContent, load_content, metric_value
+from diffaudit.report.html import render_html
+from diffaudit.report.model_card import render_model_card
+from diffaudit.tracking.mlflow_tracking import pipeline_id, redact_uri, stage_run, tracking_uri
+from diffaudit.tracking.registry import ReleaseRecord, log_model, register_and_decide
+from diffaudit.utils.io import write_json, write_text
+from diffaudit.utils.lineage import git_commit, path_md5
+from pipelines._stage import run
+
+DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui`
+
+
+def ui_base(cfg: Config, release: ReleaseCfg) -> str:
+    """Where a reviewer opens MLflow: the configured URL, the tracking server itself, or `make ui`."""
+    if release.ui_url:
+        return release.ui_url.rstrip("/")
+    uri = tracking_uri(cfg)
+    return redact_uri(uri).replace("//***@", "//").rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+
+
+def _md5(path: Path) -> str | None:
+    return path_md5(path) if path.exists() else None
+
+
+def lineage(cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None,
+            record: ReleaseRecord | None) -> Lineage:
+    base = ui_base(cfg, release)
+    data = content.metrics.get("data") or {}
+    lin = Lineage(
+        git_commit=git_commit(), data_md5=data.get("data_md5") if isinstance(data, dict) else None,
+        model_md5=_md5(Path(cfg.paths.models) / "diffusion"),
+        samples_md5=_md5(Path(cfg.paths.samples) / "samples.safetensors"),
+        tracking_uri=redact_uri(tracking_uri(cfg)),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    if active is not None:
+        exp, rid = active.info.experiment_id, active.info.run_id
+        lin.experiment_id, lin.run_id = exp, rid
+        lin.run_url = f"{base}/#/experiments/{exp}/runs/{rid}"
+        parent = active.data.tags.get("mlflow.parentRunId")
+        if parent:
+            lin.pipeline_run_id, lin.pipeline_url = parent, f"{base}/#/experiments/{exp}/runs/{parent}"
+    if record is not None and record.candidate_version:
+        lin.model_url = f"{base}/#/models/{quote(record.model_name)}/versions/{record.candidate_version}"
+    return lin
+
+
+def main(cfg: Config) -> None:
+    release = release_config(cfg)
+    reports = Path(cfg.paths.reports)
+    model_dir = Path(cfg.paths.models) / "diffusion"
+    inputs = {"model": model_dir, "samples": Path(cfg.paths.samples), "metrics": Path(cfg.paths.metrics)}
+    with stage_run(cfg, "report", inputs) as active:
+        content = load_content(cfg, os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
+        candidate = {c.metric: metric_value(content.metrics, c.metric) for c in release.compare}
+        record: ReleaseRecord | None = None
+        if active is not None and release.register_model:
+            if not (model_dir / "unet" / "config.json").is_file():
+                raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
+            info = log_model(cfg, model_dir, content.class_names, release)
+            record = register_and_decide(cfg, release, info, candidate, content.gates,
+                                         active.info.run_id, pipeline_id(cfg))
+        # Re-read the run so the parent tag set at start is visible.
+        active_run = mlflow.get_run(active.info.run_id) if active is not None else None
+        lin = lineage(cfg, content, release, active_run, record)
+        write_text(reports / "audit.html", render_html(content, lin, record, release.max_images_per_section))
+        write_text(reports / "MODEL_CARD.md", render_model_card(content, lin, record))
+        summary = {
+            "promoted": record.promoted if record else False,
+            "registered": record is not None,
+            "gates_ran": content.gates.ran,
+            "gates_passed": content.gates.passed,
+            "candidate_metrics": candidate,
+            **({"record": record.to_json()} if record else {}),
+        }
+        write_json(reports / "release.json", summary)
+        if active is not None:
+            mlflow.log_metrics({"release.promoted": float(summary["promoted"]),
+                                "release.gates_passed": float(content.gates.passed)}
+                               | {f"release.{k}": v for k, v in candidate.items() if v is not None})
+            for name in ("audit.html", "MODEL_CARD.md", "release.json"):
+                mlflow.log_artifact(str(reports / name), "report")
+            if record:
+                mlflow.set_tags({"release.decision": "champion" if record.promoted else "refused",
+                                 "release.model_version": record.candidate_version or ""})
+        if record is None:
+            print(f"[report] wrote {reports}/audit.html and MODEL_CARD.md (model not registered)")
+        else:
+            verdict = "PROMOTED to champion" if record.promoted else "REFUSED (stays candidate)"
+            print(f"[report] {record.model_name} v{record.candidate_version}: {verdict}")
+            for reason in record.reasons:
+                print(f"[report]   - {reason}")
+            print(f"[report] wrote {reports}/audit.html and MODEL_CARD.md")
+
+
+if __name__ == "__main__":
+    run("report", main)

@@ -1,0 +1,379 @@
+"""reports/audit.html: one self-contained page (inline CSS, base64 images, no script, no network)
+that a reviewer reads top to bottom: the verdict first, then the evidence, then where it came from.
+A section whose stage has not run says so instead of disappearing, so a gap is visible."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from diffaudit.report.content import (
+    SECTIONS,
+    Lineage,
+    RunContent,
+    Section,
+    Table,
+    fmt_num,
+    headline_of,
+    to_tables,
+)
+from diffaudit.report.images import grid
+from diffaudit.tracking.registry import ReleaseRecord
+
+MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+        ".webp": "image/webp", ".svg": "image/svg+xml"}
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px}h2{border-bottom:2px solid #d8dde3;padding-bottom:4px;margin-top:36px}
+section{background:#fff;border:1px solid #e1e5ea;border-radius:8px;padding:4px 20px 16px;margin:18px 0}
+nav a{margin-right:12px}nav .notrun{color:#8a94a0}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
+th,td{border:1px solid #dfe3e8;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f0f2f5}caption{text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
+.banner{padding:12px 16px;border-radius:6px;font-size:17px;font-weight:600;margin:12px 0}
+.pass{background:#e3f6e8;color:#14532d}.fail{background:#fde8e8;color:#7f1d1d}.warn{background:#fff4d6;color:#713f12}
+td.pass,td.fail,td.warn{font-weight:600}
+.notrun-box{background:#f3f4f6;color:#4b5563;padding:10px 14px;border-radius:6px}
+figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top}
+figcaption{font-size:12px;color:#555;max-width:420px;word-break:break-all}
+img{image-rendering:pixelated;max-width:100%}
+.strip td{vertical-align:middle}pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480px}
+.muted{color:#6b7280;font-size:13px}
+"""
+
+
+def data_uri(path: Path) -> str:
+    mime = MIME.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def pil_uri(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def _figure(src: str, caption: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return (f'<figure><img src="{src}" alt="{escape(caption)}"{w}>'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _table_html(t: Table) -> str:
+    cap = f"<caption>{escape(t.title)}</caption>" if t.title else ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in t.headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+    more = f'<p class="muted">… {t.more} more rows in the JSON file</p>' if t.more else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def tables_html(obj: Any, skip: tuple[str, ...] = (), max_depth: int = 5) -> str:
+    return "".join(_table_html(t) for t in to_tables(obj, skip=skip, max_depth=max_depth))
+
+
+def _images_html(paths: list[Path], root: Path, limit: int) -> str:
+    out = []
+    for p in paths[:limit]:
+        try:
+            cap = str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            cap = p.name
+        out.append(_figure(data_uri(p), cap))
+    if len(paths) > limit:
+        out.append(f'<p class="muted">{len(paths) - limit} more images under plots/ (not embedded)</p>')
+    return "".join(out)
+
+
+def _not_run(sec: Section, content: RunContent) -> str:
+    where = Path(content.cfg.paths.metrics) / (sec.metrics_file or "")
+    what = f"{where} not found" if sec.metrics_file else "no samples found"
+    return (f'<div class="notrun-box" data-status="not-run"><strong>Not run.</strong> {escape(what)}: '
+            f"the <code>{escape(sec.stage)}</code> stage has not produced it for this run.</div>")
+
+
+def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
+    g = content.gates
+    if record is not None and record.promoted:
+        banner = ("pass", f"RELEASED: {record.model_name} v{record.candidate_version} is the champion")
+    elif record is not None:
+        keep = f"champion stays v{record.champion_version}" if record.champion_version else "no champion"
+        banner = ("fail", f"REFUSED: {record.model_name} v{record.candidate_version} stays candidate ({keep})")
+    elif not g.ran:
+        banner = ("warn", "NOT AUDITED: gates not run, model not registered")
+    else:
+        banner = ("pass" if g.passed else "fail", "GATES PASS" if g.passed else "GATES FAIL")
+    parts = [f'<div class="banner {banner[0]}" id="verdict-banner">{escape(banner[1])}</div>']
+    if record is not None:
+        parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in record.reasons) + "</ul>")
+    if g.ran:
+        summary = f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass" if g.gates else "no gate entries"
+        rows = []
+        for gate in g.gates:
+            cls, word = ("warn", "skipped") if gate.skipped else (
+                ("pass", "pass") if gate.passed else ("fail", "FAIL" if gate.passed is False else "no verdict"))
+            rows.append(f"<tr><td>{escape(gate.name)}</td><td>{escape(fmt_num(gate.value))}</td>"
+                        f"<td>{escape(fmt_num(gate.threshold))}</td><td class='{cls}'>{word}</td>"
+                        f"<td>{escape(gate.detail)}</td></tr>")
+        parts.append(f"<h3>Gates ({escape(summary)})</h3><table id='gates'><thead><tr><th>gate</th><th>value</th>"
+                     f"<th>threshold</th><th>verdict</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
+                     "</tbody></table>")
+    else:
+        parts.append(f'<div class="notrun-box" data-status="not-run"><strong>Gates not run.</strong> '
+                     f"{escape(g.note)}</div>")
+    if record is not None and record.comparisons:
+        rows = "".join(
+            f"<tr><td>{escape(c['metric'])}</td><td>{escape(fmt_num(c['candidate']))}</td>"
+            f"<td>{escape(fmt_num(c['reference']))}</td><td>{escape(c['mode'])}</td>"
+            f"<td>{c['tolerance']:g}{' (relative)' if c['relative'] else ''}</td>"
+            f"<td class='{'pass' if c['ok'] else 'fail'}'>{'ok' if c['ok'] else 'REGRESSED'}</td></tr>"
+            for c in record.comparisons)
+        parts.append(f"<h3>Against the champion (v{escape(str(record.previous_champion_version))})</h3>"
+                     "<table id='comparison'><thead><tr><th>metric</th><th>candidate</th><th>champion</th>"
+                     f"<th>better</th><th>tolerance</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>")
+    return "".join(parts)
+
+
+def _samples(content: RunContent) -> str:
+    s = content.samples or {}
+    images, labels = s["images"], s["labels"]
+    per_class = (content.metrics.get("quality") or {}).get("conditional_accuracy_per_class", {})
+    names = content.class_names or [str(c) for c in range(int(labels.max()) + 1)]
+    rows = []
+    for c, name in enumerate(names):
+        sel = images[labels == c][:10]
+        if not len(sel):
+            continue
+        acc = per_class.get(name)
+        acc_txt = f"conditional accuracy {fmt_num(acc)}" if acc is not None else ""
+        rows.append(f"<tr><th>{escape(name)}</th><td><img src='{pil_uri(grid(sel, ncol=10, scale=3))}' "
+                    f"alt='samples of class {escape(name)}'></td><td class='muted'>{escape(acc_txt)}</td></tr>")
+    cfg = content.cfg.sampler
+    head = (f"<p>{len(labels)} images, {escape(cfg.name)} sampler, {cfg.steps} steps, guidance scale "
+            f"{cfg.guidance_scale:g}; each row: the first 10 images conditioned on that class.</p>")
+    real = Path(content.cfg.paths.plots) / "real_grid.png"
+    real_html = (f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), 'plots/real_grid.png', 420)}"
+                 if real.is_file() else "")
+    return f"{head}<table class='strip'><tbody>{''.join(rows)}</tbody></table>{real_html}"
+
+
+def _fig_uri(fig: Any) -> str:
+    """A matplotlib figure as an inline PNG (closed afterwards: reports render many)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def _bar_chart(values: dict[str, float], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
+    ax.bar(list(values), list(values.values()), color="#4c78a8")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=8)
+    return _figure(_fig_uri(fig), title)
+
+
+def _quality(q: dict[str, Any]) -> str:
+    fs = q.get("feature_space", "evaluator")
+    rows = []
+
+    def row(name: str, value: Any, floor: Any = None, note: str = "") -> None:
+        rows.append(f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(value))}</td>"
+                    f"<td>{escape(fmt_num(floor))}</td><td>{escape(note)}</td></tr>")
+
+    fid, fid_floor = q.get(f"fid_{fs}"), q.get(f"fid_{fs}_floor")
+    if fid is not None:
+        gap = f"{fid - fid_floor:+.4g} over the floor" if isinstance(fid_floor, (int, float)) else ""
+        row(f"FID ({fs} features)", fid, fid_floor, gap)
+    if q.get(f"kid_{fs}") is not None:
+        std = q.get(f"kid_{fs}_std")
+        row(f"KID ({fs} features)", q[f"kid_{fs}"], q.get(f"kid_{fs}_floor"),
+            f"± {fmt_num(std)} (std over subsets)" if std is not None else "")
+    if q.get("conditional_accuracy") is not None:
+        row("conditional accuracy", q["conditional_accuracy"], None, "evaluator agrees with the conditioning label")
+    head = ("<p>Floor: the same metric between real training and real test images of the same count, "
+            "the best a generator can expect in this feature space.</p>"
+            "<table id='quality-headline'><thead><tr><th>metric</th><th>value</th><th>real-vs-real floor</th>"
+            f"<th>note</th></tr></thead><tbody>{''.join(rows)}</tbody></table>") if rows else ""
+    chart = ""
+    per_class = q.get("conditional_accuracy_per_class")
+    if isinstance(per_class, dict) and per_class:
+        chart = _bar_chart({str(k): float(v) for k, v in per_class.items()}, "conditional accuracy per class")
+    return head + chart
+
+
+def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) -> str:
+    def link(url: str | None, text: str | None) -> str:
+        if not text:
+            return "–"
+        return f"<a href='{escape(url)}'>{escape(text)}</a>" if url else escape(text)
+
+    rows = [
+        ("git commit", escape(lin.git_commit)),
+        ("data md5 (metrics/data.json)", escape(lin.data_md5 or "–")),
+        ("model md5 (models/diffusion)", escape(lin.model_md5 or "–")),
+        ("samples md5", escape(lin.samples_md5 or "–")),
+        ("MLflow tracking", escape(lin.tracking_uri)),
+        ("MLflow report run", link(lin.run_url, lin.run_id)),
+        ("MLflow pipeline run", link(lin.pipeline_url, lin.pipeline_run_id)),
+        ("registered model", link(lin.model_url, f"{record.model_name} v{record.candidate_version}"
+                                  if record and record.candidate_version else None)),
+        ("generated", escape(lin.generated_at)),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td id='lineage-{i}'>{v}</td></tr>" for i, (k, v) in enumerate(rows))
+    data = content.metrics.get("data")
+    data_html = f"<h3>Data card</h3>{tables_html(data)}" if data else ""
+    return (f"<table id='lineage'><tbody>{body}</tbody></table>{data_html}"
+            f"<details><summary>Composed config (params.yaml)</summary><pre>{escape(content.params_text)}</pre>"
+            "</details>")
+
+
+def _error_bar_chart(groups: list[str], series: dict[str, tuple[list[float], list[list[float]] | None]],
+                     title: str) -> str:
+    """Grouped bars with interval whiskers (the distributions the fairness audit compares)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(min(9.0, max(4.0, 0.3 * len(groups) * len(series))), 2.8), dpi=100)
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (name, (vals, ci)) in enumerate(series.items()):
+        yerr = None
+        if ci:
+            lo = [max(0.0, v - c[0]) for v, c in zip(vals, ci, strict=False)]
+            hi = [max(0.0, c[1] - v) for v, c in zip(vals, ci, strict=False)]
+            yerr = [lo, hi]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, yerr=yerr, capsize=2, label=name)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _figure(_fig_uri(fig), title)
+
+
+def _stat(x: Any) -> str:
+    """A {value, ci: [lo, hi], ...} statistic as "v [lo, hi]" (extra keys ignored)."""
+    if isinstance(x, dict) and "value" in x:
+        ci = x.get("ci")
+        return fmt_num(x["value"]) + (f" [{fmt_num(ci[0])}, {fmt_num(ci[1])}]" if isinstance(ci, list) and len(ci) == 2
+                                      else "")
+    return fmt_num(x)
+
+
+def _fairness_distributions(f: dict[str, Any]) -> str:
+    """Per attribute: reference vs generated shares (raw and error-corrected) with their intervals."""
+    out = []
+    for attr, rep in (f.get("representation") or {}).items():
+        groups = [str(g) for g in rep.get("groups", [])]
+        if not groups or not isinstance(rep.get("p_ref"), list):
+            continue
+        series: dict[str, tuple[list[float], list[list[float]] | None]] = {"reference": (rep["p_ref"], None)}
+        cols = ["group", "p_ref"]
+        for est in ("raw", "corrected"):
+            if isinstance(rep.get(f"p_gen_{est}"), list):
+                series[f"generated ({est})"] = (rep[f"p_gen_{est}"], rep.get(f"p_gen_{est}_ci"))
+                cols.append(f"p_gen {est} [CI]")
+        rows = []
+        for i, g in enumerate(groups):
+            row = [g, fmt_num(rep["p_ref"][i])]
+            for est in ("raw", "corrected"):
+                vals, ci = rep.get(f"p_gen_{est}"), rep.get(f"p_gen_{est}_ci")
+                if isinstance(vals, list):
+                    iv = f" [{fmt_num(ci[i][0])}, {fmt_num(ci[i][1])}]" if isinstance(ci, list) else ""
+                    row.append(fmt_num(vals[i]) + iv)
+            rows.append(row)
+        fd = {est: rep[est]["fd_l2"] for est in ("raw", "corrected") if isinstance(rep.get(est), dict)
+              and "fd_l2" in rep[est]}
+        fd_txt = "; ".join(f"FD ({k}) {_stat(v)}" for k, v in fd.items())
+        out.append(_table_html(Table(f"{attr}: generated vs reference shares ({fd_txt})" if fd_txt else attr,
+                                     cols, rows)))
+        out.append(_error_bar_chart(groups, series, f"{attr}: group shares with intervals"))
+    return "".join(out)
+
+
+def _section_body(sec: Section, data: dict[str, Any] | None, content: RunContent, max_images: int) -> str:
+    root = Path(content.cfg.paths.metrics).parent
+    body = ""
+    if data is None:
+        body += f'<p class="muted">{escape(sec.metrics_file or "")} not found; figures only.</p>'
+    elif sec.key == "quality":
+        body += _quality(data)
+    else:
+        head = headline_of(sec.key, data) if isinstance(data, dict) else None
+        if sec.key == "privacy" and isinstance(data, dict) and isinstance(data.get("memorization"), dict):
+            head = {space: {k: v for k, v in m.items() if k != "closest_pairs"}
+                    for space, m in data["memorization"].items() if isinstance(m, dict)}
+            body += (f"<p>Memorized: generated images whose nearest training image is much closer than the "
+                     f"second nearest (d1/d2 &lt; {fmt_num(data.get('ratio'))}).</p>")
+        if head:
+            body += f"<h3>Headline</h3>{tables_html(head, max_depth=2)}"
+        if sec.key == "fairness" and isinstance(data, dict):
+            try:
+                body += "<h3>Distributions</h3>" + _fairness_distributions(data)
+            except (KeyError, TypeError, ValueError, IndexError):
+                body += '<p class="muted">distributions in an unexpected layout: see all numbers below</p>'
+    imgs = content.images.get(sec.key, [])
+    if imgs:
+        body += f"<h3>Figures</h3>{_images_html(imgs, root, max_images)}"
+    if data is not None:
+        skip = ("sampler",) if sec.key == "quality" else ()
+        body += (f"<details><summary>All numbers ({escape(sec.metrics_file or '')})</summary>"
+                 f"{tables_html(data, skip=skip)}</details>")
+    return body
+
+
+def render_html(content: RunContent, lineage: Lineage, record: ReleaseRecord | None = None,
+                max_images: int = 24) -> str:
+    """The whole page as a string; every image inline, so the file can be mailed or archived alone."""
+    sections: list[tuple[str, str, bool, str]] = [("verdict", "Verdict", True, _verdict(content, record))]
+    for sec in SECTIONS:
+        ran = content.section_ran(sec.key)
+        if not ran:
+            body = _not_run(sec, content)
+        elif sec.key == "samples":
+            body = _samples(content)
+        else:
+            body = _section_body(sec, content.metrics.get((sec.metrics_file or "").removesuffix(".json")),
+                                 content, max_images)
+        sections.append((sec.key, sec.title, ran, body))
+    sections.append(("lineage", "Config and lineage", True, _lineage(content, lineage, record)))
+    nav = "".join(f"<a href='#{k}' class='{'' if ran else 'notrun'}'>{escape(t)}{'' if ran else ' (not run)'}</a>"
+                  for k, t, ran, _ in sections)
+    body = "".join(
+        f"<section id='{k}' data-status='{'ok' if ran else 'not-run'}'><h2>{escape(t)}</h2>{b}</section>"
+        for k, t, ran, b in sections)
+    name = content.cfg.tracking.registered_model_name
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"
+        f"<title>diffaudit audit report: {escape(name)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>Audit report: {escape(name)}</h1>"
+        f"<p class='muted'>{escape(content.cfg.data.name)} · commit {escape(lineage.git_commit[:12])} · "
+        f"{escape(lineage.generated_at)}</p><nav>{nav}</nav>{body}</main></body></html>\n"
+    )
+
+
+def mark_revoked(page: str, reasons: list[str]) -> str:
+    """Put a revocation banner above the verdict of an already written report."""
+    items = "".join(f"<li>{escape(r)}</li>" for r in reasons)
+    note = (f"<div class='banner fail' id='revoked'>REVOKED after the report: not the champion</div>"
+            f"<ul>{items}</ul>")
+    return page.replace("<section id='verdict'", note + "<section id='verdict'", 1)

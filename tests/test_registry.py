@@ -1,0 +1,169 @@
+"""The release rule in the model registry: every run is `candidate`; `champion` moves only when every
+gate passes and nothing regressed beyond tolerance against the current champion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from release_support import ReleaseRun, release_run
+
+from diffaudit.config.release_schema import CompareMetric, ReleaseCfg, release_config
+from diffaudit.report.content import GateVerdict, parse_gates
+from diffaudit.tracking.registry import (
+    CANDIDATE,
+    CHAMPION,
+    alias_version,
+    compare,
+    decide,
+    register_and_decide,
+    revoke,
+    version_metrics,
+)
+
+SPEC = [CompareMetric(metric="quality.acc", mode="max", tolerance=0.02),
+        CompareMetric(metric="quality.fid", mode="min", tolerance=0.1, relative=True)]
+PASS = parse_gates({"passed": True, "gates": {"a": {"value": 1, "threshold": 0, "op": ">=", "passed": True}}})
+FAIL = parse_gates({"passed": False, "gates": {"a": {"value": 0, "threshold": 1, "op": ">=", "passed": False}}})
+NONE = GateVerdict(False, False, note="metrics/gates.json not found")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
+    return release_run(tmp_path_factory)
+
+
+@pytest.mark.parametrize(("cand", "ok"), [
+    ({"quality.acc": 0.89, "quality.fid": 10.9}, [True, True]),  # inside both tolerances
+    ({"quality.acc": 0.87, "quality.fid": 10.0}, [False, True]),  # 0.03 below: beyond 0.02
+    ({"quality.acc": 0.95, "quality.fid": 11.2}, [True, False]),  # 12 % worse: beyond 10 %
+    ({"quality.acc": None, "quality.fid": 9.0}, [False, True]),  # a missing value cannot pass
+])
+def test_compare_tolerances(cand: dict, ok: list[bool]) -> None:
+    assert [c.ok for c in compare(cand, {"quality.acc": 0.9, "quality.fid": 10.0}, SPEC)] == ok
+
+
+def test_compare_without_a_reference_value_passes_with_a_note() -> None:
+    (c,) = compare({"quality.acc": 0.5}, {}, SPEC[:1])
+    assert c.ok and "has no value" in c.note
+
+
+def test_decide_needs_passing_gates_and_no_regression() -> None:
+    rel = ReleaseCfg()
+    good = compare({"quality.acc": 0.9, "quality.fid": 10.0}, {"quality.acc": 0.9, "quality.fid": 10.0}, SPEC)
+    bad = compare({"quality.acc": 0.5, "quality.fid": 10.0}, {"quality.acc": 0.9, "quality.fid": 10.0}, SPEC)
+    assert decide(PASS, [], None, rel).promote
+    assert "no champion yet" in decide(PASS, [], None, rel).reasons[0]
+    assert decide(PASS, good, "3", rel).promote
+    refused = decide(PASS, bad, "3", rel)
+    assert not refused.promote and "quality.acc regressed" in refused.reasons[0]
+    failed = decide(FAIL, good, "3", rel)
+    assert not failed.promote and failed.reasons[0].startswith("gate a failed")
+    assert not decide(NONE, [], None, rel).promote  # never release unaudited
+    assert decide(NONE, [], None, ReleaseCfg(require_gates=False)).promote
+
+
+def test_release_config_defaults_without_the_group() -> None:
+    rel = release_config(SimpleNamespace())
+    assert rel.require_gates and {c.metric for c in rel.compare} == {"quality.conditional_accuracy",
+                                                                     "quality.fid_evaluator"}
+
+
+def test_report_stage_registered_the_run_as_champion(run: ReleaseRun) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(run.tracking_uri)
+    name = run.cfg.tracking.registered_model_name
+    release = json.loads((run.root / "reports" / "release.json").read_text())
+    cand, champ = alias_version(name, CANDIDATE), alias_version(name, CHAMPION)
+    assert cand is not None and champ is not None and cand.version == champ.version
+    assert release["promoted"] and release["record"]["candidate_version"] == str(cand.version)
+    assert version_metrics(champ)["quality.conditional_accuracy"] == pytest.approx(0.9)
+    assert champ.tags["diffaudit.decision"] == "champion"
+
+
+def test_champion_moves_only_under_the_release_rule(run: ReleaseRun, tmp_path: Path) -> None:
+    """Successive candidates against a private registry: failed gate, first pass, regression, small
+    change within tolerance, missing gates; then a revoked promotion."""
+    import mlflow
+
+    from diffaudit.tracking.registry import log_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'reg.db'}")
+    exp = mlflow.create_experiment("reg", artifact_location=(tmp_path / "art").as_uri())
+    cfg = run.cfg.model_copy(update={"tracking": run.cfg.tracking.model_copy(update={"registered_model_name": "m"})})
+    rel = ReleaseCfg()
+    with mlflow.start_run(experiment_id=exp) as active:
+        info = log_model(cfg, run.root / "models" / "diffusion", [str(c) for c in range(10)], rel)
+
+    def step(gates: GateVerdict, acc: float, fid: float) -> tuple[bool, str | None, str | None]:
+        rec = register_and_decide(cfg, rel, info, {"quality.conditional_accuracy": acc, "quality.fid_evaluator": fid},
+                                  gates, active.info.run_id, "pid")
+        champ = alias_version("m", CHAMPION)
+        assert str(alias_version("m", CANDIDATE).version) == rec.candidate_version  # every run is candidate
+        return rec.promoted, rec.candidate_version, str(champ.version) if champ else None
+
+    assert step(FAIL, 0.9, 2.0) == (False, "1", None)
+    assert step(PASS, 0.9, 2.0) == (True, "2", "2")
+    assert step(PASS, 0.9, 3.0) == (False, "3", "2")  # FID 50 % worse: beyond 10 %
+    assert step(PASS, 0.89, 2.1) == (True, "4", "4")  # within both tolerances
+    assert step(NONE, 0.99, 1.0) == (False, "5", "4")  # better, but unaudited
+    assert step(PASS, 0.95, 1.5) == (True, "6", "6")
+    revoke("m", "6", "4", "regressed against main")
+    assert str(alias_version("m", CHAMPION).version) == "4"
+    assert mlflow.MlflowClient().get_model_version("m", "6").tags["diffaudit.decision"] == "refused"
+
+
+def _private_copy(run: ReleaseRun, dest: Path) -> ReleaseRun:
+    """Files, store and reports of the shared run, so a test may change its registry."""
+    import shutil
+
+    from release_support import copy_run
+
+    new = copy_run(run, dest)
+    shutil.copy(run.root / "mlflow.db", dest / "mlflow.db")
+    shutil.copytree(run.root / "reports", dest / "reports")
+    return new
+
+
+def test_retrain_check_reports_the_decision(run: ReleaseRun, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines import retrain
+
+    assert retrain.main(["--check", "--params", str(run.params)]) == 0
+    out = capsys.readouterr().out
+    assert "PROMOTED to champion" in out and "no champion yet" in out
+
+
+def test_retrain_revokes_a_promotion_that_regressed_against_the_baseline(
+    run: ReleaseRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    from pipelines import retrain
+
+    mine = _private_copy(run, tmp_path / "copy")
+    better_main = {"quality.conditional_accuracy": 0.99, "quality.fid_evaluator": 1.0}
+    monkeypatch.setattr(retrain, "baseline_metrics", lambda rev, release: better_main)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert retrain.main(["--check", "--params", str(mine.params), "--baseline-rev", "main"]) == 1
+    out = capsys.readouterr().out
+    assert "quality.conditional_accuracy regressed" in out and "REVOKED" in out
+    mlflow.set_tracking_uri(mine.tracking_uri)
+    assert alias_version(mine.cfg.tracking.registered_model_name, CHAMPION) is None
+    release = json.loads((mine.root / "reports" / "release.json").read_text())
+    assert not release["promoted"] and release["revoked"]
+    assert "REVOKED" in (mine.root / "reports" / "audit.html").read_text()
+    assert "Release revoked" in (mine.root / "reports" / "MODEL_CARD.md").read_text()
+
+
+def test_retrain_accepts_a_run_within_tolerance_of_the_baseline(
+    run: ReleaseRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines import retrain
+
+    monkeypatch.setattr(retrain, "baseline_metrics",
+                        lambda rev, release: {"quality.conditional_accuracy": 0.91, "quality.fid_evaluator": 1.9})
+    assert retrain.main(["--check", "--params", str(run.params), "--baseline-rev", "main"]) == 0
+    assert "within tolerance" in capsys.readouterr().out

@@ -1,0 +1,104 @@
+"""The report stage: a self-contained audit page with the verdict first, every section rendered or
+marked "not run", a model card from the run's numbers, and both logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from release_support import ReleaseRun, copy_run, release_run
+
+from diffaudit.report.content import SECTIONS, Lineage, load_content, parse_gates, to_tables
+from diffaudit.report.html import render_html
+from diffaudit.report.model_card import render_model_card
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
+    return release_run(tmp_path_factory)
+
+
+def test_parse_gates_reads_the_audit_stage_layout() -> None:
+    v = parse_gates({"passed": False, "failed": ["a"], "gates": {
+        "a": {"value": 0.3, "threshold": 0.8, "op": ">=", "passed": False, "source": "quality.json"},
+        "b": {"value": 0.0, "threshold": 0.05, "op": "<=", "passed": True}}})
+    assert v.ran and not v.passed
+    assert [g.name for g in v.failed] == ["a"]
+    assert "must be >= 0.8" in v.failed[0].detail
+
+
+@pytest.mark.parametrize(("data", "passed"), [
+    ({"gates": [{"name": "x", "pass": True}, {"name": "y", "status": "skipped"}]}, True),
+    ({"x": {"status": "fail", "value": 1}, "y": True}, False),
+    ({"x": {"value": 1, "threshold": 2}}, False),  # no verdict is not a pass
+    ({}, False),  # nothing judged is not a pass
+])
+def test_parse_gates_other_layouts(data: dict, passed: bool) -> None:
+    assert parse_gates(data).passed is passed
+
+
+def test_tables_show_intervals_and_merge_ci_keys() -> None:
+    tables = to_tables({"fd": 0.1, "fd_ci": [0.05, 0.2], "ba": {"value": 0.3, "lo": 0.1, "hi": 0.4},
+                        "by_group": {"a": {"acc": 0.9}, "b": {"acc": 0.8}}})
+    cells = {r[0]: r[1] for r in tables[0].rows}
+    assert cells == {"fd": "0.1 [0.05, 0.2]", "ba": "0.3 [0.1, 0.4]"}
+    assert tables[1].title == "by_group" and tables[1].rows == [["a", "0.9"], ["b", "0.8"]]
+
+
+def test_report_stage_writes_a_self_contained_page(run: ReleaseRun) -> None:
+    page = (run.root / "reports" / "audit.html").read_text()
+    ids = re.findall(r"<section id='(\w+)'", page)
+    assert ids == ["verdict", *[s.key for s in SECTIONS], "lineage"]  # the verdict comes first
+    assert "RELEASED" in page and "conditional_accuracy" in page
+    srcs = re.findall(r"src=['\"]([^'\"]+)", page)
+    assert srcs and all(s.startswith("data:image/") for s in srcs)  # nothing fetched
+    assert not re.search(r"<script|<link rel='stylesheet'|https?://[^'\"<]*\.(js|css|png)", page)
+    assert "data:image/gif" in page  # explainability animations are embedded too
+    data = json.loads((run.root / "metrics" / "data.json").read_text())
+    assert data["data_md5"] in page
+    release = json.loads((run.root / "reports" / "release.json").read_text())
+    assert release["record"]["run_id"] in page  # the MLflow run link
+
+
+def test_missing_inputs_say_not_run(run: ReleaseRun, tmp_path) -> None:
+    bare = copy_run(run, tmp_path / "bare")
+    for name in ("fairness", "privacy", "explain", "sampler_study", "gates"):
+        (bare.root / "metrics" / f"{name}.json").unlink()
+    for sub in ("explain", "sampler_study", "audit"):
+        for p in (bare.root / "plots" / sub).iterdir():
+            p.unlink()
+    content = load_content(bare.cfg, bare.params)
+    page = render_html(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
+    status = dict(re.findall(r"<section id='(\w+)' data-status='([\w-]+)'", page))
+    assert status == {"verdict": "ok", "samples": "ok", "quality": "ok", "sampler_study": "not-run",
+                      "explain": "not-run", "fairness": "not-run", "privacy": "not-run", "lineage": "ok"}
+    assert "NOT AUDITED" in page and "Gates not run" in page
+    card = render_model_card(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
+    assert card.count("_Not measured for this run") == 4
+    assert "The release gates were not evaluated" in card
+
+
+def test_model_card_has_every_section_and_the_run_numbers(run: ReleaseRun) -> None:
+    card = (run.root / "reports" / "MODEL_CARD.md").read_text()
+    for heading in ("Model details", "Intended use", "Out-of-scope uses", "Training data", "Evaluation data",
+                    "Factors", "Metrics", "Quantitative analyses", "Model examination", "Ethical considerations",
+                    "Caveats and recommendations"):
+        assert f"## {heading}\n" in card
+    assert "champion (released)" in card
+    assert "`thickness` (thin, thick)" in card  # the audited groups
+    assert "0.55 [0.4, 0.7]" in card  # an interval from the explainability file
+    assert "0.071 [0, 0.25]" in card  # a fairness interval
+
+
+def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(run.tracking_uri)
+    release = json.loads((run.root / "reports" / "release.json").read_text())
+    client = MlflowClient()
+    names = {a.path for a in client.list_artifacts(release["record"]["run_id"], "report")}
+    assert names == {"report/audit.html", "report/MODEL_CARD.md", "report/release.json"}
+    metrics = client.get_run(release["record"]["run_id"]).data.metrics
+    assert metrics["release.promoted"] == 1.0
