@@ -1,0 +1,140 @@
+"""The explainability audit end to end: sample with recording, then judge, attribute and measure.
+
+Returns numbers, figures and tables; writing them (atomically) and logging them is the stage's job
+(pipelines/explain.py), so the library stays free of paths and tracking.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from matplotlib.figure import Figure
+from PIL import Image
+
+from diffaudit.audit.explain import figures
+from diffaudit.audit.explain.attribution import attribute, attribution_summary
+from diffaudit.audit.explain.emergence import band_curves, commitment_summary, emergence, emergence_summary
+from diffaudit.audit.explain.guidance import guidance_maps, guidance_profile, guidance_summary
+from diffaudit.audit.explain.spectrum import spectrum_per_step, spectrum_summary
+from diffaudit.audit.explain.timestep_profile import loss_by_timestep
+from diffaudit.audit.explain.trajectory import explain_seeds, record_trajectories
+from diffaudit.config.eval_schema import SamplerCfg
+from diffaudit.config.explain_schema import ExplainCfg
+from diffaudit.data.store import DataMeta, Split
+from diffaudit.diffusion.sampling import balanced_labels
+from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.models.evaluator import Evaluator
+
+
+@dataclass
+class ExplainResult:
+    metrics: dict  # metrics/explain.json
+    figures: dict[str, Figure] = field(default_factory=dict)  # name -> PNG
+    gifs: dict[str, list[Image.Image]] = field(default_factory=dict)  # name -> GIF frames
+    tables: dict[str, str] = field(default_factory=dict)  # name -> CSV text (DVC plots)
+    step_metrics: dict[str, list[float]] = field(default_factory=dict)  # MLflow metrics logged with step=i
+
+
+def _csv(header: list[str], rows: list[list[float]]) -> str:
+    return "\n".join([",".join(header)] + [",".join(f"{v:.6g}" for v in r) for r in rows]) + "\n"
+
+
+def filmstrip_index(num_classes: int, per_class: int, film_per_class: int) -> torch.Tensor:
+    """Positions of the first `film_per_class` images of every class in a class-major set."""
+    return torch.tensor([c * per_class + j for c in range(num_classes) for j in range(film_per_class)])
+
+
+def explain_model(
+    cfg: ExplainCfg, sampler: SamplerCfg, seed: int, unet: UNet2DModel, scheduler_config: dict,
+    evaluator: Evaluator, meta: DataMeta, val: Split,
+) -> ExplainResult:
+    """Run every explainability measurement on the exported model with the pipeline's own sampler."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    unet, evaluator = unet.eval(), evaluator.eval()
+    prediction_type = scheduler_config["prediction_type"]
+    band = (float(cfg.band[0]), float(cfg.band[1]))
+    names = meta.class_names
+    n_per = cfg.emergence_per_class
+
+    torch.manual_seed(seed)
+    labels = balanced_labels(meta.num_classes, n_per)
+    seeds = explain_seeds(seed, meta.num_classes, n_per, sampler.num_per_class)
+    traj = record_trajectories(unet, build_sampler(sampler.name, scheduler_config), labels, seeds, sampler.steps,
+                               sampler.guidance_scale, prediction_type, sampler.batch_size)
+    lap("sampling")
+
+    em = emergence(evaluator, traj)
+    curves = band_curves(em, labels, band)
+    metrics: dict = {
+        "sampler": {"name": sampler.name, "steps": sampler.steps, "guidance_scale": sampler.guidance_scale},
+        "num_images": len(labels),
+        "commitment": commitment_summary(em, labels, traj.num_steps),
+        "emergence": emergence_summary(em, labels),
+    }
+    res = ExplainResult(metrics)
+    res.figures["emergence"] = figures.emergence_figure(curves, names, band)
+    res.figures["commitment"] = figures.commitment_figure(em, traj.num_steps)
+    for head, prob in em.prob_final.items():
+        res.step_metrics[f"emergence.{head}"] = prob.double().mean(1).tolist()
+    lap("emergence")
+
+    film_idx = filmstrip_index(meta.num_classes, n_per, cfg.filmstrip_per_class)
+    film = traj.subset(film_idx)
+    res.figures["filmstrip"] = figures.filmstrip_figure(film, names)
+    maps = None
+    if traj.guidance is not None:
+        maps = guidance_maps(film)
+        profile = guidance_profile(traj, band)
+        metrics["guidance"] = guidance_summary(traj, band)
+        res.figures["guidance_maps"] = figures.guidance_figure(maps, film, names)
+        res.figures["guidance_profile"] = figures.guidance_profile_figure(profile, traj.timesteps, band)
+        res.step_metrics["guidance.mean_abs"] = profile["mean"].tolist()
+    else:
+        metrics["guidance"] = {"note": "sampler.guidance_scale is 1: no unconditional pass, no guidance maps"}
+    res.gifs["filmstrip"] = figures.filmstrip_frames(film, maps)
+    lap("filmstrips")
+
+    attr = attribute(unet, evaluator, film, em.final["class"][film_idx], cfg, sampler.guidance_scale,
+                     prediction_type, seed)
+    metrics["attribution"] = attribution_summary(attr, film)
+    res.figures["attributions"] = figures.attribution_figure(attr, film, names)
+    lap("attribution")
+
+    alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
+    rows = loss_by_timestep(unet, alphas, prediction_type, val.images, val.labels, cfg.timestep_bins,
+                            cfg.loss_images, seed)
+    metrics["loss_by_timestep"] = {f"t{r['t_lo']:04d}_{r['t_hi']:04d}": {k: r[k] for k in ("loss", "x0_mse")}
+                                   for r in rows}
+    res.figures["loss_by_timestep"] = figures.loss_figure(rows, len(alphas))
+    res.tables["loss_by_timestep"] = _csv(["t_mid", "loss", "x0_mse"], [[r["t_mid"], r["loss"], r["x0_mse"]] for r in rows])
+    lap("loss_by_timestep")
+
+    spectra = spectrum_per_step(traj.x0)
+    metrics["spectrum"] = spectrum_summary(spectra, cfg.spectrum_tolerance)
+    res.figures["spectrum"] = figures.spectrum_figure(spectra, metrics["spectrum"]["settle_step"])
+    r = spectra.shape[1]
+    res.step_metrics["spectrum.high_frequency_share"] = (
+        spectra[:, r // 2 :].sum(1) / spectra[:, 1:].sum(1).clamp_min(1e-12)).tolist()
+    lap("spectrum")
+
+    heads = list(em.prob_final)
+    guid = res.step_metrics.get("guidance.mean_abs", [float("nan")] * traj.num_steps)
+    res.tables["emergence"] = _csv(
+        ["step", "timestep"] + [f"{h}_prob" for h in heads] + ["guidance"],
+        [[i, float(traj.timesteps[i])] + [res.step_metrics[f"emergence.{h}"][i] for h in heads] + [guid[i]]
+         for i in range(traj.num_steps)],
+    )
+    metrics["seconds"] = timings | {"total": round(float(np.sum(list(timings.values()))), 3)}
+    return res

@@ -1,0 +1,149 @@
+"""Record what the sampler does at every step (x_t, the x0-prediction, the guidance difference).
+
+Everything else in the explainability audit reads these recordings, so the x0-prediction is taken
+from the scheduler's own state wherever it keeps one: the audit explains the images the sampler
+actually made, not a re-derivation of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from diffaudit.diffusion.parameterization import to_x0_eps
+from diffaudit.diffusion.sampling import StepInfo, sample
+from diffaudit.models.unet import null_class
+
+
+@dataclass
+class Trajectory:
+    """Sampling trajectories of N images over S steps (CPU tensors)."""
+
+    labels: torch.Tensor  # (N,) conditioning labels
+    seeds: list[int]
+    timesteps: torch.Tensor  # (S,)
+    alpha_bar: torch.Tensor  # (S,) signal level of each step, for re-running a step exactly
+    input_scale: torch.Tensor  # (S,) x_in = input_scale * x_t (1 except for sigma-space samplers)
+    x_t: torch.Tensor  # (S, N, C, H, W) the state each step starts from
+    x0: torch.Tensor  # (S, N, C, H, W) the scheduler's x0-prediction at each step
+    guidance: torch.Tensor | None  # (S, N, C, H, W) eps_cond - eps_uncond, in epsilon units; None without CFG
+    final: torch.Tensor  # (N, C, H, W) the generated images in [-1, 1]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def subset(self, index: torch.Tensor) -> Trajectory:
+        """The trajectories of some of the images (all steps)."""
+        g = None if self.guidance is None else self.guidance[:, index]
+        return Trajectory(
+            self.labels[index], [self.seeds[int(i)] for i in index], self.timesteps, self.alpha_bar,
+            self.input_scale, self.x_t[:, index], self.x0[:, index], g, self.final[index],
+        )
+
+
+def step_alpha_bar(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor) -> float:
+    """alpha_bar of the step: from the sigma grid for Euler (its timesteps may be fractional)."""
+    if isinstance(scheduler, EulerDiscreteScheduler):
+        sigma = float(scheduler.sigmas[index])
+        return 1.0 / (sigma**2 + 1.0)
+    return float(scheduler.alphas_cumprod[int(timestep)])
+
+
+def step_input_scale(scheduler: SchedulerMixin, index: int) -> float:
+    """The factor scale_model_input applies (Euler works in sigma space: x_in = x / sqrt(sigma^2 + 1))."""
+    if isinstance(scheduler, EulerDiscreteScheduler):
+        return 1.0 / (float(scheduler.sigmas[index]) ** 2 + 1.0) ** 0.5
+    return 1.0
+
+
+def scheduler_x0(scheduler: SchedulerMixin, info: StepInfo) -> torch.Tensor:
+    """The x0-prediction the scheduler itself used for this step.
+
+    DPM-Solver++ keeps it (after its thresholding) as the newest entry of `model_outputs`; the
+    others return it as `pred_original_sample`, which sampling.py passes on in StepInfo.
+    """
+    if isinstance(scheduler, DPMSolverMultistepScheduler) and scheduler.config.algorithm_type in (
+        "dpmsolver++", "sde-dpmsolver++",
+    ):
+        return scheduler.model_outputs[-1].detach().clone()
+    return info.x0_pred.detach().clone()
+
+
+def epsilon_difference(
+    cond: torch.Tensor, uncond: torch.Tensor, alpha_bar: float, prediction_type: str
+) -> torch.Tensor:
+    """eps_cond - eps_uncond whatever the network predicts (the x_t terms cancel: the maps are linear)."""
+    diff = cond - uncond
+    _, eps = to_x0_eps(diff, torch.zeros_like(diff), alpha_bar, prediction_type)
+    return eps
+
+
+class _Recorder:
+    def __init__(self, scheduler: SchedulerMixin, prediction_type: str) -> None:
+        self.scheduler, self.prediction_type = scheduler, prediction_type
+        self.timesteps: list[torch.Tensor] = []
+        self.alpha_bar: list[float] = []
+        self.input_scale: list[float] = []
+        self.x_t: list[torch.Tensor] = []
+        self.x0: list[torch.Tensor] = []
+        self.guidance: list[torch.Tensor] = []
+
+    def __call__(self, info: StepInfo) -> None:
+        a = step_alpha_bar(self.scheduler, info.index, info.timestep)
+        self.timesteps.append(info.timestep.detach().cpu().reshape(()))
+        self.alpha_bar.append(a)
+        self.input_scale.append(step_input_scale(self.scheduler, info.index))
+        self.x_t.append(info.x_t.detach().cpu().clone())
+        self.x0.append(scheduler_x0(self.scheduler, info).cpu())
+        if info.eps_cond is not None and info.eps_uncond is not None:
+            self.guidance.append(epsilon_difference(info.eps_cond, info.eps_uncond, a, self.prediction_type).cpu())
+
+
+def record_trajectories(
+    unet: UNet2DModel, scheduler: SchedulerMixin, labels: torch.Tensor, seeds: list[int], steps: int,
+    guidance_scale: float, prediction_type: str, batch_size: int,
+) -> Trajectory:
+    """Sample with the pipeline's own sampler, in batches, keeping every step of every image."""
+    parts: list[_Recorder] = []
+    finals = []
+    for i in range(0, len(labels), batch_size):
+        rec = _Recorder(scheduler, prediction_type)
+        finals.append(sample(unet, scheduler, labels[i : i + batch_size], seeds[i : i + batch_size], steps,
+                             guidance_scale, null_class(unet), prediction_type, on_step=rec).cpu())
+        parts.append(rec)
+    first = parts[0]
+    has_guidance = all(len(p.guidance) == len(p.x_t) for p in parts)
+    return Trajectory(
+        labels=labels.cpu(),
+        seeds=[int(s) for s in seeds],
+        timesteps=torch.stack(first.timesteps),
+        alpha_bar=torch.tensor(first.alpha_bar, dtype=torch.float64),
+        input_scale=torch.tensor(first.input_scale, dtype=torch.float64),
+        x_t=torch.cat([torch.stack(p.x_t) for p in parts], dim=1),
+        x0=torch.cat([torch.stack(p.x0) for p in parts], dim=1),
+        guidance=torch.cat([torch.stack(p.guidance) for p in parts], dim=1) if has_guidance else None,
+        final=torch.cat(finals),
+    )
+
+
+def explain_seeds(seed: int, num_classes: int, per_class: int, sample_per_class: int) -> list[int]:
+    """Seeds for `per_class` images of each class, class-major.
+
+    The first `sample_per_class` of each class are the very seeds the sample stage used
+    (sampling.sample_seeds over balanced labels), so a filmstrip ends in an image of samples/; any
+    beyond those get fresh seeds past the end of that set.
+    """
+    base = seed * 1_000_003
+    out = []
+    for c in range(num_classes):
+        for j in range(per_class):
+            if j < sample_per_class:
+                out.append(base + c * sample_per_class + j)
+            else:
+                extra = per_class - sample_per_class
+                out.append(base + num_classes * sample_per_class + c * extra + (j - sample_per_class))
+    return out
