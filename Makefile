@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 OVERRIDES ?=
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 SERVE_HOST ?= 127.0.0.1
@@ -36,7 +37,7 @@ repro: params
 
 # Every test, slow ones included. pytest's exit code 5 (no test collected) is a failure here.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: install

@@ -1,5 +1,6 @@
-"""Stage evaluate: FID/KID in the evaluator's feature space with the real-vs-real floor, and
-conditional accuracy; writes metrics/quality.json."""
+"""Stage evaluate: FID/KID/precision/recall in the configured feature space, conditional accuracy and
+CAS, each beside its real-vs-real floor with a bootstrap 95% interval and its n; writes
+metrics/quality.json and plots/conditional_accuracy.csv."""
 
 from __future__ import annotations
 
@@ -23,24 +24,49 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "evaluate", {"samples": samples_path, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         samples = load_tensors(samples_path)
+        train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
         result = evaluate_quality(
-            cfg.eval, load_evaluator(evaluator_dir), meta,
-            train=load_split(data_dir, "train"), test=load_split(data_dir, "test"),
+            cfg.eval, load_evaluator(evaluator_dir), meta, train=train, test=test, val=val,
             gen_images=samples["images"], gen_labels=samples["labels"], seed=cfg.seed,
         )
         result["sampler"] = cfg.sampler.model_dump()
         metrics_dir, plots_dir = Path(cfg.paths.metrics), Path(cfg.paths.plots)
         write_json(metrics_dir / "quality.json", result)
-        rows = ["class,conditional_accuracy"] + [
-            f"{c},{v:.4f}" for c, v in result["conditional_accuracy_per_class"].items()
+        per, floor = result["conditional_accuracy_per_class"], result["conditional_accuracy_floor_per_class"]
+        ci = result["conditional_accuracy_per_class_ci"]
+        rows = ["class,conditional_accuracy,low,high,real_test_accuracy"] + [
+            f"{c},{v:.4f},{_lo(ci.get(c)):.4f},{_hi(ci.get(c)):.4f},{floor.get(c, float('nan')):.4f}"
+            for c, v in per.items()
         ]
         write_text(plots_dir / "conditional_accuracy.csv", "\n".join(rows) + "\n")
         if mlflow.active_run():
             log_metrics_flat({k: v for k, v in result.items() if k != "sampler"})
             mlflow.log_artifact(str(metrics_dir / "quality.json"))
-        fs = result["feature_space"]
-        print(f"[evaluate] fid_{fs}={result[f'fid_{fs}']:.3f} (floor {result[f'fid_{fs}_floor']:.3f}), "
-              f"conditional_accuracy={result['conditional_accuracy']:.3f}")
+        print(summary(result))
+
+
+def _lo(ci: dict | None) -> float:
+    return ci["low"] if ci else float("nan")
+
+
+def _hi(ci: dict | None) -> float:
+    return ci["high"] if ci else float("nan")
+
+
+def summary(result: dict) -> str:
+    """One line per metric: value [95% interval] (floor), n."""
+    fs = result["feature_space"]
+
+    def line(key: str, n: object) -> str:
+        ci = result.get(f"{key}_ci")
+        interval = f" [{ci['low']:.4g}, {ci['high']:.4g}]" if ci else ""
+        return f"  {key}={result[key]:.4g}{interval} (floor {result[f'{key}_floor']:.4g}), n={n}"
+
+    keys = [(f"fid_{fs}", result["n_images"]), (f"kid_{fs}", result["n_images"]), ("precision", result["n_images"]),
+            ("recall", result["n_images"]), ("conditional_accuracy", result["n_generated"])]
+    if "cas" in result:
+        keys.append(("cas", result["cas_n_test"]))
+    return "[evaluate] quality (value [95% CI] (real-vs-real floor), n):\n" + "\n".join(line(k, n) for k, n in keys)
 
 
 if __name__ == "__main__":

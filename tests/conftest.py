@@ -8,11 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffaudit.config.compose import compose_config, write_params
 from diffaudit.config.schema import Config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One intra-op thread per test process (pytest-xdist runs two): the tests' tensors are small, and
+# two processes with two threads each on two cores spend their time spinning. Subprocesses inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 # conf/experiment/smoke.yaml: few steps, few images. Quality is not the point of these runs.
 TINY = ["experiment=smoke"]

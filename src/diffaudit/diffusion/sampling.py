@@ -49,8 +49,9 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
 
 
 def _alpha_bar_euler(scheduler: EulerDiscreteScheduler) -> torch.Tensor:
-    sigma = scheduler.sigmas[scheduler.step_index]
-    return 1.0 / (sigma**2 + 1.0)
+    """alpha_bar of the current Euler step: x_in = x / sqrt(sigma^2 + 1) is the VP state with a = 1 / (sigma^2 + 1)."""
+    sigma = scheduler.sigmas[scheduler.step_index].double()
+    return (1.0 / (sigma**2 + 1.0)).float()
 
 
 @torch.no_grad()
@@ -79,7 +80,8 @@ def sample(
         x_in = scheduler.scale_model_input(x, t)
         out, cond, uncond = guided_output(unet, x_in, t, labels, null_class, guidance_scale)
         if is_euler:
-            # Euler has no x0 clipping: clip here and hand it epsilon (it is built for epsilon).
+            # Euler has no x0 clipping: clip here and hand it the epsilon of the clipped x0 (build_sampler
+            # configures it for epsilon whatever the model predicts), so its own x0 = x - sigma * eps is clipped.
             a = _alpha_bar_euler(scheduler)
             x0, _ = to_x0_eps(out, x_in, a, prediction_type)
             out = eps_from_x0(x0.clamp(-1, 1), x_in, a)

@@ -1,70 +1,151 @@
-"""The quality report of a generated image set: FID/KID against real held-out images with the
-real-vs-real floor, and conditional accuracy, every number named by its feature space."""
+"""The quality report of a generated image set, every number beside its real-vs-real floor.
+
+FID/KID/precision/recall compare n generated images with n real test images; their floor compares
+n real train images with the same test images. Conditional accuracy is judged by the evaluator
+(floor: its accuracy on real test images). CAS trains a classifier of the evaluator's architecture
+on the generated images and tests it on real test images (floor: the same recipe on as many real
+train images). Features are computed once per image set; floors and bootstrap intervals reuse them.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
+from torchmetrics.image.kid import maximum_mean_discrepancy, poly_kernel
 
-from diffaudit.config.schema import ConfigError, EvalCfg
+from diffaudit.config.schema import ConfigError, EvalCfg, EvaluatorCfg
 from diffaudit.data.store import DataMeta, Split
-from diffaudit.metrics.features import EvaluatorFeatures
-from diffaudit.metrics.fid import fid, kid
+from diffaudit.metrics.bootstrap import LEVEL, bootstrap_ci, mean_ci
+from diffaudit.metrics.features import EvaluatorFeatures, FeatureCache, single_thread
+from diffaudit.metrics.fid import fid_features, kid_features
+from diffaudit.metrics.precision_recall import precision_recall_indicators
 from diffaudit.models.evaluator import Evaluator
-from diffaudit.training.evaluator_training import predict
+from diffaudit.training.evaluator_training import predict, train_evaluator
 
 
 def feature_module(cfg: EvalCfg, evaluator: Evaluator) -> nn.Module:
     """The feature space the config names; inception only from a local weights file, never a download."""
     if cfg.feature == "evaluator":
         return EvaluatorFeatures(evaluator)
-    weights = cfg.inception_weights
-    if not weights or not Path(weights).is_file():
-        raise ConfigError(
-            "eval.feature=inception needs eval.inception_weights: the path of a local FID InceptionV3 "
-            "weights file (torch-fidelity's pt_inception-2015-12-05-6726825d.pth); nothing is downloaded. "
-            f"Got {weights!r}. Use eval.feature=evaluator to measure in the evaluator's feature space."
-        )
-    from diffaudit.metrics.inception import InceptionFeatures
+    from diffaudit.metrics.inception import HOW_TO, InceptionFeatures
 
-    return InceptionFeatures(weights)
+    if not cfg.inception_weights:
+        raise ConfigError(HOW_TO)
+    return InceptionFeatures(cfg.inception_weights)
+
+
+def class_hits(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where the evaluator's class argmax equals the label, else 0.0."""
+    return (predict(evaluator, images)["class"].argmax(-1) == labels).float()
+
+
+def _accuracy_report(hits: torch.Tensor, labels: torch.Tensor, class_names: list[str], key: str,
+                     reps: int, seed: int) -> dict:
+    per = {name: labels == c for c, name in enumerate(class_names) if (labels == c).any()}
+    return {
+        key: float(hits.double().mean()),
+        f"{key}_ci": mean_ci(hits, reps, seed),
+        f"{key}_per_class": {name: float(hits[m].double().mean()) for name, m in per.items()},
+        f"{key}_per_class_ci": {name: mean_ci(hits[m], reps, seed + i) for i, (name, m) in enumerate(per.items())},
+        f"{key}_per_class_n": {name: int(m.sum()) for name, m in per.items()},
+    }
 
 
 def conditional_accuracy(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor,
                          class_names: list[str]) -> tuple[float, dict[str, float]]:
     """Share of generated images the evaluator assigns to their conditioning class (overall, per class)."""
-    pred = predict(evaluator, images)["class"].argmax(-1)
-    hit = (pred == labels).float()
-    per_class = {name: float(hit[labels == c].mean()) for c, name in enumerate(class_names) if (labels == c).any()}
-    return float(hit.mean()), per_class
+    hits = class_hits(evaluator, images, labels)
+    per_class = {name: float(hits[labels == c].double().mean()) for c, name in enumerate(class_names) if (labels == c).any()}
+    return float(hits.double().mean()), per_class
+
+
+def _kid_full_ci(ref: torch.Tensor, gen: torch.Tensor, reps: int, seed: int) -> dict[str, float] | None:
+    """Bootstrap interval of the unbiased MMD^2 (KID's kernel) over the full sets, from kernels computed once."""
+    if reps <= 0:
+        return None
+    k_rr, k_gg, k_rg = poly_kernel(ref, ref), poly_kernel(gen, gen), poly_kernel(ref, gen)
+    m = min(len(ref), len(gen))
+
+    def stat(i_r: torch.Tensor, i_g: torch.Tensor) -> float:
+        i_r, i_g = i_r[:m], i_g[:m]
+        return float(maximum_mean_discrepancy(k_rr[i_r][:, i_r], k_rg[i_r][:, i_g], k_gg[i_g][:, i_g]))
+
+    return bootstrap_ci(stat, torch.arange(len(ref)), torch.arange(len(gen)), reps=reps, seed=seed)
+
+
+def set_metrics(ref: torch.Tensor, gen: torch.Tensor, space: str, cfg: EvalCfg, seed: int,
+                suffix: str = "", with_ci: bool = True) -> dict:
+    """FID, KID, precision and recall of feature set `gen` against `ref` (keys end in `suffix`)."""
+    with single_thread():
+        return _set_metrics(ref, gen, space, cfg, seed, suffix, with_ci)
+
+
+def _set_metrics(ref: torch.Tensor, gen: torch.Tensor, space: str, cfg: EvalCfg, seed: int, suffix: str,
+                 with_ci: bool) -> dict:
+    kid_mean, kid_std = kid_features(ref, gen, cfg.kid_subset_size, cfg.kid_subsets, seed)
+    in_ref, in_gen = precision_recall_indicators(ref, gen, cfg.pr_k)
+    out = {
+        f"fid_{space}{suffix}": fid_features(ref, gen),
+        f"kid_{space}{suffix}": kid_mean,
+        f"kid_{space}{suffix}_std": kid_std,
+        f"precision{suffix}": float(in_ref.double().mean()),
+        f"recall{suffix}": float(in_gen.double().mean()),
+    }
+    if with_ci:
+        reps = cfg.bootstrap
+        out[f"fid_{space}{suffix}_ci"] = bootstrap_ci(fid_features, ref, gen, reps=reps, seed=seed)
+        out[f"kid_{space}{suffix}_ci"] = _kid_full_ci(ref, gen, reps, seed)
+        out[f"precision{suffix}_ci"] = mean_ci(in_ref, reps, seed)
+        out[f"recall{suffix}_ci"] = mean_ci(in_gen, reps, seed + 1)
+    return out
+
+
+def cas_score(train: Split, val: Split, test: Split, meta: DataMeta, cfg: EvaluatorCfg,
+              seed: int) -> tuple[float, torch.Tensor]:
+    """Classification accuracy score: train the evaluator's recipe on `train`, test on `test`; (accuracy, hits)."""
+    model, _ = train_evaluator(train, val, meta, cfg, seed, progress=False)
+    hits = class_hits(model, test.images, test.labels)
+    return float(hits.double().mean()), hits
+
+
+def _class_only(images: torch.Tensor, labels: torch.Tensor) -> Split:
+    return Split(images=images, labels=labels, attributes={})
 
 
 def evaluate_quality(
     cfg: EvalCfg, evaluator: Evaluator, meta: DataMeta, train: Split, test: Split,
-    gen_images: torch.Tensor, gen_labels: torch.Tensor, seed: int,
+    gen_images: torch.Tensor, gen_labels: torch.Tensor, seed: int, val: Split | None = None,
+    cache: FeatureCache | None = None,
 ) -> dict:
-    """FID/KID of n generated vs the n real test images, beside the floor: n real train vs the same test."""
-    feature = feature_module(cfg, evaluator)
-    space = feature.space
+    """Every quality metric with its floor, 95 % bootstrap interval and n (CAS only when `val` is given)."""
+    cache = cache or FeatureCache(feature_module(cfg, evaluator))
+    space = cache.space
+    f_test, f_train, f_gen = cache(test.images), cache(train.images), cache(gen_images)
     n = min(len(test), len(gen_images), len(train))
     gen = torch.Generator().manual_seed(seed)
-    gen_pick = gen_images[torch.randperm(len(gen_images), generator=gen)[:n]]
-    train_pick = train.images[torch.randperm(len(train), generator=gen)[:n]]
-    ref = test.images[:n]
-    kid_gen = kid(feature, ref, gen_pick, cfg.kid_subset_size, seed=seed)
-    kid_floor = kid(feature, ref, train_pick, cfg.kid_subset_size, seed=seed)
-    acc, per_class = conditional_accuracy(evaluator, gen_images, gen_labels, meta.class_names)
-    return {
-        "feature_space": space,
-        "n_images": n,
-        f"fid_{space}": fid(feature, ref, gen_pick),
-        f"fid_{space}_floor": fid(feature, ref, train_pick),
-        f"kid_{space}": kid_gen[0],
-        f"kid_{space}_std": kid_gen[1],
-        f"kid_{space}_floor": kid_floor[0],
-        "conditional_accuracy": acc,
-        "conditional_accuracy_per_class": per_class,
-        "n_generated": len(gen_images),
-    }
+    pick_gen = torch.randperm(len(gen_images), generator=gen)[:n]
+    pick_train = torch.randperm(len(train), generator=gen)[:n]
+    ref = f_test[:n]
+    result: dict = {"feature_space": space, "n_images": n, "n_generated": len(gen_images), "n_test": len(test),
+                    "bootstrap": {"reps": cfg.bootstrap, "level": LEVEL}, "pr_k": cfg.pr_k}
+    result |= set_metrics(ref, f_gen[pick_gen], space, cfg, seed)
+    result |= set_metrics(ref, f_train[pick_train], space, cfg, seed, suffix="_floor")
+    reps = cfg.bootstrap
+    names = meta.class_names
+    result |= _accuracy_report(class_hits(evaluator, gen_images, gen_labels), gen_labels, names,
+                               "conditional_accuracy", reps, seed)
+    result |= _accuracy_report(class_hits(evaluator, test.images, test.labels), test.labels, names,
+                               "conditional_accuracy_floor", reps, seed)
+    if cfg.cas and val is not None:
+        ecfg = cfg.evaluator
+        n_real = min(len(gen_images), len(train))
+        real_pick = torch.randperm(len(train), generator=gen)[:n_real]
+        cas, hits = cas_score(_class_only(gen_images, gen_labels), val, test, meta, ecfg, seed)
+        floor, floor_hits = cas_score(_class_only(train.images[real_pick], train.labels[real_pick]), val, test,
+                                      meta, ecfg, seed)
+        result |= {
+            "cas": cas, "cas_ci": mean_ci(hits, reps, seed), "cas_n_train": len(gen_images),
+            "cas_floor": floor, "cas_floor_ci": mean_ci(floor_hits, reps, seed), "cas_floor_n_train": n_real,
+            "cas_n_test": len(test),
+        }
+    return result

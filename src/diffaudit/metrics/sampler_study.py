@@ -1,0 +1,211 @@
+"""Sampler study: the same model, labels and starting noise sampled with DDPM (ancestral), DDIM,
+DPM-Solver++ and Euler over lists of step counts, plus a guidance-scale sweep at one sampler.
+
+Every point is scored against the same n real test images in the same feature space, beside one
+real-vs-real floor of the same n, so points are comparable with each other (and with nothing else).
+NFE here is denoiser steps per image; with guidance != 1 each step runs the conditional and the
+unconditional pass in one batch, so `unet_evals` (2 x steps) is the raw network cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+from matplotlib.figure import Figure
+
+from diffaudit.config.eval_schema import EvalCfg, SamplerCfg, StudyCfg
+from diffaudit.data.store import DataMeta, Split
+from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
+from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.metrics.features import FeatureCache
+from diffaudit.metrics.quality import class_hits, set_metrics
+from diffaudit.models.evaluator import Evaluator
+from diffaudit.utils.io import atomic_path
+
+
+@dataclass(frozen=True)
+class StudyPoint:
+    """One sampling configuration of the study."""
+
+    sampler: str
+    nfe: int
+    guidance_scale: float
+
+
+def plan(study: StudyCfg, sampler: SamplerCfg) -> tuple[list[StudyPoint], list[StudyPoint]]:
+    """(NFE sweep, guidance sweep) points; nulls in the study config take the `sampler` group's values."""
+    w = sampler.guidance_scale if study.guidance_scale is None else study.guidance_scale
+    nfe_points = [StudyPoint(name, n, float(w)) for name, steps in study.nfe.items() for n in sorted(set(steps))]
+    g = study.guidance
+    g_sampler, g_nfe = g.sampler or sampler.name, g.nfe or sampler.steps
+    guidance_points = [StudyPoint(g_sampler, g_nfe, float(s)) for s in sorted(set(g.scales))]
+    return nfe_points, guidance_points
+
+
+def _reaches(m: dict, study: StudyCfg) -> bool:
+    return m["fid_over_floor"] <= study.target_fid_over_floor and m["conditional_accuracy"] >= study.target_conditional_accuracy
+
+
+def run_study(
+    unet: UNet2DModel, sched_cfg: dict, evaluator: Evaluator, cache: FeatureCache, meta: DataMeta, train: Split,
+    test: Split, cfg: EvalCfg, sampler: SamplerCfg, seed: int,
+    on_point: Callable[[StudyPoint, dict], None] | None = None,
+) -> dict:
+    """Sample and score every study point once (points shared by both sweeps are sampled once)."""
+    study = cfg.study
+    if study is None:
+        raise ValueError("eval.study is not configured")
+    t_start = time.perf_counter()
+    space = cache.space
+    labels = balanced_labels(meta.num_classes, study.num_per_class)
+    seeds = sample_seeds(seed, len(labels))
+    n = min(len(labels), len(test), len(train))
+    gen = torch.Generator().manual_seed(seed)
+    pick_gen = torch.randperm(len(labels), generator=gen)[:n]
+    pick_train = torch.randperm(len(train), generator=gen)[:n]
+    ref = cache(test.images)[:n]
+    floor = set_metrics(ref, cache(train.images)[pick_train], space, cfg, seed, with_ci=False)
+    nfe_points, guidance_points = plan(study, sampler)
+    scored: dict[StudyPoint, dict] = {}
+    for p in dict.fromkeys(nfe_points + guidance_points):
+        t0 = time.perf_counter()
+        images = generate(unet, build_sampler(p.sampler, sched_cfg), labels, seeds, p.nfe, p.guidance_scale,
+                          sched_cfg["prediction_type"], sampler.batch_size)
+        seconds = time.perf_counter() - t0
+        m = set_metrics(ref, cache(images)[pick_gen], space, cfg, seed, with_ci=False)
+        m["conditional_accuracy"] = float(class_hits(evaluator, images, labels).double().mean())
+        fid_floor = floor[f"fid_{space}"]
+        m["fid_over_floor"] = m[f"fid_{space}"] / fid_floor if fid_floor > 0 else math.inf
+        m |= {"nfe": p.nfe, "unet_evals": p.nfe * (1 if p.guidance_scale == 1.0 else 2),
+              "guidance_scale": p.guidance_scale, "seconds": seconds}
+        m["reaches_target"] = _reaches(m, study)
+        scored[p] = m
+        if on_point is not None:
+            on_point(p, m)
+    nfe_sweep: dict[str, dict[str, dict]] = {}
+    for p in nfe_points:
+        nfe_sweep.setdefault(p.sampler, {})[str(p.nfe)] = scored[p]
+    fewest = {s: next((int(k) for k, m in pts.items() if m["reaches_target"]), None) for s, pts in nfe_sweep.items()}
+    reached = [(n_, nfe_sweep[s][str(n_)]["seconds"], s) for s, n_ in fewest.items() if n_ is not None]
+    best = min(reached, default=None)
+    g0 = guidance_points[0]
+    return {
+        "feature_space": space,
+        "n_images": n,
+        "num_per_class": study.num_per_class,
+        "guidance_scale": nfe_points[0].guidance_scale if nfe_points else None,
+        "floor": {k: v for k, v in floor.items() if not k.endswith("_std")} | {"n_images": n},
+        "target": {"fid_over_floor_max": study.target_fid_over_floor,
+                   "conditional_accuracy_min": study.target_conditional_accuracy},
+        "nfe_sweep": nfe_sweep,
+        "guidance_sweep": {"sampler": g0.sampler, "nfe": g0.nfe,
+                           "points": {str(p.guidance_scale): scored[p] for p in guidance_points}},
+        "fewest_nfe_to_target": fewest,
+        "best": None if best is None else {"sampler": best[2], "nfe": best[0], "seconds": best[1]},
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+NFE_COLUMNS = ("nfe", "unet_evals", "fid_{s}", "fid_over_floor", "kid_{s}", "precision", "recall",
+               "conditional_accuracy", "seconds")
+GUIDANCE_COLUMNS = ("guidance_scale", "precision", "recall", "fid_{s}", "fid_over_floor", "kid_{s}",
+                    "conditional_accuracy")
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...], space: str, lead: dict | None = None) -> str:
+    cols = [c.format(s=space) for c in columns]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(lead or {}) + cols)
+    for r in rows:
+        w.writerow(list((lead or {}).values()) + [f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in cols])
+    return buf.getvalue()
+
+
+def write_study_outputs(result: dict, out_dir: str | Path) -> list[Path]:
+    """CSV tables (one per sampler for DVC plots, one long table) and the two PNG plots, as one directory
+    replaced atomically (no stale file from an earlier study survives); returns the final paths."""
+    out = Path(out_dir)
+    space = result["feature_space"]
+    files: dict[str, str | Figure] = {}
+    long_header, long_body = "", []
+    for s, pts in result["nfe_sweep"].items():
+        table = _csv(list(pts.values()), NFE_COLUMNS, space)
+        files[f"nfe_{s}.csv"] = table
+        long_header, body = _csv(list(pts.values()), NFE_COLUMNS, space, {"sampler": s}).split("\n", 1)
+        long_body.append(body)
+    if long_body:
+        files["nfe_sweep.csv"] = long_header + "\n" + "".join(long_body)
+    files["guidance.csv"] = _csv(list(result["guidance_sweep"]["points"].values()), GUIDANCE_COLUMNS, space)
+    files["quality_vs_nfe.png"] = _nfe_figure(result)
+    files["precision_recall_guidance.png"] = _guidance_figure(result)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for name, content in files.items():
+            if isinstance(content, str):
+                (tmp / name).write_text(content)
+            else:
+                content.savefig(tmp / name, format="png", dpi=110, bbox_inches="tight")
+    return [out / name for name in files]
+
+
+def _nfe_figure(result: dict) -> Figure:
+
+    space = result["feature_space"]
+    target = result["target"]
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for s, pts in result["nfe_sweep"].items():
+        x = [m["nfe"] for m in pts.values()]
+        axes[0].plot(x, [m["fid_over_floor"] for m in pts.values()], "o-", label=s)
+        axes[1].plot(x, [m[f"kid_{space}"] for m in pts.values()], "o-", label=s)
+        axes[2].plot(x, [m["conditional_accuracy"] for m in pts.values()], "o-", label=s)
+    axes[0].axhline(target["fid_over_floor_max"], color="grey", ls="--", lw=1, label="target")
+    axes[0].axhline(1.0, color="black", ls=":", lw=1, label="floor")
+    axes[1].axhline(result["floor"][f"kid_{space}"], color="black", ls=":", lw=1, label="floor")
+    axes[2].axhline(target["conditional_accuracy_min"], color="grey", ls="--", lw=1, label="target")
+    titles = (f"FID ({space}) / real-vs-real floor", f"KID ({space})", "conditional accuracy")
+    ticks = sorted({m["nfe"] for pts in result["nfe_sweep"].values() for m in pts.values()})
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("NFE (denoiser steps per image)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    axes[2].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Sampler study: n={result['n_images']} images per point, guidance {result['guidance_scale']}")
+    return fig
+
+
+def _guidance_figure(result: dict) -> Figure:
+
+    g = result["guidance_sweep"]
+    pts = list(g["points"].values())
+    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([m["recall"] for m in pts], [m["precision"] for m in pts], "o-", label="generated")
+    for m in pts:
+        ax.annotate(f"w={m['guidance_scale']:g}", (m["recall"], m["precision"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.plot([result["floor"]["recall"]], [result["floor"]["precision"]], "k*", ms=10,
+            label="real train (floor)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (coverage of real images)")
+    ax.set_ylabel("precision (fidelity)")
+    ax.set_title(f"Guidance sweep: {g['sampler']} at {g['nfe']} steps ({result['feature_space']} features)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig

@@ -1,0 +1,247 @@
+"""Quality metrics are right: FID/KID against closed forms and limits, precision/recall's symmetries,
+CAS against the evaluator's own test accuracy, inception's refusal to run without weights, and the
+evaluate stage's full key set on the tiny pipeline run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from diffaudit.config.compose import compose_config
+from diffaudit.config.schema import ConfigError, validate_config
+from diffaudit.data.store import load_meta, load_split
+from diffaudit.metrics.bootstrap import bootstrap_ci, mean_ci
+from diffaudit.metrics.features import FeatureCache
+from diffaudit.metrics.fid import fid_features, kid_features
+from diffaudit.metrics.precision_recall import precision_recall
+from diffaudit.metrics.quality import cas_score, class_hits, evaluate_quality, feature_module
+from diffaudit.models.evaluator import load_evaluator
+from diffaudit.utils.io import load_tensors, read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gaussian(n: int, d: int, mean: float | torch.Tensor = 0.0, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scale + mean)
+
+
+def closed_form_fid(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+# --- FID / KID ---------------------------------------------------------------------------------
+
+def test_fid_of_a_set_against_itself_is_zero() -> None:
+    x = gaussian(400, 16)
+    assert fid_features(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_matches_the_gaussian_closed_form() -> None:
+    d = 6
+    a = gaussian(3000, d, seed=1)
+    mix = torch.linalg.qr(gaussian(d, d, seed=2))[0]
+    b = gaussian(3000, d, mean=0.5, scale=1.5, seed=3) @ mix.T
+    # Exactly the Fréchet distance of the sample moments ...
+    expected = closed_form_fid(a.mean(0).numpy(), np.cov(a.numpy().T), b.mean(0).numpy(), np.cov(b.numpy().T))
+    assert fid_features(a, b) == pytest.approx(expected, rel=1e-6)
+    # ... and close to that of the populations: N(0, I) vs N(0.5 M 1, 2.25 I) -> |mu|^2 + d (1.5 - 1)^2.
+    mu = (0.5 * mix @ torch.ones(d, dtype=torch.float64)).numpy()
+    population = closed_form_fid(np.zeros(d), np.eye(d), mu, 2.25 * np.eye(d))
+    assert population == pytest.approx(float((mu**2).sum()) + d * 0.25)
+    assert fid_features(a, b) == pytest.approx(population, rel=0.1)
+
+
+def test_fid_and_kid_shrink_as_generated_features_approach_the_real_ones() -> None:
+    real, other = gaussian(300, 32, seed=4), gaussian(300, 32, seed=5)
+    shift = torch.linspace(-1, 1, 32, dtype=torch.float64)
+    fids, kids = [], []
+    for delta in (2.0, 1.0, 0.5, 0.1):
+        fake = other + delta * shift + 0.3 * delta * other.flip(1)
+        fids.append(fid_features(real, fake))
+        kids.append(kid_features(real, fake, subset_size=100, subsets=20, seed=0)[0])
+    assert fids == sorted(fids, reverse=True) and fids[-1] < 0.1 * fids[0]
+    assert kids == sorted(kids, reverse=True) and kids[-1] < 0.1 * kids[0]
+    assert abs(kid_features(real, other, 100, 20, 0)[0]) < 0.05 * kids[0]  # same distribution: about 0
+
+
+def test_kid_is_reproducible_and_leaves_the_global_rng_alone() -> None:
+    a, b = gaussian(200, 8, seed=6), gaussian(200, 8, mean=0.2, seed=7)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = kid_features(a, b, 50, 10, seed=3)
+    assert torch.rand(1) == before
+    assert kid_features(a, b, 50, 10, seed=3) == first
+
+
+# --- precision / recall ------------------------------------------------------------------------
+
+def test_precision_and_recall_are_one_for_identical_sets() -> None:
+    x = gaussian(200, 8)
+    assert precision_recall(x, x.clone(), k=3) == (1.0, 1.0)
+
+
+def test_precision_and_recall_fall_as_the_sets_separate() -> None:
+    real, fake = gaussian(300, 8, seed=8), gaussian(300, 8, seed=9)
+    values = [precision_recall(real, fake + shift, k=3) for shift in (0.0, 0.5, 1.0, 2.0, 4.0)]
+    precisions, recalls = zip(*values, strict=True)
+    assert list(precisions) == sorted(precisions, reverse=True) and precisions[0] > 0.8 and precisions[-1] < 0.05
+    assert list(recalls) == sorted(recalls, reverse=True) and recalls[0] > 0.8 and recalls[-1] < 0.05
+
+
+def test_swapping_real_and_generated_swaps_precision_and_recall() -> None:
+    real, fake = gaussian(250, 8, seed=10), gaussian(180, 8, mean=0.3, scale=0.5, seed=11)
+    p, r = precision_recall(real, fake, k=3)
+    assert p != r
+    assert precision_recall(fake, real, k=3) == (r, p)
+
+
+def test_chunking_does_not_change_precision_recall() -> None:
+    real, fake = gaussian(230, 8, seed=12), gaussian(170, 8, mean=0.4, seed=13)
+    assert precision_recall(real, fake, k=3, chunk=17) == precision_recall(real, fake, k=3, chunk=4096)
+
+
+# --- bootstrap and caching ---------------------------------------------------------------------
+
+def test_bootstrap_intervals_cover_the_estimate_and_are_reproducible() -> None:
+    hits = (torch.arange(400) % 4 != 0).float()  # 0.75
+    ci = mean_ci(hits, reps=300, seed=0)
+    assert ci["low"] < 0.75 < ci["high"] and ci["high"] - ci["low"] < 0.15
+    assert mean_ci(hits, reps=300, seed=0) == ci and mean_ci(hits, reps=0, seed=0) is None
+    a, b = gaussian(200, 4, seed=14), gaussian(200, 4, mean=0.5, seed=15)
+    fci = bootstrap_ci(fid_features, a, b, reps=50, seed=0)
+    assert fci["low"] < fid_features(a, b) < fci["high"]
+
+
+class CountingFeatures(torch.nn.Module):
+    """A stand-in feature space: mean and std of each image, counting the images it sees."""
+
+    def __init__(self, space: str = "stub") -> None:
+        super().__init__()
+        self.space = space
+        self.num_features = 2
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        flat = x.flatten(1)
+        return torch.stack([flat.mean(1), flat.std(1)], 1)
+
+
+def test_feature_cache_computes_each_image_set_once() -> None:
+    module = CountingFeatures()
+    cache = FeatureCache(module)
+    images = torch.randn(30, 1, 4, 4)
+    first = cache(images)
+    assert torch.equal(cache(images.clone()), first) and module.seen == 30 and cache.misses == 1
+    cache(images[:10])
+    assert module.seen == 40 and cache.misses == 2
+
+
+# --- inception ---------------------------------------------------------------------------------
+
+def test_inception_without_weights_fails_with_how_to_supply_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"eval\.inception_weights=.*pt_inception.*nothing is downloaded"):
+        validate_config(compose_config(["eval.feature=inception"], ROOT / "conf"))
+    cfg = validate_config(compose_config([f"eval.inception_weights={tmp_path / 'missing.pth'}",
+                                          "eval.feature=inception"], ROOT / "conf"))
+    with pytest.raises(ConfigError, match=r"eval\.inception_weights=.*not a file"):
+        feature_module(cfg.eval, evaluator=None)  # type: ignore[arg-type]
+
+
+def test_inception_with_weights_but_without_torch_fidelity_says_what_to_install(tmp_path: Path) -> None:
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if _TORCH_FIDELITY_AVAILABLE:
+        pytest.skip("torch-fidelity is installed here")
+    weights = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(1)}, weights)
+    cfg = validate_config(compose_config([f"eval.inception_weights={weights}", "eval.feature=inception"],
+                                         ROOT / "conf"))
+    with pytest.raises(ConfigError, match="torch-fidelity"):
+        feature_module(cfg.eval, evaluator=None)  # type: ignore[arg-type]
+
+
+# --- on the tiny pipeline run ------------------------------------------------------------------
+
+QUALITY_KEYS = [
+    "feature_space", "n_images", "n_generated", "n_test", "bootstrap", "pr_k", "sampler",
+    *(f"{m}{s}{t}" for m in ("fid_evaluator", "kid_evaluator", "precision", "recall")
+      for s in ("", "_floor") for t in ("", "_ci")),
+    "kid_evaluator_std", "kid_evaluator_floor_std",
+    *(f"conditional_accuracy{s}{t}" for s in ("", "_floor")
+      for t in ("", "_ci", "_per_class", "_per_class_ci", "_per_class_n")),
+    "cas", "cas_ci", "cas_floor", "cas_floor_ci", "cas_n_train", "cas_floor_n_train", "cas_n_test",
+]
+
+
+def test_evaluate_stage_writes_every_quality_key(tiny_run) -> None:
+    q = read_json(Path(tiny_run.cfg.paths.metrics) / "quality.json")
+    assert sorted(QUALITY_KEYS) == sorted(q)
+    assert q["feature_space"] == "evaluator" and q["n_generated"] == 60 and q["n_images"] == 60
+    for key in ("fid_evaluator", "kid_evaluator", "precision", "recall", "conditional_accuracy", "cas"):
+        for k in (key, f"{key}_floor"):
+            assert math.isfinite(q[k]), k
+            ci = q[f"{k}_ci"]
+            assert ci["low"] <= ci["high"], k
+    assert q["fid_evaluator_floor"] < q["fid_evaluator"]  # 30 training steps: far from the real images
+    assert 0 <= q["precision"] <= 1 and 0 <= q["conditional_accuracy"] <= 1
+    meta = load_meta(Path(tiny_run.cfg.paths.data) / "prepared")
+    assert sorted(q["conditional_accuracy_per_class"]) == sorted(meta.class_names)
+    assert sum(q["conditional_accuracy_per_class_n"].values()) == q["n_generated"]
+    rows = (Path(tiny_run.cfg.paths.plots) / "conditional_accuracy.csv").read_text().splitlines()
+    assert rows[0].startswith("class,conditional_accuracy") and len(rows) == 1 + len(meta.class_names)
+
+
+def _tiny_inputs(tiny_run):  # noqa: ANN202 - a tuple of the tiny run's artifacts
+    data = Path(tiny_run.cfg.paths.data) / "prepared"
+    splits = {s: load_split(data, s) for s in ("train", "val", "test")}
+    evaluator = load_evaluator(Path(tiny_run.cfg.paths.models) / "evaluator")
+    samples = load_tensors(Path(tiny_run.cfg.paths.samples) / "samples.safetensors")
+    return load_meta(data), splits, evaluator, samples
+
+
+def test_cas_of_real_trained_against_real_is_the_classifiers_test_accuracy(tiny_run) -> None:
+    """Fed the real training split, CAS retrains the evaluator stage's classifier: same accuracy, same hits."""
+    meta, s, evaluator, _ = _tiny_inputs(tiny_run)
+    cfg = tiny_run.cfg
+    accuracy, hits = cas_score(s["train"], s["val"], s["test"], meta, cfg.eval.evaluator, cfg.seed)
+    stage = read_json(Path(cfg.paths.metrics) / "evaluator.json")["class"]["accuracy"]
+    assert accuracy == pytest.approx(stage, abs=1e-12)
+    assert torch.equal(hits, class_hits(evaluator, s["test"].images, s["test"].labels))
+
+
+def test_metric_keys_name_the_feature_space(tiny_run) -> None:
+    meta, s, evaluator, samples = _tiny_inputs(tiny_run)
+    cfg = tiny_run.cfg.eval.model_copy(update={"bootstrap": 0, "cas": False})
+    q = evaluate_quality(cfg, evaluator, meta, s["train"], s["test"], samples["images"], samples["labels"], seed=0,
+                         cache=FeatureCache(CountingFeatures("inception")))
+    assert q["feature_space"] == "inception" and "fid_inception" in q and "kid_inception_floor" in q
+    assert not any("evaluator" in k for k in q) and q["fid_inception_ci"] is None and "cas" not in q
+
+
+def test_inception_features_come_from_the_local_weights_file(tmp_path: Path) -> None:
+    """Where torch-fidelity is importable: random weights saved locally give 2048-d `inception` features."""
+    from unittest import mock
+
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE:
+        pytest.skip("torch-fidelity is not installed here")
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with mock.patch("torch.load", return_value={}), mock.patch.object(torch.nn.Module, "load_state_dict"):
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path="-")
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    cfg = validate_config(compose_config(["eval.feature=inception", f"eval.inception_weights={tmp_path / 'inception.pth'}"],
+                                         ROOT / "conf"))
+    cache = FeatureCache(feature_module(cfg.eval, evaluator=None))  # type: ignore[arg-type]
+    feats = cache(torch.rand(4, 1, 16, 16) * 2 - 1)
+    assert cache.space == "inception" and feats.shape == (4, 2048) and torch.isfinite(feats).all()
