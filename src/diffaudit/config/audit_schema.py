@@ -1,10 +1,60 @@
-"""Schema of the `audit` config group (fairness, privacy, gates). Owned by the fairness/privacy audit."""
+"""Schema of the `audit` config group (fairness, privacy, gates). Owned by the fairness/privacy audit.
+
+Every threshold lives here so that a change to one reruns the audit stage alone (dvc.yaml lists
+`audit` as its params); a gate set to null is not evaluated.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class AuditCfg(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatesCfg(_Strict):
+    """Release thresholds. Fairness values are read from the error-corrected estimates when
+    `audit.correct_errors` is true, and through `audit.gate_statistic` (estimate or an interval end)."""
+
+    min_conditional_accuracy: float | None = Field(default=0.8, ge=0.0, le=1.0)
+    # FID of generated vs real test images minus the real-vs-real floor, in the evaluate stage's feature space.
+    max_fid_over_floor: float | None = Field(default=None, ge=0.0)
+    max_fairness_discrepancy: float | None = Field(default=0.1, ge=0.0)
+    max_abs_bias_amplification: float | None = Field(default=0.25, ge=0.0)
+    max_worst_group_gap: float | None = Field(default=0.15, ge=0.0)
+    max_memorized_fraction: float | None = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class MitigationCfg(_Strict):
+    """Balanced selection sampling: draw extra candidates per class and keep a set whose attribute
+    shares (by the evaluator) match the target; the audit is then rerun on that set."""
+
+    enabled: bool = True
+    attribute: str | None = None  # null: the first sensitive attribute of the data
+    target: Literal["uniform", "train"] = "uniform"
+    oversample: float = Field(default=3.0, ge=1.0, le=50.0)  # most candidates per class, in units of the set's own count
+    max_rounds: int = Field(default=4, ge=1)
+
+
+class AuditCfg(_Strict):
     fail_on_gate: bool = False
+    reference: Literal["train", "uniform"] = "uniform"
+    correct_errors: bool = True
+    gate_statistic: Literal["estimate", "ci_low", "ci_high"] = "estimate"
+    bootstrap: int = Field(default=1000, ge=0)
+    ci_level: float = Field(default=0.95, gt=0.0, lt=1.0)
+    # Per-class confusion matrices for p(a|c) need this many real test images in every true group of the
+    # class; otherwise the pooled matrix is used.
+    min_confusion_count: int = Field(default=10, ge=1)
+    # Pseudo-counts per true group pulling each per-class matrix toward the pooled one (0: none).
+    confusion_prior: float = Field(default=10.0, ge=0.0)
+    min_group_size: int = Field(default=20, ge=2)
+    min_group_size_fid: int = Field(default=100, ge=2)
+    pr_k: int = Field(default=3, ge=1)
+    memorization_ratio: float = Field(default=1.0 / 3.0, gt=0.0, lt=1.0)
+    gallery_size: int = Field(default=16, ge=1)
+    gates: GatesCfg = GatesCfg()
+    mitigation: MitigationCfg = MitigationCfg()
