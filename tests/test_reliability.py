@@ -27,6 +27,7 @@ def _params_like(tiny_run, tmp_path: Path, **paths: str) -> Path:
     raw["paths"].update(paths)
     raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "params.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(raw))
     return out
 

@@ -74,7 +74,14 @@ def setup(cfg: Config) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
     uri = tracking_uri(cfg)
     check_reachable(uri)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow also exports the URI to the environment; undo that, so the user's variable (or its
+    # absence) still decides for the next config in this process.
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     try:
         name = cfg.tracking.experiment_name
         if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
