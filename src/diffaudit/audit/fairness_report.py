@@ -1,0 +1,134 @@
+"""Assemble metrics/fairness.json from the evaluator's view of one generated set: representation of the
+class and of every attribute, bias amplification per attribute, and per-group quality.
+
+The evaluator is run once per image set (`judge`); everything else works on its outputs, so the audit
+of the mitigated set reuses the same code and the same held-out reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffaudit.audit.bias import bias_amplification
+from diffaudit.audit.fairness import (
+    confusion_counts,
+    distribution,
+    pooled_shares,
+    representation,
+    row_normalise,
+    stratified_shares,
+)
+from diffaudit.audit.per_group import per_group_quality
+from diffaudit.config.audit_schema import AuditCfg
+from diffaudit.data.store import DataMeta, Split
+from diffaudit.models.evaluator import Evaluator
+
+
+@dataclass
+class Judged:
+    """The evaluator's outputs on one image set: softmax per head, argmax per head, features."""
+
+    probs: dict[str, np.ndarray]
+    preds: dict[str, np.ndarray]
+    feats: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+
+@torch.no_grad()
+def judge(evaluator: Evaluator, images: torch.Tensor, batch_size: int = 512) -> Judged:
+    """One batched pass: features and every head's probabilities."""
+    evaluator.eval()
+    feats, probs = [], {}
+    for i in range(0, len(images), batch_size):
+        f = evaluator.features(images[i : i + batch_size])
+        feats.append(f.double())
+        for k, v in evaluator.heads(f).items():
+            probs.setdefault(k, []).append(v.softmax(-1).double())
+    p = {k: torch.cat(v).numpy() for k, v in probs.items()}
+    return Judged(probs=p, preds={k: v.argmax(-1) for k, v in p.items()}, feats=torch.cat(feats).numpy())
+
+
+def _reference(kind: str, train_labels: np.ndarray, k: int) -> np.ndarray:
+    return np.full(k, 1.0 / k) if kind == "uniform" else distribution(train_labels, k)
+
+
+def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, test_j: Judged,
+                    gen_labels: torch.Tensor, gen_j: Judged, seed: int) -> dict:
+    """Representation, bias amplification and per-group quality of one generated set."""
+    rng = np.random.default_rng(seed)
+    b, lvl = cfg.bootstrap, cfg.ci_level
+    heads = {"class": meta.class_names} | meta.attribute_groups
+    truth = {"class": test.labels.numpy()} | {a: v.numpy() for a, v in test.attributes.items()}
+    train_truth = {"class": train.labels.numpy()} | {a: v.numpy() for a, v in train.attributes.items()}
+    gen_lab = gen_labels.numpy()
+    out: dict = {"n_generated": len(gen_j), "reference": cfg.reference, "corrected": cfg.correct_errors,
+                 "ci_level": lvl, "bootstrap": b, "evaluator_test_accuracy": {}, "representation": {},
+                 "bias_amplification": {}, "per_group": {}}
+    for head, names in heads.items():
+        conf = confusion_counts(truth[head], test_j.preds[head], len(names))
+        out["evaluator_test_accuracy"][head] = float(np.trace(conf) / max(conf.sum(), 1))
+        refs = {kind: _reference(kind, train_truth[head], len(names)) for kind in ("uniform", "train")}
+        reps = {}
+        for kind, ref in refs.items():
+            if head == "class":
+                shares = pooled_shares(gen_j.preds[head], conf, ref, b, rng)
+            else:
+                shares, per_class = stratified_shares(
+                    gen_j.preds[head], gen_lab, truth[head], test_j.preds[head], truth["class"], ref,
+                    cfg.min_confusion_count, b, rng, prior=cfg.confusion_prior)
+                if kind == cfg.reference:
+                    out["bias_amplification"][head] = bias_amplification(
+                        per_class, train_truth["class"], train_truth[head], meta.class_names, names,
+                        correct_errors=cfg.correct_errors, level=lvl)
+            reps[kind] = representation(shares, ref, names, lvl)
+        rep = reps[cfg.reference]
+        other = "train" if cfg.reference == "uniform" else "uniform"
+        rep["other_reference"] = {"reference": other} | {
+            key: reps[other][key] for key in ("p_ref", "p_gen_corrected", "raw", "corrected")}
+        rep["confusion_test"] = conf.astype(int).tolist()
+        # Large: the evaluator barely separates the groups, and the correction amplifies noise accordingly.
+        rep["confusion_condition"] = float(np.linalg.cond(row_normalise(conf)))
+        out["representation"][head] = rep
+    hit = (gen_j.preds["class"] == gen_lab).astype(np.float64)
+    confidence = gen_j.probs["class"][np.arange(len(gen_lab)), gen_lab]
+    common = dict(hit=hit, confidence=confidence, gen_feats=gen_j.feats, real_feats=test_j.feats, k=cfg.pr_k,
+                  min_group_size=cfg.min_group_size, min_group_size_fid=cfg.min_group_size_fid, n_boot=b, level=lvl)
+    for attr, names in meta.attribute_groups.items():
+        out["per_group"][attr] = per_group_quality(
+            np.asarray(names)[gen_j.preds[attr]], real_groups=np.asarray(names)[truth[attr]], rng=rng, **common)
+    # The class as the group: membership is exact (the conditioning label), not the evaluator's guess.
+    out["per_group"]["class"] = per_group_quality(
+        np.asarray(meta.class_names)[gen_lab], real_groups=np.asarray(meta.class_names)[truth["class"]], rng=rng,
+        **common)
+    out["headline"] = headline(out, cfg)
+    return out
+
+
+def pick(stat: dict, which: str) -> float:
+    """The gated number of a {value, ci} statistic: the estimate or one end of its interval."""
+    if which == "estimate":
+        return float(stat["value"])
+    return float(stat["ci"][0 if which == "ci_low" else 1])
+
+
+def headline(report: dict, cfg: AuditCfg) -> dict:
+    """The worst figure of each kind, and where it was found (what the gates read)."""
+    est = "corrected" if cfg.correct_errors else "raw"
+    fd = [(pick(r[est]["fd_l2"], cfg.gate_statistic), h, r[est]["fd_l2"]) for h, r in report["representation"].items()]
+    ba = [(pick(r["max_abs_ba"], cfg.gate_statistic), a, r["max_abs_ba"]) for a, r in report["bias_amplification"].items()]
+    gap = [(pick(r["gap"]["conditional_accuracy"], cfg.gate_statistic), a, r["gap"]["conditional_accuracy"])
+           for a, r in report["per_group"].items() if a != "class" and r.get("gap")]
+    out: dict = {"estimate": est, "statistic": cfg.gate_statistic}
+    for key, rows in (("fairness_discrepancy", fd), ("bias_amplification", ba), ("worst_group_gap", gap)):
+        rows = [r for r in rows if not np.isnan(r[0])]
+        if rows:
+            v, where, stat = max(rows, key=lambda r: r[0])
+            out[key] = {"value": v, "where": where, "estimate": stat["value"], "ci": stat["ci"]}
+        else:
+            out[key] = {"value": float("nan"), "where": None}
+    return out

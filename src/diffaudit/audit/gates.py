@@ -1,0 +1,81 @@
+"""Release gates: each measured value against its threshold in conf/audit/, one verdict per gate.
+
+A gate whose threshold is null is skipped; a gate whose value could not be measured (NaN, a missing
+quality file) fails, since a release cannot pass on a number nobody took.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from diffaudit.config.audit_schema import GatesCfg
+
+# gate name -> (threshold key in GatesCfg, direction: the value must be "<=" or ">=" the threshold)
+GATES: dict[str, tuple[str, str]] = {
+    "conditional_accuracy": ("min_conditional_accuracy", ">="),
+    "fid_over_floor": ("max_fid_over_floor", "<="),
+    "fairness_discrepancy": ("max_fairness_discrepancy", "<="),
+    "bias_amplification": ("max_abs_bias_amplification", "<="),
+    "worst_group_gap": ("max_worst_group_gap", "<="),
+    "memorized_fraction": ("max_memorized_fraction", "<="),
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: str
+    value: float | None
+    threshold: float
+    op: str
+    passed: bool
+    source: str  # what was measured (e.g. "thickness, corrected, fd_l2, estimate")
+
+    def message(self) -> str:
+        v = "not measured" if self.value is None or math.isnan(self.value) else f"{self.value:.4g}"
+        state = "passed" if self.passed else "FAILED"
+        return f"gate {self.gate} {state}: value {v} (must be {self.op} {self.threshold:g}; {self.source})"
+
+
+def evaluate_gates(cfg: GatesCfg, measured: dict[str, tuple[float | None, str]]) -> list[Verdict]:
+    """One verdict per configured gate; `measured` maps gate name -> (value, what it is)."""
+    verdicts = []
+    for gate, (key, op) in GATES.items():
+        threshold = getattr(cfg, key)
+        if threshold is None:
+            continue
+        value, source = measured.get(gate, (None, "not measured"))
+        ok = value is not None and not math.isnan(value)
+        if ok:
+            ok = value >= threshold if op == ">=" else value <= threshold
+        verdicts.append(Verdict(gate, value, float(threshold), op, bool(ok), source))
+    return verdicts
+
+
+def report(verdicts: list[Verdict]) -> dict:
+    """gates.json: overall verdict, the failing gates, and every verdict with its value."""
+    return {
+        "passed": all(v.passed for v in verdicts),
+        "failed": [v.gate for v in verdicts if not v.passed],
+        "gates": {v.gate: {k: x for k, x in asdict(v).items() if k != "gate"} for v in verdicts},
+    }
+
+
+def measurements(fairness: dict, privacy: dict, quality: dict) -> dict[str, tuple[float | None, str]]:
+    """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors."""
+    out: dict[str, tuple[float | None, str]] = {}
+    head = fairness.get("headline", {})
+    for gate in ("fairness_discrepancy", "bias_amplification", "worst_group_gap"):
+        h = head.get(gate, {})
+        out[gate] = (h.get("value"), f"{h.get('where')}, {head.get('estimate')}, {head.get('statistic')}")
+    spaces = privacy.get("memorization", {})
+    if spaces:
+        worst = max(spaces, key=lambda s: spaces[s]["fraction"])
+        out["memorized_fraction"] = (spaces[worst]["fraction"], f"{worst} space, d1/d2 < {privacy.get('ratio'):.3g}")
+    if "conditional_accuracy" in quality:
+        out["conditional_accuracy"] = (float(quality["conditional_accuracy"]), "quality.json")
+    space = quality.get("feature_space", "evaluator")
+    if f"fid_{space}" in quality and f"fid_{space}_floor" in quality:
+        excess = float(quality[f"fid_{space}"]) - float(quality[f"fid_{space}_floor"])
+        out["fid_over_floor"] = (excess, f"fid_{space} - fid_{space}_floor, quality.json")
+    return out
