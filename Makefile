@@ -14,7 +14,7 @@ SERVE_PORT ?= 5001
 SERVE_ALIAS ?= champion
 RETRAIN_ARGS ?=
 
-.PHONY: install params repro test lint ui serve retrain bench clean
+.PHONY: install params repro test lint ui serve retrain clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
