@@ -41,7 +41,7 @@ test: install
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: install
-	$(VENV)/bin/ruff check src pipelines tests benchmarks
+	$(VENV)/bin/ruff check src pipelines tests
 
 # The MLflow dashboard over the project's store, on loopback only unless UI_HOST says otherwise.
 ui: install
