@@ -72,8 +72,8 @@ def sample(
     cfg = unet.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     labels = labels.to(device)
+    scheduler.set_timesteps(steps, device=device)  # first: Euler's init_noise_sigma depends on it
     x = initial_noise(seeds, shape, device) * scheduler.init_noise_sigma
-    scheduler.set_timesteps(steps, device=device)
     gen = torch.Generator(device=device).manual_seed(int(seeds[0]))
     is_euler = isinstance(scheduler, EulerDiscreteScheduler)
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
