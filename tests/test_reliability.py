@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.diffusion.lit_module import NonFiniteLossError
 from diffaudit.training.diffusion_training import train_diffusion
-from diffaudit.utils.io import atomic_path, write_json
+from diffaudit.utils.io import atomic_path, load_tensor_metadata, write_json
 from tests.conftest import ROOT, tiny_config
 
 
@@ -45,6 +45,17 @@ def test_same_seed_gives_bitwise_identical_samples(tiny_run, tmp_path) -> None:
                        capture_output=True, timeout=900)
         outs.append((tmp_path / name / "samples" / "samples.safetensors").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_saved_tensors_are_byte_identical_across_processes(tmp_path) -> None:
+    # safetensors writes its metadata dict in a per-process hash order; several keys expose it.
+    code = ("import sys, torch; from diffaudit.utils.io import save_tensors; "
+            "save_tensors(sys.argv[1], {'x': torch.arange(4)}, {k: k * 2 for k in 'abcdefgh'})")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT, check=True, timeout=120)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    assert load_tensor_metadata(paths[0]) == {k: k * 2 for k in "abcdefgh"}
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tiny_run, tmp_path) -> None:

@@ -75,10 +75,27 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+METADATA_KEY = "diffaudit"
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors (no pickle, safe to load from untrusted sources), atomically."""
+    """Save tensors as safetensors (no pickle, safe to load from untrusted sources), atomically.
+
+    The metadata goes in as one key holding sorted JSON: safetensors writes a metadata dict in hash-map
+    order, which differs between processes, and identical runs must give identical bytes (DVC hashes).
+    """
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_with(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
+    write_with(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+
+
+def load_tensor_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata that save_tensors stored with the tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata() or {}
+    return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else dict(raw)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
