@@ -13,8 +13,9 @@ SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 5001
 SERVE_ALIAS ?= champion
 RETRAIN_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install params repro test lint ui serve retrain clean
+.PHONY: install params repro test lint bench ui serve retrain clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
@@ -41,7 +42,12 @@ test: install
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: install
-	$(VENV)/bin/ruff check src pipelines tests
+	$(VENV)/bin/ruff check src pipelines tests benchmarks
+
+# Benchmarks (docs/performance.md): ratios measured in one run, written to benchmarks/results.json.
+# PASSIVE: idle OpenMP threads sleep instead of spinning, so interleaved measurements don't steal cores.
+bench: install
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # The MLflow dashboard over the project's store, on loopback only unless UI_HOST says otherwise.
 ui: install

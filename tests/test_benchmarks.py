@@ -1,0 +1,113 @@
+"""Smoke test of the benchmark code on tiny sizes (benchmarks/): it runs and writes its results.
+No timing is asserted; `make bench` measures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import end_to_end, gpu_check
+from benchmarks import run as bench_run
+from benchmarks.common import Figure, table
+from benchmarks.eval_scaling import growth
+
+
+def test_quick_run_writes_every_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    assert bench_run.main(["--quick", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["benchmarks"]) == set(bench_run.BENCHMARKS)
+    for name, r in res["benchmarks"].items():
+        assert "error" not in r, (name, r.get("error"))
+    t = res["benchmarks"]["training_overhead"]
+    assert t["training_overhead_ratio"] > 0 and t["step_flops"] > 0 and t["checkpoints_written"]
+    s = res["benchmarks"]["sampling"]
+    # classifier-free guidance: one forward of 2n images per step, for every sampler
+    assert all(v["one_batched_forward"] for v in s["cfg_forward"].values()), s["cfg_forward"]
+    e = res["benchmarks"]["eval_scaling"]
+    assert set(e["per_size"]) == {str(n) for n in e["sizes"]}
+    assert res["benchmarks"]["end_to_end"]["cache"] == {"skipped": "not requested"}
+    names = {f["name"] for f in res["figures"]}
+    assert {"training_overhead_ratio", "cfg: one batched forward per step", "eval memory growth exponent"} <= names
+    assert all(set(f) == {"name", "value", "unit", "target", "ok", "note"} for f in res["figures"])
+
+
+DVC = {"stages": {
+    "prepare": {"params": ["seed", "data"], "outs": ["data/prepared"]},
+    "sample": {"deps": ["models/diffusion"], "params": ["sampler"], "outs": ["samples"]},
+    "audit": {"deps": ["samples", "data/prepared"], "params": ["audit", "seed"],
+              "outs": ["plots/audit"], "metrics": [{"metrics/audit.json": {"cache": False}}]},
+    "report": {"deps": ["metrics/audit.json", "samples"], "params": [{"params.yaml": ["report.title"]}],
+               "outs": ["reports"]},
+    "other": {"deps": ["data/prepared"], "outs": ["x"]},
+}}
+
+
+def test_expected_reruns_follow_params_and_outputs() -> None:
+    assert end_to_end.expected_reruns(DVC, "audit.gates.min_conditional_accuracy") == {"audit", "report"}
+    assert end_to_end.expected_reruns(DVC, "sampler.steps") == {"sample", "audit", "report"}
+    assert end_to_end.expected_reruns(DVC, "data.image_size") == {"prepare", "audit", "report", "other"}
+    assert end_to_end.expected_reruns(DVC, "report.title") == {"report"}
+    out = "Stage 'prepare' didn't change, skipping\nRunning stage 'audit':\n> python -m x\nRunning stage 'report':\n"
+    assert end_to_end.ran_stages(out) == {"audit", "report"}
+
+
+def test_cache_check_skips_without_an_audit_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages:\n  prepare:\n    cmd: echo\n")
+    monkeypatch.setattr(end_to_end, "ROOT", tmp_path)
+    assert "skipped" in end_to_end.cache_check()
+
+
+def test_last_repro_reads_stage_runs(tiny_run) -> None:
+    rep = end_to_end.last_repro(tiny_run.root / "mlflow.db")
+    assert rep is not None and rep["pipeline_id"] == "tiny-session"
+    assert {"prepare", "evaluator", "train", "sample", "evaluate"} <= set(rep["stages"])
+    assert all(s["seconds"] >= 0 and s["in_last_repro"] for s in rep["stages"].values())
+    assert any(f.name == "make repro wall time" for f in end_to_end.figures({"last_repro": rep,
+                                                                             "cache": {"skipped": "x"}}))
+
+
+def test_gpu_check_without_cuda_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert gpu_check.main([]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_gpu_check_logic_on_cpu_tiny(tmp_path: Path) -> None:
+    args = ["--cpu", "--model", "unet_small", "--image-size", "16", "--batch", "2", "--steps", "1", "--rounds", "1",
+            "--no-compile", "--pipeline-steps", "4", "--pipeline-batch", "4", "--pipeline-image-size", "16",
+            "--out", str(tmp_path)]
+    assert gpu_check.main(args) == 0
+    res = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert {"fp32", "bf16", "bf16_channels_last"} <= set(res["cifar"]["variants"])
+    assert all("images_per_s" in v for v in res["cifar"]["variants"].values()), res["cifar"]["variants"]
+    assert res["pipeline"]["precision"] == "bf16-mixed" and res["pipeline"]["training_overhead_ratio"] > 0
+
+
+def test_helpers() -> None:
+    assert growth([1000, 8000], [1.0, 8.0]) == pytest.approx(1.0)
+    assert growth([1000, 8000], [1.0, 64.0]) == pytest.approx(2.0)
+    assert growth([1, 2], [None, 1.0]) is None
+    text = table([Figure("a", 1.5, "s", "< 2", True), Figure("b", None)])
+    assert "a" in text and "n/a" in text and "yes" in text
+
+
+def test_study_verdict_picks_the_cheapest_point_within_ten_percent() -> None:
+    from benchmarks.sampling import study_verdict
+
+    def pt(fid: float, acc: float, seconds: float) -> dict:
+        return {"fid_over_floor": fid, "conditional_accuracy": acc, "seconds": seconds}
+
+    study = {"nfe_sweep": {
+        "ddpm": {"20": pt(1.5, 0.95, 9.0), "50": pt(1.0, 0.96, 20.0)},
+        "dpm_solver": {"10": pt(1.2, 0.95, 4.0), "20": pt(1.05, 0.95, 8.0)},
+    }}
+    v = study_verdict(study)
+    assert v["met"] and v["cheapest_within_tolerance"] == {"sampler": "dpm_solver", "nfe": 20, "seconds": 8.0}
+    study["nfe_sweep"]["dpm_solver"]["20"] = pt(1.2, 0.95, 8.0)
+    assert not study_verdict(study)["met"]
