@@ -17,7 +17,7 @@ from diffaudit.config.schema import ConfigError, validate_config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.metrics.bootstrap import bootstrap_ci, mean_ci
 from diffaudit.metrics.features import FeatureCache
-from diffaudit.metrics.fid import fid_features, kid_features
+from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features
 from diffaudit.metrics.precision_recall import precision_recall
 from diffaudit.metrics.quality import cas_score, class_hits, evaluate_quality, feature_module
 from diffaudit.models.evaluator import load_evaluator
@@ -118,6 +118,21 @@ def test_bootstrap_intervals_cover_the_estimate_and_are_reproducible() -> None:
     a, b = gaussian(200, 4, seed=14), gaussian(200, 4, mean=0.5, seed=15)
     fci = bootstrap_ci(fid_features, a, b, reps=50, seed=0)
     assert fci["low"] < fid_features(a, b) < fci["high"]
+
+
+def test_kid_bootstrap_from_counts_equals_the_resampled_sets() -> None:
+    from torchmetrics.image.kid import maximum_mean_discrepancy, poly_kernel
+
+    real, fake = gaussian(60, 5, seed=16), gaussian(45, 5, mean=0.4, seed=17)
+    fast = kid_bootstrap(real, fake, reps=4, seed=3, chunk=7)
+    # the same draws, done the slow way: index the sets, full kernels, torchmetrics' MMD^2
+    gen = torch.Generator().manual_seed(3)
+    i_r, i_g = torch.randint(60, (4, 45), generator=gen), torch.randint(45, (4, 45), generator=gen)
+    for r in range(4):
+        x, y = real.double()[i_r[r]], fake.double()[i_g[r]]
+        slow = maximum_mean_discrepancy(poly_kernel(x, x), poly_kernel(x, y), poly_kernel(y, y))
+        assert float(fast[r]) == pytest.approx(float(slow), rel=1e-9, abs=1e-12)
+    assert torch.allclose(kid_bootstrap(real, fake, reps=4, seed=3, chunk=1000), fast, rtol=1e-12)
 
 
 class CountingFeatures(torch.nn.Module):

@@ -35,6 +35,7 @@ def test_tiny_run_has_parent_and_nested_stage_runs(tiny_run) -> None:
         assert run.info.status == "FINISHED"
         assert run.data.params["train.max_steps"] == str(tiny_run.cfg.train.max_steps)
         assert len(run.data.tags["git_commit"]) >= 7
+        assert 50 < run.data.metrics["peak_rss_mib"] < 16_000  # a torch process, measured in MiB not KiB
     assert "input_md5.data" in by_stage["train"].data.tags
     train = by_stage["train"]
     history = client.get_metric_history(train.info.run_id, "train/loss")

@@ -14,7 +14,7 @@ import torch
 LEVEL = 0.95
 
 
-def _interval(values: torch.Tensor, level: float) -> dict[str, float]:
+def interval(values: torch.Tensor, level: float = LEVEL) -> dict[str, float]:
     lo, hi = torch.quantile(values.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return {"low": float(lo), "high": float(hi)}
 
@@ -27,7 +27,7 @@ def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) ->
     v = values.double().flatten()
     means = torch.stack([v[torch.randint(len(v), (len(v),), generator=gen)].mean() for _ in range(reps)]) \
         if len(v) * reps > 50_000_000 else v[torch.randint(len(v), (reps, len(v)), generator=gen)].mean(1)
-    return _interval(means, level)
+    return interval(means, level)
 
 
 def bootstrap_ci(statistic: Callable[..., float], *samples: torch.Tensor, reps: int, seed: int,
@@ -39,4 +39,4 @@ def bootstrap_ci(statistic: Callable[..., float], *samples: torch.Tensor, reps: 
     values = []
     for _ in range(reps):
         values.append(statistic(*(s[torch.randint(len(s), (len(s),), generator=gen)] for s in samples)))
-    return _interval(torch.tensor(values, dtype=torch.float64), level)
+    return interval(torch.tensor(values, dtype=torch.float64), level)

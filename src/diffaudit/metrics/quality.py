@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.image.kid import maximum_mean_discrepancy, poly_kernel
 
 from diffaudit.config.schema import ConfigError, EvalCfg, EvaluatorCfg
 from diffaudit.data.store import DataMeta, Split
-from diffaudit.metrics.bootstrap import LEVEL, bootstrap_ci, mean_ci
+from diffaudit.metrics.bootstrap import LEVEL, bootstrap_ci, interval, mean_ci
 from diffaudit.metrics.features import EvaluatorFeatures, FeatureCache, single_thread
-from diffaudit.metrics.fid import fid_features, kid_features
+from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features
 from diffaudit.metrics.precision_recall import precision_recall_indicators
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.training.evaluator_training import predict, train_evaluator
@@ -60,17 +59,10 @@ def conditional_accuracy(evaluator: Evaluator, images: torch.Tensor, labels: tor
 
 
 def _kid_full_ci(ref: torch.Tensor, gen: torch.Tensor, reps: int, seed: int) -> dict[str, float] | None:
-    """Bootstrap interval of the unbiased MMD^2 (KID's kernel) over the full sets, from kernels computed once."""
+    """Bootstrap interval of the unbiased MMD^2 (KID's kernel) over the full sets, in bounded memory."""
     if reps <= 0:
         return None
-    k_rr, k_gg, k_rg = poly_kernel(ref, ref), poly_kernel(gen, gen), poly_kernel(ref, gen)
-    m = min(len(ref), len(gen))
-
-    def stat(i_r: torch.Tensor, i_g: torch.Tensor) -> float:
-        i_r, i_g = i_r[:m], i_g[:m]
-        return float(maximum_mean_discrepancy(k_rr[i_r][:, i_r], k_rg[i_r][:, i_g], k_gg[i_g][:, i_g]))
-
-    return bootstrap_ci(stat, torch.arange(len(ref)), torch.arange(len(gen)), reps=reps, seed=seed)
+    return interval(kid_bootstrap(ref, gen, reps, seed))
 
 
 def set_metrics(ref: torch.Tensor, gen: torch.Tensor, space: str, cfg: EvalCfg, seed: int,

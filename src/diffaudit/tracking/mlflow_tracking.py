@@ -168,6 +168,15 @@ def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = No
         _log_params(MlflowClient(), run.info.run_id, config_params(cfg))
         mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/params.yaml")
         yield run
+        mlflow.log_metric("peak_rss_mib", peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """The largest resident set this process (or any child it waited for) reached, in MiB."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return kib / 1024
 
 
 def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:

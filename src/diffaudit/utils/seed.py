@@ -16,4 +16,5 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling new tensors only debugs
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
