@@ -20,7 +20,7 @@ def test_default_config_composes_and_validates() -> None:
     raw = compose_config([], CONF)
     cfg = validate_config(raw)
     assert cfg.data.name == "digits" and cfg.data.image_size == 16
-    assert cfg.model.block_out_channels and cfg.sampler.name in ("ddim", "dpm_solver")
+    assert cfg.model.block_out_channels and cfg.sampler.name == "ddpm" and cfg.sampler.steps <= 20
 
 
 def test_overrides_land_in_the_config() -> None:

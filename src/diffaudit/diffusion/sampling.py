@@ -31,16 +31,23 @@ class StepInfo:
 
 
 def guided_output(
-    unet: UNet2DModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null_class: int, guidance_scale: float
+    unet: UNet2DModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null_class: int, guidance_scale: float,
+    with_uncond: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """CFG output out_u + w (out_c - out_u) in one batched forward; w = 1 is plain conditional."""
+    """CFG output out_u + w (out_c - out_u) in one batched forward; w = 1 is plain conditional.
+
+    At w = 1 the unconditional pass is skipped unless `with_uncond` asks for it (guidance maps
+    show where the conditioning acts whatever the scale); the output is then the conditional one.
+    """
     tt = t.expand(len(x)) if t.ndim == 0 else t
-    if guidance_scale == 1.0:
+    if guidance_scale == 1.0 and not with_uncond:
         out = unet(x, tt, class_labels=labels).sample
         return out, out, None
     null = torch.full_like(labels, null_class)
     both = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([labels, null])).sample
     cond, uncond = both.chunk(2)
+    if guidance_scale == 1.0:
+        return cond, cond, uncond
     return uncond + guidance_scale * (cond - uncond), cond, uncond
 
 
@@ -66,6 +73,7 @@ def sample(
     prediction_type: str,
     on_step: Callable[[StepInfo], None] | None = None,
     progress: bool = False,
+    with_uncond: bool = False,
 ) -> torch.Tensor:
     """Generate one image per label in [-1, 1]; on_step sees every step (for filmstrips and guidance maps)."""
     device = next(unet.parameters()).device
@@ -78,7 +86,7 @@ def sample(
     is_euler = isinstance(scheduler, EulerDiscreteScheduler)
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         x_in = scheduler.scale_model_input(x, t)
-        out, cond, uncond = guided_output(unet, x_in, t, labels, null_class, guidance_scale)
+        out, cond, uncond = guided_output(unet, x_in, t, labels, null_class, guidance_scale, with_uncond)
         if is_euler:
             # Euler has no x0 clipping: clip here and hand it the epsilon of the clipped x0 (build_sampler
             # configures it for epsilon whatever the model predicts), so its own x0 = x - sigma * eps is clipped.

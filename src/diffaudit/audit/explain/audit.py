@@ -102,7 +102,7 @@ def explain_model(
         res.figures["guidance_profile"] = figures.guidance_profile_figure(profile, traj.timesteps, band)
         res.step_metrics["guidance.mean_abs"] = profile["mean"].tolist()
     else:
-        metrics["guidance"] = {"note": "sampler.guidance_scale is 1: no unconditional pass, no guidance maps"}
+        metrics["guidance"] = {"note": "the sampler recorded no unconditional pass: no guidance maps"}
     res.gifs["filmstrip"] = figures.filmstrip_frames(film, maps)
     lap("filmstrips")
 

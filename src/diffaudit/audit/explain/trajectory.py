@@ -113,7 +113,8 @@ def record_trajectories(
     for i in range(0, len(labels), batch_size):
         rec = _Recorder(scheduler, prediction_type)
         finals.append(sample(unet, scheduler, labels[i : i + batch_size], seeds[i : i + batch_size], steps,
-                             guidance_scale, null_class(unet), prediction_type, on_step=rec).cpu())
+                             guidance_scale, null_class(unet), prediction_type, on_step=rec,
+                             with_uncond=True).cpu())
         parts.append(rec)
     first = parts[0]
     has_guidance = all(len(p.guidance) == len(p.x_t) for p in parts)
