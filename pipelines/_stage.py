@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 from diffaudit.config.schema import Config, ConfigError, load_params
 from diffaudit.data.types import DataError
-from diffaudit.diffusion.lit_module import NonFiniteLossError
+from diffaudit.errors import CheckpointMismatchError, NonFiniteLossError
 from diffaudit.tracking.mlflow_tracking import TrackingError
-from diffaudit.training.diffusion_training import CheckpointMismatchError
 
 EXPECTED = (ConfigError, DataError, TrackingError, NonFiniteLossError, CheckpointMismatchError, FileNotFoundError)
 

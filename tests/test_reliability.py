@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from diffaudit.data.store import load_meta, load_split
-from diffaudit.diffusion.lit_module import NonFiniteLossError
+from diffaudit.errors import NonFiniteLossError
 from diffaudit.training.diffusion_training import train_diffusion
 from diffaudit.utils.io import atomic_path, load_tensor_metadata, write_json
 from tests.conftest import ROOT, tiny_config

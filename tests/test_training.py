@@ -7,13 +7,9 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.data.store import load_meta, load_split
-from diffaudit.training.diffusion_training import (
-    CheckpointMismatchError,
-    load_exported,
-    resume_path,
-    train_diffusion,
-    training_config_hash,
-)
+from diffaudit.errors import CheckpointMismatchError
+from diffaudit.models.unet import load_exported
+from diffaudit.training.diffusion_training import resume_path, train_diffusion, training_config_hash
 
 
 def test_checkpoint_has_ema_optimizer_and_config_hash(tiny_run) -> None:

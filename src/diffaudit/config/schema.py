@@ -92,6 +92,9 @@ class TrainCfg(_Strict):
     log_every_n_steps: int = Field(ge=1)
     num_workers: int = Field(ge=0)
     scale_lr: bool = False
+    # A checkpoint to resume from explicitly (say, copied from another machine); it must come from
+    # the same model/diffusion/data config, else the stage refuses it. null: models/checkpoints/last.ckpt.
+    resume_from: str | None = None
 
 
 class TrainerCfg(_Strict):

@@ -13,11 +13,8 @@ from diffusers.training_utils import EMAModel
 from diffaudit.config.schema import DiffusionCfg, ModelCfg, TrainCfg
 from diffaudit.diffusion.parameterization import training_target
 from diffaudit.diffusion.schedulers import build_noise_scheduler
+from diffaudit.errors import NonFiniteLossError
 from diffaudit.models.unet import build_unet
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 
 class DiffusionModule(L.LightningModule):

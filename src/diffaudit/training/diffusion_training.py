@@ -14,12 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.lit_module import DiffusionModule
+from diffaudit.errors import CheckpointMismatchError
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was made by a different model/diffusion/data config than the one asked for."""
 
 
 def training_config_hash(cfg: Config, meta: DataMeta) -> str:
@@ -52,6 +49,20 @@ def resume_path(ckpt_dir: Path, expected_hash: str, strict: bool = False) -> Pat
     print(f"[train] {last} belongs to another config: starting fresh")
     shutil.rmtree(ckpt_dir)
     return None
+
+
+def explicit_resume(path: str | Path, expected_hash: str) -> Path:
+    """A checkpoint the config names: it must exist and come from the same config (never cleared)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.resume_from: {path} is not a file")
+    found = checkpoint_hash(path)
+    if found != expected_hash:
+        raise CheckpointMismatchError(
+            f"train.resume_from: {path} was made by a different model/diffusion/data config (hash {found}, "
+            f"this config {expected_hash}); restore that config or drop train.resume_from"
+        )
+    return path
 
 
 def make_loaders(train: Split, val: Split, cfg: Config) -> tuple[DataLoader, DataLoader]:
@@ -102,7 +113,8 @@ def train_diffusion(
     ckpt_dir = Path(ckpt_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     expected = training_config_hash(cfg, meta)
-    resume = resume_path(ckpt_dir, expected)
+    resume = (explicit_resume(cfg.train.resume_from, expected) if cfg.train.resume_from
+              else resume_path(ckpt_dir, expected))
     module = DiffusionModule(
         model=cfg.model.model_dump(), diffusion=cfg.diffusion.model_dump(), train=cfg.train.model_dump(),
         image_size=meta.image_size, channels=meta.channels, num_classes=meta.num_classes, config_hash=expected,
@@ -120,14 +132,3 @@ def export_ema(module: DiffusionModule, out_dir: str | Path) -> None:
     with atomic_path(out_dir) as tmp, module.ema_weights():
         module.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         module.noise_scheduler.save_pretrained(tmp / "scheduler")
-
-
-def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The exported UNet (eval mode) and its scheduler config."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "unet" / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
-    unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True).eval()
-    return unet, dict(DDPMScheduler.from_pretrained(model_dir / "scheduler").config)
