@@ -28,7 +28,7 @@ QUALITY_TOLERANCE = 0.10
 def load_model(cfg: Config, model_dir: Path | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """(UNet, scheduler config, source): the exported model when present, else a random one of the config's shape."""
     if model_dir is not None and (model_dir / "unet" / "config.json").is_file():
-        from diffaudit.training.diffusion_training import load_exported
+        from diffaudit.models.unet import load_exported
 
         unet, sched = load_exported(model_dir)
         return unet, sched, "trained"

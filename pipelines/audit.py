@@ -33,7 +33,7 @@ def _drawer(cfg: Config, model_dir: Path, evaluator: Evaluator, attribute: str, 
     """Sample extra candidates with the stage's own sampler; seeds continue after the sample stage's."""
     from diffaudit.diffusion.sampling import generate, sample_seeds
     from diffaudit.diffusion.schedulers import build_sampler
-    from diffaudit.training.diffusion_training import load_exported
+    from diffaudit.models.unet import load_exported
 
     unet, sched_cfg = load_exported(model_dir)
     scheduler = build_sampler(cfg.sampler.name, sched_cfg)

@@ -14,8 +14,8 @@ from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs
 from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.unet import load_exported
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
-from diffaudit.training.diffusion_training import load_exported
 from diffaudit.utils.io import write_json
 from pipelines._stage import progress_enabled, run
 

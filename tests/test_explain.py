@@ -26,8 +26,7 @@ from diffaudit.config.schema import ConfigError, validate_config
 from diffaudit.diffusion.sampling import sample, sample_seeds
 from diffaudit.diffusion.schedulers import build_sampler
 from diffaudit.models.evaluator import load_evaluator
-from diffaudit.models.unet import null_class
-from diffaudit.training.diffusion_training import load_exported
+from diffaudit.models.unet import load_exported, null_class
 from diffaudit.training.evaluator_training import predict
 
 # Small enough for seconds on a shared 2-core CPU.

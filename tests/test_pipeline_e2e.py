@@ -52,7 +52,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     path, env = repo
     out = _sh(["dvc", "repro"], path, env | {"DIFFAUDIT_PIPELINE_ID": "e2e-1"}).stdout
-    for stage in ("prepare", "evaluator", "train", "sample", "evaluate"):
+    every = ("prepare", "evaluator", "train", "sample", "evaluate", "sampler_study", "explain", "audit", "report")
+    for stage in every:
         assert f"Running stage '{stage}'" in out
     quality = json.loads((path / "metrics" / "quality.json").read_text())
     for key in ("fid_evaluator", "fid_evaluator_floor", "kid_evaluator", "conditional_accuracy"):
@@ -60,7 +61,13 @@ def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     assert (path / "samples" / "grid.png").is_file()
     assert (path / "models" / "diffusion" / "unet" / "config.json").is_file()
     lock = yaml.safe_load((path / "dvc.lock").read_text())
-    assert {"prepare", "evaluator", "train", "sample", "evaluate"} <= set(lock["stages"])
+    assert set(every) <= set(lock["stages"])
+    gates = json.loads((path / "metrics" / "gates.json").read_text())
+    assert set(gates["gates"]) >= {"conditional_accuracy", "fairness_discrepancy", "memorized_fraction"}
+    # the pipeline ends with the report and the registry aliases
+    assert "<html" in (path / "reports" / "audit.html").read_text()[:500].lower()
+    assert "## Model details" in (path / "reports" / "MODEL_CARD.md").read_text()
+    release = json.loads((path / "reports" / "release.json").read_text())
     shown = json.loads(_sh(["dvc", "metrics", "show", "--json"], path, env).stdout)
     assert "metrics/quality.json" in json.dumps(shown)
 
@@ -68,7 +75,12 @@ def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     exp = client.get_experiment_by_name("diffaudit")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`diffaudit.pipeline_id` = 'e2e-1'")
     stages = {r.data.tags["diffaudit.stage"]: r for r in runs}
-    assert {"pipeline", "prepare", "evaluator", "train", "sample", "evaluate"} <= set(stages)
+    assert {"pipeline", *every} <= set(stages)
+    candidate = client.get_model_version_by_alias(release["model_name"], "candidate")
+    assert candidate.version == release["candidate_version"] and candidate.run_id in {r.info.run_id for r in runs}
+    if release["promoted"]:  # first run, no champion to beat: only the gates decide
+        assert release["gates_passed"]
+        assert client.get_model_version_by_alias(release["model_name"], "champion").version == candidate.version
     head = _sh(["git", "rev-parse", "HEAD"], path, env).stdout.strip()
     assert stages["train"].data.tags["git_commit"].startswith(head)
     assert stages["evaluate"].data.metrics["fid_evaluator"] == pytest.approx(quality["fid_evaluator"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from diffaudit.config.schema import BiasCfg, DataCfg
 from diffaudit.data.attributes import add_derived_attributes
@@ -80,6 +79,8 @@ def stratified_split(
     ds: RawDataset, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, RawDataset]:
     """Deterministic train/val/test split, stratified by class (and first attribute where possible)."""
+    from sklearn.model_selection import train_test_split  # here: every stage imports this module via store
+
     idx = np.arange(len(ds))
     strata = ds.labels.copy()
     if ds.attributes:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from diffusers import UNet2DModel
 
 from diffaudit.config.schema import ModelCfg
@@ -29,3 +32,14 @@ def build_unet(cfg: ModelCfg, image_size: int, channels: int, num_classes: int) 
 def null_class(unet: UNet2DModel) -> int:
     """The class id that means "no condition" (the embedding's last row)."""
     return int(unet.config.num_class_embeds) - 1
+
+
+def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The exported UNet (eval mode) and its scheduler config."""
+    from diffusers import DDPMScheduler
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "unet" / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
+    unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True).eval()
+    return unet, dict(DDPMScheduler.from_pretrained(model_dir / "scheduler").config)

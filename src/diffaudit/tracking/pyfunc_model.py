@@ -49,7 +49,7 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from diffaudit.training.diffusion_training import load_exported
+        from diffaudit.models.unet import load_exported
 
         self.unet, self.sched_cfg = load_exported(Path(context.artifacts["diffusion"]))
         self.config: dict[str, Any] = dict(context.model_config or {})
