@@ -20,6 +20,7 @@ import contextlib
 import io
 import itertools
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -242,6 +243,9 @@ def measure(cfg: Config, train: Split, val: Split, meta: DataMeta, steps: int, s
     timers = HookTimers()
     inter = Interleaver(segment, bare.run, device, timers)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    # MLflow's set_tracking_uri (called by the logger) exports MLFLOW_TRACKING_URI: put it back, or later
+    # code in this process would log into a store that is deleted with the temporary directory.
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory() as tmp:
         logger: Any = False
         if mlflow_logger:
@@ -257,6 +261,10 @@ def measure(cfg: Config, train: Split, val: Split, meta: DataMeta, steps: int, s
             trainer.fit(module, train_dl, val_dl)
         fit_total = time.perf_counter() - t0
         checkpoints = sorted(p.name for p in (Path(tmp) / "checkpoints").glob("*.ckpt"))
+    if saved_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_uri
     torch.use_deterministic_algorithms(deterministic)
     lit, bar = inter.lightning[1:], inter.bare_times[1:]  # the first pair is warm-up
     if not lit:

@@ -4,6 +4,8 @@ so most tests reuse real artifacts instead of training their own."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,23 @@ def tiny_config(root: Path, extra: list[str] | None = None) -> Config:
     return validate_config(raw)
 
 
+@contextmanager
+def pipeline_env(root: Path, pid: str) -> Iterator[None]:
+    """The environment `make repro` gives a stage, pointed at this run (and restored afterwards)."""
+    keys = ("DIFFAUDIT_PIPELINE_ID", "DIFFAUDIT_PROGRESS", "DIFFAUDIT_PARAMS", "MLFLOW_TRACKING_URI")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(DIFFAUDIT_PIPELINE_ID=pid, DIFFAUDIT_PROGRESS="0", DIFFAUDIT_PARAMS=str(root / "params.yaml"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @dataclass
 class TinyRun:
     root: Path
@@ -50,16 +69,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
 
     root = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny_config(root)
-    old = {k: os.environ.get(k) for k in ("DIFFAUDIT_PIPELINE_ID", "DIFFAUDIT_PROGRESS", "MLFLOW_TRACKING_URI")}
-    os.environ.update(DIFFAUDIT_PIPELINE_ID="tiny-session", DIFFAUDIT_PROGRESS="0")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with pipeline_env(root, "tiny-session"):
         for stage in (prepare, evaluator, train, sample, evaluate):
             stage.main(cfg)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return TinyRun(root=root, cfg=cfg)

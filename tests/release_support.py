@@ -38,23 +38,6 @@ class ReleaseRun:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
 
-@contextmanager
-def pipeline_env(root: Path, pid: str = PIPELINE_ID) -> Iterator[None]:
-    """The environment `make repro` gives a stage, pointed at this run (and restored afterwards)."""
-    keys = ("DIFFAUDIT_PIPELINE_ID", "DIFFAUDIT_PROGRESS", "DIFFAUDIT_PARAMS", "MLFLOW_TRACKING_URI")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(DIFFAUDIT_PIPELINE_ID=pid, DIFFAUDIT_PROGRESS="0", DIFFAUDIT_PARAMS=str(root / "params.yaml"))
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def create_experiment(cfg: Config, root: Path) -> None:
     """Artifacts beside the store, not in the working directory's ./mlruns (MLflow's sqlite default)."""
     import mlflow
@@ -159,11 +142,11 @@ def build_release_run(root: Path, passed: bool = True) -> ReleaseRun:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import tiny_config  # noqa: I001 (the tests' own helper)
+    from conftest import pipeline_env, tiny_config  # noqa: I001 (the tests' own helpers)
     from pipelines import pipeline_run, prepare, report
 
     cfg = tiny_config(root, ["sampler.steps=2", "sampler.num_per_class=3"])
-    with pipeline_env(root):
+    with pipeline_env(root, PIPELINE_ID):
         create_experiment(cfg, root)
         prepare.main(cfg)
         write_untrained_model(cfg)

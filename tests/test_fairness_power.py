@@ -10,13 +10,12 @@ every gate is a property of the fully trained model (`make repro`), not of the a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from diffaudit.utils.io import read_json
-from tests.conftest import tiny_config
+from tests.conftest import pipeline_env, tiny_config
 
 # Native 8x8 digits, all of them, a model just good enough to learn stroke thickness per class.
 POWER = [
@@ -32,17 +31,9 @@ def _pipeline(root: Path, extra: list[str]) -> dict:
     from pipelines import audit, evaluate, evaluator, prepare, sample, train
 
     cfg = tiny_config(root, POWER + extra)
-    old = {k: os.environ.get(k) for k in ("DIFFAUDIT_PIPELINE_ID", "DIFFAUDIT_PROGRESS")}
-    os.environ.update(DIFFAUDIT_PIPELINE_ID=f"power-{root.name}", DIFFAUDIT_PROGRESS="0")
-    try:
+    with pipeline_env(root, f"power-{root.name}"):
         for stage in (prepare, evaluator, train, sample, evaluate, audit):
             stage.main(cfg)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     metrics = root / "metrics"
     return {name: read_json(metrics / f"{name}.json") for name in ("fairness", "gates", "privacy", "quality")}
 

@@ -76,11 +76,12 @@ def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`diffaudit.pipeline_id` = 'e2e-1'")
     stages = {r.data.tags["diffaudit.stage"]: r for r in runs}
     assert {"pipeline", *every} <= set(stages)
-    candidate = client.get_model_version_by_alias(release["model_name"], "candidate")
-    assert candidate.version == release["candidate_version"] and candidate.run_id in {r.info.run_id for r in runs}
+    record = release["record"]
+    candidate = client.get_model_version_by_alias(record["model_name"], "candidate")
+    assert str(candidate.version) == record["candidate_version"] and candidate.run_id in {r.info.run_id for r in runs}
     if release["promoted"]:  # first run, no champion to beat: only the gates decide
         assert release["gates_passed"]
-        assert client.get_model_version_by_alias(release["model_name"], "champion").version == candidate.version
+        assert str(client.get_model_version_by_alias(record["model_name"], "champion").version) == record["candidate_version"]
     head = _sh(["git", "rev-parse", "HEAD"], path, env).stdout.strip()
     assert stages["train"].data.tags["git_commit"].startswith(head)
     assert stages["evaluate"].data.metrics["fid_evaluator"] == pytest.approx(quality["fid_evaluator"])

@@ -116,6 +116,7 @@ def test_sampler_study_stage_writes_table_and_plots(tiny_run, tmp_path: Path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tiny_run.cfg
     study = StudyCfg(num_per_class=4, nfe={"ddpm": [2], "ddim": [2, 3], "dpm_solver": [2], "euler": [2]},
+                     guidance_scale=2.0,  # the NFE sweep's, whatever the default sampler's
                      guidance=GuidanceSweepCfg(sampler="ddim", nfe=2, scales=[1.0, 2.0]))
     cfg = cfg.model_copy(update={
         "eval": cfg.eval.model_copy(update={"study": study}),

@@ -82,7 +82,9 @@ def sample(
     labels = labels.to(device)
     scheduler.set_timesteps(steps, device=device)  # first: Euler's init_noise_sigma depends on it
     x = initial_noise(seeds, shape, device) * scheduler.init_noise_sigma
-    gen = torch.Generator(device=device).manual_seed(int(seeds[0]))
+    # One noise stream per image (not per batch), apart from its starting-noise stream: a stochastic
+    # sampler then gives image i the same pixels whatever batch it is drawn in (serving, the study).
+    gen = [torch.Generator(device=device).manual_seed(_step_noise_seed(s)) for s in seeds]
     is_euler = isinstance(scheduler, EulerDiscreteScheduler)
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         x_in = scheduler.scale_model_input(x, t)
@@ -101,6 +103,10 @@ def sample(
             on_step(StepInfo(i, t, x, cond, uncond, x0_pred, step.prev_sample))
         x = step.prev_sample
     return x.clamp(-1.0, 1.0)
+
+
+def _step_noise_seed(seed: int) -> int:
+    return (int(seed) ^ 0x9E3779B97F4A7C15) & ((1 << 63) - 1)
 
 
 def _takes_generator(scheduler: SchedulerMixin) -> bool:
