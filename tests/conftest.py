@@ -39,6 +39,12 @@ def tiny_config(root: Path, extra: list[str] | None = None) -> Config:
     return validate_config(raw)
 
 
+def stage_env(params: Path, pid: str, **extra: str) -> dict[str, str]:
+    """The environment for a stage run as a subprocess on `params` (no inherited MLflow or diffaudit settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_"))}
+    return env | {"DIFFAUDIT_PARAMS": str(params), "DIFFAUDIT_PROGRESS": "0", "DIFFAUDIT_PIPELINE_ID": pid} | extra
+
+
 @contextmanager
 def pipeline_env(root: Path, pid: str) -> Iterator[None]:
     """The environment `make repro` gives a stage, pointed at this run (and restored afterwards)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +9,12 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, stage_env, tiny_config
 
 
 def _run_stage(stage: str, params: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_"))}
-    env |= {"DIFFAUDIT_PARAMS": str(params), "DIFFAUDIT_PROGRESS": "0", "DIFFAUDIT_PIPELINE_ID": "bad-input"}
-    return subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=ROOT, env=stage_env(params, "bad-input"),
+                          capture_output=True, text=True, timeout=600)
 
 
 def _image_folder(root: Path, per_class: int = 12) -> Path:

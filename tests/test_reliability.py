@@ -18,7 +18,7 @@ from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import NonFiniteLossError
 from diffaudit.training.diffusion_training import train_diffusion
 from diffaudit.utils.io import atomic_path, load_tensor_metadata, write_json
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, stage_env, tiny_config
 
 
 def _params_like(tiny_run, tmp_path: Path, **paths: str) -> Path:
@@ -33,8 +33,7 @@ def _params_like(tiny_run, tmp_path: Path, **paths: str) -> Path:
 
 
 def _env(params: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_"))}
-    return env | {"DIFFAUDIT_PARAMS": str(params), "DIFFAUDIT_PROGRESS": "0", "DIFFAUDIT_PIPELINE_ID": "rel"} | extra
+    return stage_env(params, "rel", **extra)
 
 
 def test_same_seed_gives_bitwise_identical_samples(tiny_run, tmp_path) -> None:

@@ -9,7 +9,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import CheckpointMismatchError
 from diffaudit.models.unet import load_exported
-from diffaudit.training.diffusion_training import resume_path, train_diffusion, training_config_hash
+from diffaudit.training.diffusion_training import (
+    explicit_resume,
+    resume_path,
+    train_diffusion,
+    training_config_hash,
+)
 
 
 def test_checkpoint_has_ema_optimizer_and_config_hash(tiny_run) -> None:
@@ -61,3 +66,14 @@ def test_checkpoint_from_another_config_is_detected(tiny_run, tmp_path) -> None:
         resume_path(ckpt_dir, "another-hash", strict=True)
     assert resume_path(ckpt_dir, "another-hash") is None  # not strict: stale checkpoints cleared
     assert not ckpt_dir.exists()
+
+
+def test_explicit_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path) -> None:
+    import pytest
+
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(b"\x80\x04 truncated")
+    with pytest.raises(CheckpointMismatchError, match="not a readable checkpoint"):
+        explicit_resume(bad, "any-hash")
+    with pytest.raises(FileNotFoundError, match="resume_from"):
+        explicit_resume(tmp_path / "missing.ckpt", "any-hash")

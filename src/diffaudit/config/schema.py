@@ -92,8 +92,8 @@ class TrainCfg(_Strict):
     log_every_n_steps: int = Field(ge=1)
     num_workers: int = Field(ge=0)
     scale_lr: bool = False
-    # A checkpoint to resume from explicitly (say, copied from another machine); it must come from
-    # the same model/diffusion/data config, else the stage refuses it. null: models/checkpoints/last.ckpt.
+    # A checkpoint to start from (say, copied from another machine) when models/checkpoints holds none of
+    # this config's; it must come from the same model/diffusion/data config, else the stage refuses it.
     resume_from: str | None = None
 
 

@@ -1,8 +1,8 @@
 """Readers for the on-disk layouts of torchvision's MNIST, FashionMNIST, CIFAR-10 and CelebA datasets.
 
 torchvision cannot be installed beside this project's torch build, so these read its formats directly
-with numpy and PIL. They only ever read a local root that already holds the files (as torchvision's
-`download=True` would leave them); nothing is downloaded, so runs stay offline and reproducible. Every
+with numpy and PIL. They only ever read a local root that already holds the files, in the layout
+torchvision itself writes; this module has no network code, so runs stay offline and reproducible. Every
 problem raises `DataError` naming the path and the layout that was expected.
 """
 

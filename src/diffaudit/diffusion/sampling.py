@@ -86,6 +86,7 @@ def sample(
     # sampler then gives image i the same pixels whatever batch it is drawn in (serving, the study).
     gen = [torch.Generator(device=device).manual_seed(_step_noise_seed(s)) for s in seeds]
     is_euler = isinstance(scheduler, EulerDiscreteScheduler)
+    takes_gen = _takes_generator(scheduler)  # once, not per step
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         x_in = scheduler.scale_model_input(x, t)
         out, cond, uncond = guided_output(unet, x_in, t, labels, null_class, guidance_scale, with_uncond)
@@ -95,7 +96,7 @@ def sample(
             a = _alpha_bar_euler(scheduler)
             x0, _ = to_x0_eps(out, x_in, a, prediction_type)
             out = eps_from_x0(x0.clamp(-1, 1), x_in, a)
-        step = scheduler.step(out, t, x, generator=gen) if _takes_generator(scheduler) else scheduler.step(out, t, x)
+        step = scheduler.step(out, t, x, generator=gen) if takes_gen else scheduler.step(out, t, x)
         if on_step is not None:
             x0_pred = getattr(step, "pred_original_sample", None)
             if x0_pred is None:

@@ -52,7 +52,7 @@ def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _weighted_kernel_sums(x: torch.Tensor, y: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
                           chunk: int) -> torch.Tensor:
     """wx[r]^T K(x, y) wy[r] for every row r, with K built a block of rows at a time (never N x N)."""
-    total = torch.zeros(len(wx), dtype=torch.float64)
+    total = torch.zeros(len(wx), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), chunk):
         k = _poly_kernel(x[i : i + chunk], y)
         total += ((wx[:, i : i + chunk] @ k) * wy).sum(1)
@@ -74,7 +74,7 @@ def kid_bootstrap(real: torch.Tensor, fake: torch.Tensor, reps: int, seed: int, 
         idx = torch.randint(n, (reps, m), generator=gen)
         return torch.zeros(reps, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(reps, m, dtype=torch.float64))
 
-    wr, wg = counts(len(real)), counts(len(fake))
+    wr, wg = counts(len(real)).to(real.device), counts(len(fake)).to(fake.device)
     with single_thread():
         diag_r = (wr * _poly_kernel_diag(real)).sum(1)
         diag_g = (wg * _poly_kernel_diag(fake)).sum(1)

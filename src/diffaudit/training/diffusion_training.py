@@ -15,6 +15,7 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.lit_module import DiffusionModule
 from diffaudit.errors import CheckpointMismatchError
+from diffaudit.models.unet import load_exported  # noqa: F401 (its old home: pyfunc models registered earlier import it here)
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
 
@@ -28,8 +29,11 @@ def training_config_hash(cfg: Config, meta: DataMeta) -> str:
 
 
 def checkpoint_hash(path: str | Path) -> str | None:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt.get("diffaudit_config_hash")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a checkpoint, or pickled code that weights_only refuses
+        raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {err}") from err
+    return ckpt.get("diffaudit_config_hash") if isinstance(ckpt, dict) else None
 
 
 def resume_path(ckpt_dir: Path, expected_hash: str, strict: bool = False) -> Path | None:
@@ -113,8 +117,11 @@ def train_diffusion(
     ckpt_dir = Path(ckpt_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     expected = training_config_hash(cfg, meta)
-    resume = (explicit_resume(cfg.train.resume_from, expected) if cfg.train.resume_from
-              else resume_path(ckpt_dir, expected))
+    # This config's own last checkpoint wins (a rerun after a crash continues where it stopped);
+    # train.resume_from only seeds a run that has none yet.
+    resume = resume_path(ckpt_dir, expected)
+    if resume is None and cfg.train.resume_from:
+        resume = explicit_resume(cfg.train.resume_from, expected)
     module = DiffusionModule(
         model=cfg.model.model_dump(), diffusion=cfg.diffusion.model_dump(), train=cfg.train.model_dump(),
         image_size=meta.image_size, channels=meta.channels, num_classes=meta.num_classes, config_hash=expected,
