@@ -101,10 +101,7 @@ def build_trainer(
         check_val_every_n_epoch=None,
         log_every_n_steps=cfg.train.log_every_n_steps,
         logger=logger, callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
-        # CPU kernels are all deterministic; on CUDA some backward kernels (e.g. nearest upsampling) have
-        # no deterministic version, and `True` would make them raise: "warn" uses one wherever it exists.
-        deterministic=True if t.accelerator == "cpu" else "warn",
-        default_root_dir=str(ckpt_dir.parent), num_sanity_val_steps=0,
+        deterministic=True, default_root_dir=str(ckpt_dir.parent), num_sanity_val_steps=0,
     )
     # deterministic=True also NaN-fills every new tensor (a debugging aid, not needed for determinism):
     # measured at ~5% of a CPU training step (docs/performance.md).
