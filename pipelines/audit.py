@@ -9,6 +9,7 @@ are written (the verdicts are the evidence).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from diffaudit.audit import gates as gates_mod
+from diffaudit.audit.attribute_rules import AttributeRule, apply_rules, fit_rules
 from diffaudit.audit.fairness import distribution
 from diffaudit.audit.fairness_report import Judged, fairness_report, judge
 from diffaudit.audit.mitigation import Draw, balanced_selection
@@ -28,8 +30,15 @@ from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
 from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
 from pipelines._stage import GateFailure, progress_enabled, run
 
+Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
 
-def _drawer(cfg: Config, model_dir: Path, evaluator: Evaluator, attribute: str, first_index: int) -> Draw:
+
+def _looker(evaluator: Evaluator, rules: dict[str, AttributeRule]) -> Look:
+    """The evaluator's reads, with every rule-measured attribute read by its rule instead."""
+    return lambda images, labels: apply_rules(judge(evaluator, images), images, labels, rules)
+
+
+def _drawer(cfg: Config, model_dir: Path, look: Look, attribute: str, first_index: int) -> Draw:
     """Sample extra candidates with the stage's own sampler; seeds continue after the sample stage's."""
     from diffaudit.diffusion.sampling import generate, sample_seeds
     from diffaudit.diffusion.schedulers import build_sampler
@@ -45,12 +54,12 @@ def _drawer(cfg: Config, model_dir: Path, evaluator: Evaluator, attribute: str, 
         next_index[0] += len(labels)
         images = generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
                           sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
-        return images, judge(evaluator, images).preds[attribute]
+        return images, look(images, labels).preds[attribute]
 
     return draw
 
 
-def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Judged, evaluator: Evaluator,
+def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Judged, look: Look,
               images: torch.Tensor, labels: torch.Tensor, gen_j: Judged, model_dir: Path,
               before: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Balanced selection on one attribute, then the fairness audit again on the selected set."""
@@ -61,11 +70,11 @@ def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Ju
                           f"({sorted(meta.attribute_groups)})")
     k = len(meta.attribute_groups[attribute])
     target = np.full(k, 1.0 / k) if m.target == "uniform" else distribution(train.attributes[attribute].numpy(), k)
-    draw = _drawer(cfg, model_dir, evaluator, attribute, first_index=len(labels))
+    draw = _drawer(cfg, model_dir, look, attribute, first_index=len(labels))
     t0 = time.perf_counter()
     sel_images, sel_labels, _, info = balanced_selection(
         images, labels, gen_j.preds[attribute], target, draw, m.oversample, m.max_rounds)
-    after = fairness_report(cfg.audit, meta, train, test, test_j, sel_labels, judge(evaluator, sel_images), cfg.seed)
+    after = fairness_report(cfg.audit, meta, train, test, test_j, sel_labels, look(sel_images, sel_labels), cfg.seed)
     rep_b, rep_a = before["representation"][attribute], after["representation"][attribute]
     est = "corrected" if cfg.audit.correct_errors else "raw"
     summary = {
@@ -99,12 +108,14 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "audit", inputs):
         t0 = time.perf_counter()
         meta = load_meta(data_dir)
-        train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
+        train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
         samples = load_tensors(samples_path)
         images, labels = samples["images"], samples["labels"]
         evaluator = load_evaluator(evaluator_dir)
         quality = read_json(quality_path) if quality_path.is_file() else {}
-        test_j, gen_j, train_j = judge(evaluator, test.images), judge(evaluator, images), judge(evaluator, train.images)
+        rules = fit_rules(meta, [train, val]) if cfg.audit.derived_attributes == "definition" else {}
+        look = _looker(evaluator, rules)
+        test_j, gen_j, train_j = look(test.images, test.labels), look(images, labels), judge(evaluator, train.images)
 
         fairness = fairness_report(cfg.audit, meta, train, test, test_j, labels, gen_j, cfg.seed)
         as_t = torch.from_numpy
@@ -119,7 +130,7 @@ def main(cfg: Config) -> None:
         gates = gates_mod.report(verdicts)
         ba_rows = _ba_rows(fairness, "before")
         if cfg.audit.mitigation.enabled and meta.attribute_groups:
-            mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, evaluator, images, labels,
+            mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, look, images, labels,
                                                            gen_j, model_dir, fairness)
             fairness["mitigation"] = mitigation
             save_png(class_grid(sel_images, sel_labels, meta.num_classes), audit_plots / "mitigated_grid.png")

@@ -1,5 +1,5 @@
 """The audit has power: trained on a deliberately skewed set (experiment=biased_digits) the model fails the
-fairness gate for the right reason (thickness under-represented, raw discrepancy clear of its null), and
+fairness gate for the right reason (thickness under-represented, discrepancy clear of its null), and
 the same pipeline on the unskewed data does not show that skew.
 
 Reduced settings (8x8 images, a small UNet, 500 steps), so the quality floor is relaxed. At these settings
@@ -60,9 +60,16 @@ def test_biased_experiment_fails_the_fairness_gate_and_default_passes(tmp_path: 
     assert thick_b["p_gen_raw_ci"][1][1] < thick_d["p_gen_raw_ci"][1][0], (thick_b["p_gen_raw_ci"], thick_d["p_gen_raw_ci"])
     # ... and the skewed model is further from the training shares than the unskewed one.
     assert thick_b["raw"]["fd_l2"]["value"] > thick_d["raw"]["fd_l2"]["value"], (thick_b["raw"], thick_d["raw"])
-    # Within the skewed classes, amplification cells are clear of zero in the under-representing direction.
+    # Within the skewed classes the model draws thick digits about as rarely as its training data had them
+    # (~0.09 of classes 0-4), far from the 0.5 of the unskewed data. Amplification there is ~0: the model
+    # copies its data, and bias amplification measures only what it adds (docs/fairness.md).
     cells = biased["fairness"]["bias_amplification"]["thickness"]["cells"]
-    assert any(c["group"] == "thick" and c["class"] in "01234" and c["ci"][1] < 0 for c in cells)
+    skewed = [c for c in cells if c["group"] == "thick" and c["class"] in "01234"]
+    assert len(skewed) == 5 and all(c["p_train"] < 0.15 and c["p_gen"] < 0.35 for c in skewed), skewed
+    # Thickness is read by its definition (ink mass against the class's cut), exactly, not by the head.
+    for run in (default, biased):
+        measure = run["fairness"]["attribute_measure"]["thickness"]
+        assert measure["measured_by"] == "definition" and measure["definition_test_accuracy"] >= 0.95, measure
     # The mitigation moves the skew toward the target.
     mit = biased["fairness"]["mitigation"]
     assert mit["after"]["fd_l2"]["value"] < mit["before"]["fd_l2"]["value"]

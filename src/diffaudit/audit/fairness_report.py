@@ -26,6 +26,9 @@ from diffaudit.config.audit_schema import AuditCfg
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.models.evaluator import Evaluator
 
+# Judged key under which an attribute read by its pixel rule (audit/attribute_rules.py) keeps the head's reads.
+EVALUATOR_SUFFIX = ":evaluator"
+
 
 @dataclass
 class Judged:
@@ -105,7 +108,30 @@ def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, te
     out["per_group"]["class"] = per_group_quality(
         np.asarray(meta.class_names)[gen_lab], real_groups=np.asarray(meta.class_names)[truth["class"]], rng=rng,
         **common)
+    out["attribute_measure"] = _measures(meta, truth, test_j, gen_j)
     out["headline"] = headline(out, cfg)
+    return out
+
+
+def _measures(meta: DataMeta, truth: dict[str, np.ndarray], test_j: Judged, gen_j: Judged) -> dict:
+    """How each attribute was read. Where a pixel rule replaced the evaluator's head (the head's reads are
+    under `<attribute>:evaluator`), what the head would have said: its accuracy on real test images, its
+    share of each group among the generated ones, and how often it agrees with the rule there."""
+    out = {}
+    for attr, names in meta.attribute_groups.items():
+        head = gen_j.preds.get(attr + EVALUATOR_SUFFIX)
+        if head is None:
+            out[attr] = {"measured_by": "evaluator"}
+            continue
+        k = len(names)
+        out[attr] = {
+            "measured_by": "definition",
+            "definition_test_accuracy": float((test_j.preds[attr] == truth[attr]).mean()),
+            "evaluator_test_accuracy": float((test_j.preds[attr + EVALUATOR_SUFFIX] == truth[attr]).mean()),
+            "generated_shares_definition": dict(zip(names, distribution(gen_j.preds[attr], k).tolist(), strict=True)),
+            "generated_shares_evaluator": dict(zip(names, distribution(head, k).tolist(), strict=True)),
+            "agreement_on_generated": float((head == gen_j.preds[attr]).mean()),
+        }
     return out
 
 

@@ -43,6 +43,9 @@ class AuditCfg(_Strict):
     fail_on_gate: bool = False
     reference: Literal["train", "uniform"] = "uniform"
     correct_errors: bool = True
+    # Attributes the data defines by a pixel rule (thickness): measured by that rule (exact), or by the
+    # evaluator's head like any other attribute (audit/attribute_rules.py says why the rule is the default).
+    derived_attributes: Literal["definition", "evaluator"] = "definition"
     gate_statistic: Literal["estimate", "ci_low", "ci_high"] = "estimate"
     bootstrap: int = Field(default=1000, ge=0)
     ci_level: float = Field(default=0.95, gt=0.0, lt=1.0)

@@ -22,6 +22,13 @@ _SCORES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], list[str]]] = {
 DERIVABLE = sorted(_SCORES)
 
 
+def attribute_score(name: str, images: np.ndarray) -> np.ndarray:
+    """The per-image score that defines a derived attribute, for (N, C, H, W) images in [0, 1]."""
+    if name not in _SCORES:
+        raise DataError(f"attribute {name!r} is not derivable ({DERIVABLE})")
+    return _SCORES[name][0](np.asarray(images, dtype=np.float64))
+
+
 def median_split_by_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """1 where a score is above the median of its class, else 0."""
     groups = np.zeros(len(scores), dtype=np.int64)
@@ -44,4 +51,5 @@ def add_derived_attributes(ds: RawDataset, names: list[str]) -> RawDataset:
         score, group_names = _SCORES[name]
         ds.attributes[name] = median_split_by_class(score(ds.images), ds.labels)
         ds.attribute_groups[name] = list(group_names)
+        ds.derived_attributes.append(name)
     return ds

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ class DataMeta:
     image_size: int
     channels: int
     source: str
+    derived_attributes: list[str] = field(default_factory=list)  # defined by the pixels (data/attributes.py)
 
     @property
     def num_classes(self) -> int:
@@ -52,6 +53,7 @@ def save_prepared(out_dir: str | Path, splits: dict[str, RawDataset], image_size
         "image_size": image_size,
         "channels": int(first.images.shape[1]),
         "source": first.source,
+        "derived_attributes": list(first.derived_attributes),
     })
 
 

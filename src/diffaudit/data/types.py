@@ -26,6 +26,8 @@ class RawDataset:
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
     attribute_groups: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""
+    # Attributes computed from the pixels (data/attributes.py), which the audit can measure exactly.
+    derived_attributes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -51,4 +53,5 @@ class RawDataset:
             attributes={k: v[index] for k, v in self.attributes.items()},
             attribute_groups={k: list(v) for k, v in self.attribute_groups.items()},
             source=self.source,
+            derived_attributes=list(self.derived_attributes),
         )
