@@ -53,7 +53,8 @@ def main(cfg: Config) -> None:
         last = models / "checkpoints" / "last.ckpt"
         if last.is_file():
             mlflow.log_artifact(str(last), "checkpoints")
-        print(f"[train] {trainer.global_step} steps; EMA model in {models / 'diffusion'}")
+        weights = f"EMA (decay {cfg.train.ema_decay:g})" if cfg.train.ema_decay else "raw"
+        print(f"[train] {trainer.global_step} steps; {weights} weights exported to {models / 'diffusion'}")
 
 
 if __name__ == "__main__":
