@@ -114,3 +114,20 @@ def test_study_verdict_picks_the_cheapest_point_within_ten_percent() -> None:
     assert v["met"] and v["cheapest_within_tolerance"] == {"sampler": "dpm_solver", "nfe": 20, "seconds": 8.0}
     study["nfe_sweep"]["dpm_solver"]["20"] = pt(1.2, 0.95, 8.0)
     assert not study_verdict(study)["met"]
+
+
+def test_ema_study_tiny(tiny_run, tmp_path: Path) -> None:
+    from benchmarks import ema_study
+
+    out = tmp_path / "ema.json"
+    args = ["--overrides", "experiment=smoke", "train.max_steps=4", "--at", "2", "4", "--decays", "0.9",
+            "--per-class", "2", "--data", str(tiny_run.root / "data" / "prepared"),
+            "--evaluator", str(tiny_run.root / "models" / "evaluator"), "--out", str(out)]
+    assert ema_study.main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["step"], r["weights"]) for r in rows} == {(s, w) for s in (2, 4) for w in ("raw", "ema0.9")}
+    assert all(r["fid_evaluator"] >= 0 and 0 <= r["conditional_accuracy"] <= 1 and 0 <= r["thick_share"] <= 1
+               for r in rows), rows
+    # The EMA lags the raw weights, so the two are different models (not a relabelled copy).
+    by = {(r["step"], r["weights"]): r for r in rows}
+    assert by[(4, "raw")]["fid_evaluator"] != by[(4, "ema0.9")]["fid_evaluator"]
