@@ -76,8 +76,12 @@ def main(cfg: Config) -> None:
             if not (model_dir / "unet" / "config.json").is_file():
                 raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
             info = log_model(cfg, model_dir, content.class_names, release)
+            # The evaluator judges conditional accuracy and, by default, spans FID's feature space: a champion
+            # measured by another one (new data retrains it) has incomparable numbers.
+            evaluator = Path(cfg.paths.models) / "evaluator"
+            space = f"{cfg.eval.feature}+evaluator:{path_md5(evaluator)}" if evaluator.is_dir() else None
             record = register_and_decide(cfg, release, info, candidate, content.gates,
-                                         active.info.run_id, pipeline_id(cfg))
+                                         active.info.run_id, pipeline_id(cfg), feature_space=space)
         # Re-read the run so the parent tag set at start is visible.
         active_run = mlflow.get_run(active.info.run_id) if active is not None else None
         lin = lineage(cfg, content, release, active_run, record)

@@ -50,6 +50,16 @@ def test_compare_without_a_reference_value_passes_with_a_note() -> None:
     assert c.ok and "has no value" in c.note
 
 
+def test_compare_across_feature_spaces_does_not_judge() -> None:
+    # FID 30 against 10 would regress, but in another evaluator's feature space it means nothing.
+    cand, ref = {"quality.acc": 0.5, "quality.fid": 30.0}, {"quality.acc": 0.9, "quality.fid": 10.0}
+    assert not all(c.ok for c in compare(cand, ref, SPEC))
+    out = compare(cand, ref, SPEC, same_space=False)
+    assert all(c.ok and "another evaluator" in c.note for c in out), out
+    # A candidate without a value still fails: nothing shows it is no worse.
+    assert not compare({}, ref, SPEC[:1], same_space=False)[0].ok
+
+
 def test_decide_needs_passing_gates_and_no_regression() -> None:
     rel = ReleaseCfg()
     good = compare({"quality.acc": 0.9, "quality.fid": 10.0}, {"quality.acc": 0.9, "quality.fid": 10.0}, SPEC)
@@ -98,9 +108,9 @@ def test_champion_moves_only_under_the_release_rule(run: ReleaseRun, tmp_path: P
     with mlflow.start_run(experiment_id=exp) as active:
         info = log_model(cfg, run.root / "models" / "diffusion", [str(c) for c in range(10)], rel)
 
-    def step(gates: GateVerdict, acc: float, fid: float) -> tuple[bool, str | None, str | None]:
+    def step(gates: GateVerdict, acc: float, fid: float, space: str | None = None) -> tuple[bool, str | None, str | None]:
         rec = register_and_decide(cfg, rel, info, {"quality.conditional_accuracy": acc, "quality.fid_evaluator": fid},
-                                  gates, active.info.run_id, "pid")
+                                  gates, active.info.run_id, "pid", feature_space=space)
         champ = alias_version("m", CHAMPION)
         assert str(alias_version("m", CANDIDATE).version) == rec.candidate_version  # every run is candidate
         return rec.promoted, rec.candidate_version, str(champ.version) if champ else None
@@ -114,6 +124,11 @@ def test_champion_moves_only_under_the_release_rule(run: ReleaseRun, tmp_path: P
     revoke("m", "6", "4", "regressed against main")
     assert str(alias_version("m", CHAMPION).version) == "4"
     assert mlflow.MlflowClient().get_model_version("m", "6").tags["diffaudit.decision"] == "refused"
+    # Feature spaces: v4 names none, so it is compared; a champion measured by another evaluator is not
+    # (FID doubled, but in another space); the same evaluator again is compared, and regresses.
+    assert step(PASS, 0.95, 1.5, space="evaluator:a") == (True, "7", "7")
+    assert step(PASS, 0.95, 3.0, space="evaluator:b") == (True, "8", "8")
+    assert step(PASS, 0.95, 6.0, space="evaluator:b") == (False, "9", "8")
 
 
 def _private_copy(run: ReleaseRun, dest: Path) -> ReleaseRun:

@@ -24,6 +24,7 @@ from diffaudit.report.content import GateVerdict, fmt_num
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 METRIC_TAG = "diffaudit.metric."
+FEATURE_SPACE_TAG = "diffaudit.feature_space"  # md5 of the evaluator that measured a version's metrics
 MODEL_NAME_IN_RUN = "model"
 SERVING_REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pandas", "mlflow", "lightning", "pydantic",
                         "pyyaml", "tqdm")
@@ -57,9 +58,11 @@ def allowed_bound(spec: CompareMetric, reference: float) -> float:
 
 
 def compare(candidate: dict[str, float | None], reference: dict[str, float | None],
-            spec: list[CompareMetric], against: str = "champion") -> list[Comparison]:
+            spec: list[CompareMetric], against: str = "champion", same_space: bool = True) -> list[Comparison]:
     """Judge each configured metric. A candidate without a configured metric fails it (we cannot show
-    it is no worse); a reference without it passes with a note (nothing to be worse than)."""
+    it is no worse); a reference without it passes with a note (nothing to be worse than), and so does
+    a reference measured by another evaluator (`same_space=False`): its numbers live in another feature
+    space, so a difference would say nothing about the models."""
     out = []
     for s in spec:
         c, r = candidate.get(s.metric), reference.get(s.metric)
@@ -67,6 +70,11 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
         if c is None or not math.isfinite(c):
             out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, False,
                                   f"{s.metric}: the candidate has no value"))
+            continue
+        if not same_space:
+            out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, True,
+                                  f"{s.metric}: not compared: {against} was measured by another evaluator "
+                                  "(another feature space)"))
             continue
         if r is None or not math.isfinite(r):
             out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, True,
@@ -185,14 +193,18 @@ class ReleaseRecord:
 
 def register_and_decide(
     cfg: Config, release: ReleaseCfg, model_info: Any, candidate_metrics: dict[str, float | None],
-    gates: GateVerdict, run_id: str | None, pipeline_id: str | None,
+    gates: GateVerdict, run_id: str | None, pipeline_id: str | None, feature_space: str | None = None,
 ) -> ReleaseRecord:
-    """Register the logged model, alias it `candidate`, and move `champion` when the rule allows."""
+    """Register the logged model, alias it `candidate`, and move `champion` when the rule allows.
+    `feature_space` names the evaluator that measured the candidate (its md5); the champion's metrics
+    are compared only when it was measured by the same one (or says nothing about it)."""
     client = MlflowClient()
     name = cfg.tracking.registered_model_name
     champion = alias_version(name, CHAMPION, client)
     champion_metrics = version_metrics(champion) if champion else {}
-    comparisons = compare(candidate_metrics, champion_metrics, release.compare) if champion else []
+    champion_space = (champion.tags or {}).get(FEATURE_SPACE_TAG) if champion else None
+    same = not (feature_space and champion_space and feature_space != champion_space)
+    comparisons = compare(candidate_metrics, champion_metrics, release.compare, same_space=same) if champion else []
     champion_version = str(champion.version) if champion else None
     decision = decide(gates, comparisons, champion_version, release)
     tags = {f"{METRIC_TAG}{k}": repr(v) for k, v in candidate_metrics.items() if v is not None}
@@ -201,6 +213,8 @@ def register_and_decide(
              "diffaudit.reasons": "; ".join(decision.reasons)[:4900]}
     if pipeline_id:
         tags["diffaudit.pipeline_id"] = pipeline_id
+    if feature_space:
+        tags[FEATURE_SPACE_TAG] = feature_space
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     if decision.promote:
