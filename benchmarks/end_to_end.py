@@ -65,7 +65,9 @@ def last_repro(db: Path, experiment: str = "diffaudit") -> dict[str, Any] | None
                 stages[stage] = _stage_row(r, in_pipeline=True)
     for stage, r in latest.items():
         stages.setdefault(stage, _stage_row(r, in_pipeline=False))
-    train = latest.get("train")
+    # The train run timed in this pipeline (else, if DVC found it cached, the latest one).
+    train = next((r for r in runs if r.data.tags.get(STAGE_TAG) == "train" and r.data.tags.get(PIPELINE_TAG) == pid
+                  and r.info.status == "FINISHED"), None) or latest.get("train")
     peaks = [s["peak_rss_mib"] for s in stages.values() if s["peak_rss_mib"] is not None]
     ends = [r.info.end_time for r in runs if r.data.tags.get(PIPELINE_TAG) == pid and r.info.end_time]
     end = parent.info.end_time if closed else max(ends, default=parent.info.start_time)

@@ -8,7 +8,7 @@
 # Python packages the machine lacks travel as wheels in .whl/ (see /work/.library/device/README.md).
 set -uo pipefail
 OUT=${OUT:-benchmarks/out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the stage check runs in a scratch copy
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu_log.txt"
@@ -34,3 +34,4 @@ rc=$?
 tail -n 25 "$OUT/stage_log.txt"
 echo "stage check exit $rc"
 rm -rf "$scratch"
+exit "$rc"

@@ -29,6 +29,23 @@ def test_fit_threshold_separates_two_groups() -> None:
     assert fit_threshold(scores, np.ones(5, dtype=int)) < 1.0
 
 
+def test_fit_threshold_never_cuts_between_tied_scores() -> None:
+    # Two images with the same score cannot be split by any threshold: one of them must be an error.
+    # Splitting the three tied 1.0s "between" them would claim 0 errors but make 2; the best real cut
+    # (everything thick) makes 1.
+    scores, groups = np.array([1.0, 1.0, 1.0, 2.0]), np.array([0, 1, 1, 1])
+    cut = fit_threshold(scores, groups)
+    assert ((scores > cut) != groups).sum() == 1
+
+
+def test_fit_rules_needs_every_class() -> None:
+    meta, s = _digits_splits()
+    only_zero = Split(s["train"].images[s["train"].labels == 0], s["train"].labels[s["train"].labels == 0],
+                      {"thickness": s["train"].attributes["thickness"][s["train"].labels == 0]})
+    with pytest.raises(ValueError, match="no train/val images"):
+        fit_rules(meta, [only_zero])
+
+
 def test_fit_threshold_minimises_errors_with_unequal_groups() -> None:
     # 90 low scores then 10 high ones, with one label noise on each side: the best cut still splits the
     # two clusters (2 errors), whatever the group sizes (a skewed training split has few of one group).

@@ -74,7 +74,9 @@ def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, te
                  "bias_amplification": {}, "per_group": {}}
     for head, names in heads.items():
         conf = confusion_counts(truth[head], test_j.preds[head], len(names))
-        out["evaluator_test_accuracy"][head] = float(np.trace(conf) / max(conf.sum(), 1))
+        # The head's own accuracy, also where a pixel rule reads the attribute (attribute_measure has the rule's).
+        head_pred = test_j.preds.get(head + EVALUATOR_SUFFIX, test_j.preds[head])
+        out["evaluator_test_accuracy"][head] = float((head_pred == truth[head]).mean())
         refs = {kind: _reference(kind, train_truth[head], len(names)) for kind in ("uniform", "train")}
         reps = {}
         for kind, ref in refs.items():

@@ -1,11 +1,12 @@
 """Mitigation by balanced selection sampling: for each class, draw extra candidates until every group of
-one attribute (as the evaluator sees it) can fill its target share, then keep a set of the original
-size per class with those shares. Original images are kept first, so a model that is already balanced
-costs few extra draws.
+one attribute can fill its target share, then keep a set of the original size per class with those
+shares. Original images are kept first, so a model that is already balanced costs few extra draws.
+The attribute is read as the audit reads it: by its pixel rule for a derived attribute (exact), else
+by the evaluator.
 
 It changes what is sampled, not the model: the skew remains in the weights and resurfaces with a plain
-sampler. Selection is done by the same evaluator that then measures the result, so the "after" figures
-are optimistic where that evaluator errs (documented in docs/fairness.md).
+sampler. Where the evaluator does the selecting, the same evaluator then measures the result, so the
+"after" figures are optimistic where it errs (documented in docs/fairness.md).
 """
 
 from __future__ import annotations

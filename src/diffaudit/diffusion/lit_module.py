@@ -105,7 +105,12 @@ class DiffusionModule(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # EMA right after the weights change, before any callback (checkpointing) sees the step.
         super().optimizer_step(*args, **kwargs)
-        self.ema.step(self.unet.parameters())
+        if self.train_cfg.ema_decay == 0.0:  # no averaging: copy exactly (the EMA's s - (s - p) rounds)
+            with torch.no_grad():
+                for s, p in zip(self.ema.shadow_params, self.unet.parameters(), strict=True):
+                    s.copy_(p)
+        else:
+            self.ema.step(self.unet.parameters())
 
     def ema_weights(self) -> _EmaSwap:
         """Context manager: the UNet carries the EMA weights inside, its own weights after."""

@@ -24,7 +24,7 @@ from diffaudit.report.content import GateVerdict, fmt_num
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 METRIC_TAG = "diffaudit.metric."
-FEATURE_SPACE_TAG = "diffaudit.feature_space"  # md5 of the evaluator that measured a version's metrics
+FEATURE_SPACE_TAG = "diffaudit.feature_space"  # "<eval.feature>+evaluator:<md5>": who measured a version
 MODEL_NAME_IN_RUN = "model"
 SERVING_REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pandas", "mlflow", "lightning", "pydantic",
                         "pyyaml", "tqdm")
@@ -61,8 +61,9 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
             spec: list[CompareMetric], against: str = "champion", same_space: bool = True) -> list[Comparison]:
     """Judge each configured metric. A candidate without a configured metric fails it (we cannot show
     it is no worse); a reference without it passes with a note (nothing to be worse than), and so does
-    a reference measured by another evaluator (`same_space=False`): its numbers live in another feature
-    space, so a difference would say nothing about the models."""
+    a reference measured by another evaluator (`same_space=False`) on every metric the evaluator
+    produces (all but the inception-space ones): those numbers live in another feature space, so a
+    difference would say nothing about the models. The gates still judge the candidate on its own."""
     out = []
     for s in spec:
         c, r = candidate.get(s.metric), reference.get(s.metric)
@@ -71,7 +72,7 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
             out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, False,
                                   f"{s.metric}: the candidate has no value"))
             continue
-        if not same_space:
+        if not same_space and "inception" not in s.metric:  # all but inception-space numbers are the evaluator's
             out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, True,
                                   f"{s.metric}: not compared: {against} was measured by another evaluator "
                                   "(another feature space)"))
