@@ -109,6 +109,7 @@ class DiffusionModule(L.LightningModule):
             with torch.no_grad():
                 for s, p in zip(self.ema.shadow_params, self.unet.parameters(), strict=True):
                     s.copy_(p)
+            self.ema.optimization_step += 1  # the step count the EMA's state (and a resume) carries
         else:
             self.ema.step(self.unet.parameters())
 
