@@ -19,6 +19,7 @@ from diffaudit.data.attributes import add_derived_attributes
 from diffaudit.data.digits import load_digits
 from diffaudit.data.prepare import stratified_split, to_model_tensor
 from diffaudit.data.store import DataMeta, Split
+from diffaudit.data.types import DataError
 
 
 def test_fit_threshold_separates_two_groups() -> None:
@@ -42,7 +43,7 @@ def test_fit_rules_needs_every_class() -> None:
     meta, s = _digits_splits()
     only_zero = Split(s["train"].images[s["train"].labels == 0], s["train"].labels[s["train"].labels == 0],
                       {"thickness": s["train"].attributes["thickness"][s["train"].labels == 0]})
-    with pytest.raises(ValueError, match="no train/val images"):
+    with pytest.raises(DataError, match="no train/val images"):  # the stage's one-line error, exit 1
         fit_rules(meta, [only_zero])
 
 

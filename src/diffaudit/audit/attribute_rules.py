@@ -25,6 +25,7 @@ import torch
 from diffaudit.audit.fairness_report import EVALUATOR_SUFFIX, Judged
 from diffaudit.data.attributes import attribute_score
 from diffaudit.data.store import DataMeta, Split
+from diffaudit.data.types import DataError
 
 
 def fit_threshold(scores: np.ndarray, groups: np.ndarray) -> float:
@@ -73,7 +74,7 @@ def fit_rules(meta: DataMeta, splits: list[Split]) -> dict[str, AttributeRule]:
     labels = torch.cat([s.labels for s in splits]).numpy()
     missing = [meta.class_names[c] for c in range(meta.num_classes) if not (labels == c).any()]
     if missing:  # no cut can be fitted: reading those classes' images with any cut would bias the shares
-        raise ValueError(f"classes {missing} have no train/val images to fit the {names} rule to")
+        raise DataError(f"classes {missing} have no train/val images to fit the {names} rule to")
     rules = {}
     for name in names:
         groups = torch.cat([s.attributes[name] for s in splits]).numpy()
