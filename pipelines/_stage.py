@@ -7,16 +7,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from diffaudit.config.schema import Config, ConfigError, load_params
-from diffaudit.data.types import DataError
-from diffaudit.errors import CheckpointMismatchError, NonFiniteLossError
-from diffaudit.tracking.mlflow_tracking import TrackingError
-
-EXPECTED = (ConfigError, DataError, TrackingError, NonFiniteLossError, CheckpointMismatchError, FileNotFoundError)
-
-
-class GateFailure(RuntimeError):
-    """A release gate failed and the config says that fails the stage."""
+from diffaudit.config.schema import Config, load_params
+from diffaudit.errors import STAGE_ERRORS
 
 
 def progress_enabled() -> bool:
@@ -28,6 +20,6 @@ def run(stage: str, main: Callable[[Config], None]) -> None:
     try:
         cfg = load_params(params)
         main(cfg)
-    except (*EXPECTED, GateFailure) as err:
+    except STAGE_ERRORS as err:
         print(f"[{stage}] error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -22,13 +22,14 @@ from diffaudit.audit.fairness import distribution
 from diffaudit.audit.fairness_report import Judged, fairness_report, judge
 from diffaudit.audit.mitigation import Draw, balanced_selection
 from diffaudit.audit.privacy import gallery, privacy_report
-from diffaudit.config.schema import Config, ConfigError
+from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split, load_meta, load_split
+from diffaudit.errors import ConfigError, GateFailedError
 from diffaudit.models.evaluator import Evaluator, load_evaluator
-from diffaudit.report.images import class_grid, grid, save_png
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.utils.images import class_grid, grid, save_png
 from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
-from pipelines._stage import GateFailure, progress_enabled, run
+from pipelines._stage import progress_enabled, run
 
 Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
 
@@ -172,7 +173,7 @@ def main(cfg: Config) -> None:
               f"({fairness['seconds']:.1f}s)")
         failed = [v for v in verdicts if not v.passed]
         if cfg.audit.fail_on_gate and failed:
-            raise GateFailure("; ".join(v.message() for v in failed))
+            raise GateFailedError("; ".join(v.message() for v in failed))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from diffaudit.config.compose import compose_config, write_params
-from diffaudit.config.schema import ConfigError
+from diffaudit.errors import ConfigError
 
 
 def main(argv: list[str]) -> int:

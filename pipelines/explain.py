@@ -15,8 +15,8 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.models.unet import load_exported
-from diffaudit.report.images import save_gif
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.utils.images import save_gif
 from diffaudit.utils.io import write_json, write_text, write_with
 from pipelines._stage import run
 

@@ -18,8 +18,8 @@ from diffaudit.data.prepare import (
     validate,
 )
 from diffaudit.data.store import save_prepared
-from diffaudit.report.images import class_grid, save_png
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.utils.images import class_grid, save_png
 from diffaudit.utils.io import atomic_path, write_json
 from diffaudit.utils.lineage import path_md5
 from pipelines._stage import run

@@ -16,11 +16,12 @@ from mlflow.entities import Run
 
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config
+from diffaudit.release.promote import ReleaseRecord, register_and_decide
 from diffaudit.report.content import Lineage, RunContent, load_content, metric_value
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
 from diffaudit.tracking.mlflow_tracking import pipeline_id, redact_uri, stage_run, tracking_uri
-from diffaudit.tracking.registry import ReleaseRecord, log_model, register_and_decide
+from diffaudit.tracking.registry import log_model
 from diffaudit.utils.io import write_json, write_text
 from diffaudit.utils.lineage import git_commit, path_md5
 from pipelines._stage import run

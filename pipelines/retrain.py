@@ -19,11 +19,13 @@ from typing import Any
 
 from diffaudit.config.compose import compose_config, write_params
 from diffaudit.config.release_schema import ReleaseCfg, release_config
-from diffaudit.config.schema import Config, ConfigError, load_params
+from diffaudit.config.schema import Config, load_params
+from diffaudit.errors import ConfigError
+from diffaudit.release.policy import Comparison, compare
+from diffaudit.release.promote import revoke
 from diffaudit.report.content import load_content, metric_value
 from diffaudit.report.html import mark_revoked
 from diffaudit.tracking.mlflow_tracking import setup
-from diffaudit.tracking.registry import Comparison, compare, revoke
 from diffaudit.utils.io import read_json, write_json, write_text
 
 

@@ -13,8 +13,8 @@ from diffaudit.data.store import load_meta
 from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
 from diffaudit.diffusion.schedulers import build_sampler
 from diffaudit.models.unet import load_exported
-from diffaudit.report.images import class_grid, save_png
 from diffaudit.tracking.mlflow_tracking import stage_run
+from diffaudit.utils.images import class_grid, save_png
 from diffaudit.utils.io import save_tensors
 from pipelines._stage import progress_enabled, run
 

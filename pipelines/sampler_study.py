@@ -8,8 +8,9 @@ from pathlib import Path
 import mlflow
 import torch
 
-from diffaudit.config.schema import Config, ConfigError
+from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.errors import ConfigError
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs

@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 
-from diffaudit.config.schema import ConfigError, load_params
-from diffaudit.tracking.mlflow_tracking import TrackingError, redact_uri, setup, tracking_uri
+from diffaudit.config.schema import load_params
+from diffaudit.errors import ConfigError, TrackingError
+from diffaudit.tracking.mlflow_tracking import redact_uri, setup, tracking_uri
 from diffaudit.tracking.registry import CHAMPION, alias_version
 
 

@@ -65,7 +65,7 @@ def write_samples(cfg: Config, per_class: int = 3, steps: int = 2) -> None:
     from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
     from diffaudit.diffusion.schedulers import build_sampler
     from diffaudit.models.unet import load_exported
-    from diffaudit.report.images import class_grid, save_png
+    from diffaudit.utils.images import class_grid, save_png
     from diffaudit.utils.io import save_tensors
 
     meta = load_meta(Path(cfg.paths.data) / "prepared")

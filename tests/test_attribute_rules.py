@@ -19,7 +19,7 @@ from diffaudit.data.attributes import add_derived_attributes
 from diffaudit.data.digits import load_digits
 from diffaudit.data.prepare import stratified_split, to_model_tensor
 from diffaudit.data.store import DataMeta, Split
-from diffaudit.data.types import DataError
+from diffaudit.errors import DataError
 
 
 def test_fit_threshold_separates_two_groups() -> None:

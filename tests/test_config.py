@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from diffaudit.config.compose import compose_config, write_params
-from diffaudit.config.schema import ConfigError, load_params, validate_config
+from diffaudit.config.schema import load_params, validate_config
+from diffaudit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from diffaudit.data.image_folder import load_image_folder
 from diffaudit.data.torchvision_formats import FASHION_MNIST_CLASSES, load_celeba, load_cifar10, load_mnist
-from diffaudit.data.types import DataError
+from diffaudit.errors import DataError
 
 # --- MNIST ------------------------------------------------------------------------------------------
 

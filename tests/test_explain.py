@@ -22,9 +22,10 @@ from diffaudit.audit.explain.spectrum import radial_power_spectrum, settle_steps
 from diffaudit.audit.explain.timestep_profile import loss_by_timestep
 from diffaudit.audit.explain.trajectory import Trajectory, explain_seeds, record_trajectories
 from diffaudit.config.explain_schema import ExplainCfg
-from diffaudit.config.schema import ConfigError, validate_config
+from diffaudit.config.schema import validate_config
 from diffaudit.diffusion.sampling import sample, sample_seeds
 from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.errors import ConfigError
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.models.unet import load_exported, null_class
 from diffaudit.training.evaluator_training import predict

@@ -14,7 +14,8 @@ from diffaudit.audit.gates import evaluate_gates, measurements, report
 from diffaudit.audit.mitigation import balanced_selection, target_counts
 from diffaudit.config.audit_schema import AuditCfg, GatesCfg
 from diffaudit.config.compose import compose_config
-from diffaudit.config.schema import Config, ConfigError
+from diffaudit.config.schema import Config
+from diffaudit.errors import ConfigError
 from diffaudit.utils.io import read_json
 from tests.conftest import ROOT, TinyRun
 
@@ -129,12 +130,12 @@ def _audit_cfg(run: TinyRun, out: Path, **audit: object) -> Config:
 
 
 def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_path: Path) -> None:
+    from diffaudit.errors import GateFailedError
     from pipelines import audit
-    from pipelines._stage import GateFailure
 
     # The tiny model cannot draw digits: conditional accuracy fails its gate.
     cfg = _audit_cfg(tiny_run, tmp_path, fail_on_gate=True, bootstrap=100)
-    with pytest.raises(GateFailure, match=r"gate conditional_accuracy FAILED: value [0-9.]+ \(must be >= 0\.8"):
+    with pytest.raises(GateFailedError, match=r"gate conditional_accuracy FAILED: value [0-9.]+ \(must be >= 0\.8"):
         audit.main(cfg)
     gates = read_json(tmp_path / "metrics" / "gates.json")
     assert not gates["passed"] and "conditional_accuracy" in gates["failed"]

@@ -13,8 +13,9 @@ import scipy.linalg
 import torch
 
 from diffaudit.config.compose import compose_config
-from diffaudit.config.schema import ConfigError, validate_config
+from diffaudit.config.schema import validate_config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.errors import ConfigError
 from diffaudit.metrics.bootstrap import bootstrap_ci, mean_ci
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features

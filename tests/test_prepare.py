@@ -19,7 +19,8 @@ from diffaudit.data.prepare import (
     validate,
 )
 from diffaudit.data.store import load_meta, load_split, save_prepared
-from diffaudit.data.types import DataError, RawDataset
+from diffaudit.data.types import RawDataset
+from diffaudit.errors import DataError
 
 DIGITS = DataCfg(name="digits", image_size=16, channels=1, val_fraction=0.1, test_fraction=0.2,
                  attributes=["thickness"])

@@ -11,17 +11,10 @@ import pytest
 from release_support import ReleaseRun, release_run
 
 from diffaudit.config.release_schema import CompareMetric, ReleaseCfg, release_config
+from diffaudit.release.policy import compare, decide
+from diffaudit.release.promote import register_and_decide, revoke
 from diffaudit.report.content import GateVerdict, parse_gates
-from diffaudit.tracking.registry import (
-    CANDIDATE,
-    CHAMPION,
-    alias_version,
-    compare,
-    decide,
-    register_and_decide,
-    revoke,
-    version_metrics,
-)
+from diffaudit.tracking.registry import CANDIDATE, CHAMPION, alias_version, version_metrics
 
 SPEC = [CompareMetric(metric="quality.acc", mode="max", tolerance=0.02),
         CompareMetric(metric="quality.fid", mode="min", tolerance=0.1, relative=True)]

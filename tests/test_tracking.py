@@ -10,10 +10,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from diffaudit.errors import TrackingError
 from diffaudit.tracking.mlflow_tracking import (
     PIPELINE_TAG,
     STAGE_TAG,
-    TrackingError,
     check_reachable,
     flatten,
     redact_uri,

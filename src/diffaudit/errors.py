@@ -1,10 +1,28 @@
-"""Typed failures that every stage entry point turns into a one-line message and exit 1.
+"""Every typed failure of diffaudit. A stage entry point (pipelines/_stage.py) turns each of them into a
+one-line message and exit 1; anything else is a bug and keeps its traceback.
 
-Kept free of heavy imports: pipelines/_stage.py imports this in every stage, and stages that never
-train (prepare, report) should not pay for importing Lightning and diffusers (~10 s on 2 cores).
+Kept free of heavy imports: every stage imports this, and stages that never train (prepare, report)
+should not pay for importing Lightning and diffusers (~10 s on 2 cores).
 """
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """The composed config is invalid; the message lists every bad key with what is allowed."""
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file, column or class at fault."""
+
+
+class ResultFileError(ValueError):
+    """A result file (metrics/*.json, reports/release.json) is missing, not JSON, or not of its schema;
+    the message names the file and the field."""
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or used."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -13,3 +31,14 @@ class NonFiniteLossError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was made by a different model/diffusion/data config than the one asked for."""
+
+
+class GateFailedError(RuntimeError):
+    """A release gate failed and the config (audit.fail_on_gate) says that fails the stage."""
+
+
+# What a stage reports in one line and exit 1 (FileNotFoundError: an input stage has not run).
+STAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, DataError, ResultFileError, TrackingError, NonFiniteLossError, CheckpointMismatchError,
+    GateFailedError, FileNotFoundError,
+)

@@ -25,7 +25,7 @@ import torch
 from diffaudit.audit.fairness_report import EVALUATOR_SUFFIX, Judged
 from diffaudit.data.attributes import attribute_score
 from diffaudit.data.store import DataMeta, Split
-from diffaudit.data.types import DataError
+from diffaudit.errors import DataError
 
 
 def fit_threshold(scores: np.ndarray, groups: np.ndarray) -> float:

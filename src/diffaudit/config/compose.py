@@ -11,7 +11,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffaudit.config.schema import ConfigError, validate_config
+from diffaudit.config.schema import validate_config
+from diffaudit.errors import ConfigError
 from diffaudit.utils.io import write_text
 
 HEADER = "# Composed from conf/ by `make params` (or DVC's Hydra composition). Edit conf/, not this file.\n"

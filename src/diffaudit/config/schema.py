@@ -15,12 +15,9 @@ from diffaudit.config.audit_schema import AuditCfg
 from diffaudit.config.eval_schema import EvalCfg, EvaluatorCfg, SamplerCfg
 from diffaudit.config.explain_schema import ExplainCfg
 from diffaudit.config.release_schema import ReleaseCfg
+from diffaudit.errors import ConfigError
 
 __all__ = ["AuditCfg", "EvalCfg", "EvaluatorCfg", "ExplainCfg", "SamplerCfg"]
-
-
-class ConfigError(ValueError):
-    """The composed config is invalid; the message lists every bad key with what is allowed."""
 
 
 class _Strict(BaseModel):

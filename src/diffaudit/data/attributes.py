@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from diffaudit.data.types import DataError, RawDataset
+from diffaudit.data.types import RawDataset
+from diffaudit.errors import DataError
 
 # name -> (per-image score, group names low/high)
 _SCORES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], list[str]]] = {

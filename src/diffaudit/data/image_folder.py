@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from diffaudit.data.types import DataError, RawDataset
+from diffaudit.data.types import RawDataset
+from diffaudit.errors import DataError
 
 _GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 

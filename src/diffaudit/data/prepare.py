@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from diffaudit.config.schema import BiasCfg, DataCfg
 from diffaudit.data.attributes import add_derived_attributes
-from diffaudit.data.types import DataError, RawDataset
+from diffaudit.data.types import RawDataset
+from diffaudit.errors import DataError
 
 
 def load_raw(cfg: DataCfg) -> RawDataset:

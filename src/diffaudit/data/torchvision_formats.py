@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from diffaudit.data.image_folder import load_images
-from diffaudit.data.types import DataError, RawDataset
+from diffaudit.data.types import RawDataset
+from diffaudit.errors import DataError
 
 Split = Literal["train", "test", "all"]
 

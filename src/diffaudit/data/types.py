@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file, column or class at fault."""
+from diffaudit.errors import DataError
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffaudit.config.schema import ConfigError
+from diffaudit.errors import ConfigError
 
 HOW_TO = (
     "eval.feature=inception needs eval.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth "

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffaudit.config.schema import ConfigError, EvalCfg, EvaluatorCfg
+from diffaudit.config.schema import EvalCfg, EvaluatorCfg
 from diffaudit.data.store import DataMeta, Split
+from diffaudit.errors import ConfigError
 from diffaudit.metrics.bootstrap import LEVEL, bootstrap_ci, interval, mean_ci
 from diffaudit.metrics.features import EvaluatorFeatures, FeatureCache, single_thread
 from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.config.schema import Config
+from diffaudit.utils.format import fmt_num
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".svg")
 MAX_IMAGE_BYTES = 4 << 20
@@ -278,21 +279,6 @@ _INTERVAL_LISTS = ("ci", "ci95", "interval", "ci_95")
 _INTERVAL_EXTRAS = ("n", "level", "alpha", "std")
 MAX_ROWS = 60
 SHORT_LIST = 16
-
-
-def fmt_num(x: Any) -> str:
-    """Numbers for people: 4 significant digits, integers whole, NaN/inf spelled out."""
-    if isinstance(x, bool) or x is None:
-        return {True: "yes", False: "no", None: "–"}[x]
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return str(x)
-        if x == 0:
-            return "0"
-        return f"{x:.3g}" if abs(x) < 1e-3 or abs(x) >= 1e6 else f"{x:.4g}"
-    return str(x)
 
 
 def _num(x: Any) -> bool:

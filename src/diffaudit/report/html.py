@@ -12,18 +12,18 @@ from typing import Any
 
 from PIL import Image
 
+from diffaudit.release.promote import ReleaseRecord
 from diffaudit.report.content import (
     SECTIONS,
     Lineage,
     RunContent,
     Section,
     Table,
-    fmt_num,
     headline_of,
     to_tables,
 )
-from diffaudit.report.images import grid
-from diffaudit.tracking.registry import ReleaseRecord
+from diffaudit.utils.format import fmt_num
+from diffaudit.utils.images import grid
 
 MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
         ".webp": "image/webp", ".svg": "image/svg+xml"}

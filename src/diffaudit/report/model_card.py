@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffaudit.report.content import SECTIONS, Lineage, RunContent, Table, fmt_num, headline_of, to_tables
-from diffaudit.tracking.registry import ReleaseRecord
+from diffaudit.release.promote import ReleaseRecord
+from diffaudit.report.content import SECTIONS, Lineage, RunContent, Table, headline_of, to_tables
+from diffaudit.utils.format import fmt_num
 
 
 def _md_cell(s: str) -> str:

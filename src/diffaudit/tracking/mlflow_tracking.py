@@ -24,14 +24,11 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from diffaudit.config.schema import Config
+from diffaudit.errors import TrackingError
 from diffaudit.utils.lineage import git_commit, path_md5
 
 PIPELINE_TAG = "diffaudit.pipeline_id"
 STAGE_TAG = "diffaudit.stage"
-
-
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be reached or used."""
 
 
 def is_global_zero() -> bool:

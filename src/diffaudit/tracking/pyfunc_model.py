@@ -60,7 +60,7 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
 
         from diffaudit.diffusion.sampling import sample
         from diffaudit.diffusion.schedulers import build_sampler
-        from diffaudit.report.images import to_uint8
+        from diffaudit.utils.images import to_uint8
 
         params = dict(params or {})
         steps = int(params.get("steps") or self.config.get("steps", 20))

@@ -1,0 +1,100 @@
+"""The release rule applied in the MLflow registry: every run's model becomes a registered version with
+the alias `candidate`; `champion` moves to it only when release.policy.decide says so. The decision
+and its reasons are kept with the version (tags) so anyone can see later why a model was, or was not,
+released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from diffaudit.config.release_schema import ReleaseCfg
+from diffaudit.config.schema import Config
+from diffaudit.release.policy import compare, decide
+from diffaudit.report.content import GateVerdict
+from diffaudit.tracking.registry import (
+    CANDIDATE,
+    CHAMPION,
+    FEATURE_SPACE_TAG,
+    METRIC_TAG,
+    alias_version,
+    version_metrics,
+)
+
+
+@dataclass
+class ReleaseRecord:
+    """What the report stage did in the registry; written to reports/release.json."""
+
+    model_name: str
+    candidate_version: str | None
+    champion_version: str | None  # after the decision
+    previous_champion_version: str | None
+    promoted: bool
+    reasons: list[str]
+    comparisons: list[dict[str, Any]]
+    gates_ran: bool
+    gates_passed: bool
+    model_uri: str | None = None
+    run_id: str | None = None
+    pipeline_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def register_and_decide(
+    cfg: Config, release: ReleaseCfg, model_info: Any, candidate_metrics: dict[str, float | None],
+    gates: GateVerdict, run_id: str | None, pipeline_id: str | None, feature_space: str | None = None,
+) -> ReleaseRecord:
+    """Register the logged model, alias it `candidate`, and move `champion` when the rule allows.
+    `feature_space` names the evaluator that measured the candidate (its md5); the champion's metrics
+    are compared only when it was measured by the same one (or says nothing about it)."""
+    client = MlflowClient()
+    name = cfg.tracking.registered_model_name
+    champion = alias_version(name, CHAMPION, client)
+    champion_metrics = version_metrics(champion) if champion else {}
+    champion_space = (champion.tags or {}).get(FEATURE_SPACE_TAG) if champion else None
+    same = not (feature_space and champion_space and feature_space != champion_space)
+    comparisons = compare(candidate_metrics, champion_metrics, release.compare, same_space=same) if champion else []
+    champion_version = str(champion.version) if champion else None
+    decision = decide(gates, comparisons, champion_version, release)
+    tags = {f"{METRIC_TAG}{k}": repr(v) for k, v in candidate_metrics.items() if v is not None}
+    tags |= {"diffaudit.gates_passed": str(gates.passed if gates.ran else "not run"),
+             "diffaudit.decision": "champion" if decision.promote else "refused",
+             "diffaudit.reasons": "; ".join(decision.reasons)[:4900]}
+    if pipeline_id:
+        tags["diffaudit.pipeline_id"] = pipeline_id
+    if feature_space:
+        tags[FEATURE_SPACE_TAG] = feature_space
+    mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, mv.version)
+    return ReleaseRecord(
+        model_name=name, candidate_version=str(mv.version),
+        champion_version=str(mv.version) if decision.promote else champion_version,
+        previous_champion_version=champion_version,
+        promoted=decision.promote, reasons=decision.reasons,
+        comparisons=[asdict(c) for c in decision.comparisons],
+        gates_ran=gates.ran, gates_passed=gates.passed, model_uri=f"models:/{name}/{mv.version}",
+        run_id=run_id, pipeline_id=pipeline_id,
+    )
+
+
+def revoke(name: str, version: str, previous_champion: str | None, reason: str) -> None:
+    """Undo a promotion decided before a later check failed (e.g. a regression against the main
+    branch): the champion alias goes back to the previous champion, or away when there was none."""
+    client = MlflowClient()
+    current = alias_version(name, CHAMPION, client)
+    if current is not None and str(current.version) == str(version):
+        if previous_champion:
+            client.set_registered_model_alias(name, CHAMPION, previous_champion)
+        else:
+            client.delete_registered_model_alias(name, CHAMPION)
+    client.set_model_version_tag(name, version, "diffaudit.decision", "refused")
+    client.set_model_version_tag(name, version, "diffaudit.reasons", reason[:4900])
