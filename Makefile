@@ -41,8 +41,11 @@ test: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# Style that enforces itself: the formatter's check (line length from pyproject.toml) and the linter.
+LINT_DIRS := src pipelines tests benchmarks
 lint: install
-	$(VENV)/bin/ruff check src pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
+	$(VENV)/bin/ruff check $(LINT_DIRS)
 
 # Benchmarks (docs/performance.md): ratios measured in one run, written to benchmarks/results.json.
 # PASSIVE: idle OpenMP threads sleep instead of spinning, so interleaved measurements don't steal cores.

@@ -8,172 +8,90 @@ are written (the verdicts are the evidence).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from pathlib import Path
+from functools import cache
 
-import mlflow
-import numpy as np
 import torch
 
-from diffaudit.audit import gates as gates_mod
-from diffaudit.audit.attribute_rules import AttributeRule, apply_rules, fit_rules
-from diffaudit.audit.fairness import distribution
-from diffaudit.audit.fairness_report import Judged, fairness_report, judge
-from diffaudit.audit.mitigation import Draw, balanced_selection
-from diffaudit.audit.privacy import gallery, privacy_report
+from diffaudit.audit.model_audit import audit_model
 from diffaudit.config.schema import Config
-from diffaudit.data.store import DataMeta, Split, load_meta, load_split
-from diffaudit.errors import ConfigError, GateFailedError
-from diffaudit.models.evaluator import Evaluator, load_evaluator
-from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
-from diffaudit.utils.images import class_grid, grid, save_png
+from diffaudit.data.store import load_meta, load_split
+from diffaudit.errors import GateFailedError
+from diffaudit.layout import Layout
+from diffaudit.models.evaluator import load_evaluator
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
+from diffaudit.utils.images import save_png
 from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
 from pipelines._stage import progress_enabled, run
 
-Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
 
-
-def _looker(evaluator: Evaluator, rules: dict[str, AttributeRule]) -> Look:
-    """The evaluator's reads, with every rule-measured attribute read by its rule instead."""
-    return lambda images, labels: apply_rules(judge(evaluator, images), images, labels, rules)
-
-
-def _drawer(cfg: Config, model_dir: Path, look: Look, attribute: str, first_index: int) -> Draw:
-    """Sample extra candidates with the stage's own sampler; seeds continue after the sample stage's."""
-    from diffaudit.diffusion.sampling import generate, sample_seeds
+def _generator(cfg: Config, layout: Layout):
+    """The run's own sampler for the mitigation's extra draws, loaded on first use."""
+    from diffaudit.diffusion.sampling import generate
     from diffaudit.diffusion.schedulers import build_sampler
     from diffaudit.models.unet import load_exported
 
-    unet, sched_cfg = load_exported(model_dir)
-    scheduler = build_sampler(cfg.sampler.name, sched_cfg)
-    next_index = [first_index]
+    @cache
+    def model():
+        unet, sched_cfg = load_exported(layout.diffusion)
+        return unet, sched_cfg, build_sampler(cfg.sampler.name, sched_cfg)
 
-    def draw(labels: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        start = next_index[0]
-        seeds = sample_seeds(cfg.seed, start + len(labels))[start:]
-        next_index[0] += len(labels)
-        images = generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
-                          sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
-        return images, look(images, labels).preds[attribute]
+    def draw(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        unet, sched_cfg, scheduler = model()
+        return generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
+                        sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
 
     return draw
 
 
-def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Judged, look: Look,
-              images: torch.Tensor, labels: torch.Tensor, gen_j: Judged, model_dir: Path,
-              before: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Balanced selection on one attribute, then the fairness audit again on the selected set."""
-    m = cfg.audit.mitigation
-    attribute = m.attribute or next(iter(meta.attribute_groups), None)
-    if attribute is None or attribute not in meta.attribute_groups:
-        raise ConfigError(f"audit.mitigation.attribute={attribute!r} is not an attribute of the data "
-                          f"({sorted(meta.attribute_groups)})")
-    k = len(meta.attribute_groups[attribute])
-    target = np.full(k, 1.0 / k) if m.target == "uniform" else distribution(train.attributes[attribute].numpy(), k)
-    draw = _drawer(cfg, model_dir, look, attribute, first_index=len(labels))
-    t0 = time.perf_counter()
-    sel_images, sel_labels, _, info = balanced_selection(
-        images, labels, gen_j.preds[attribute], target, draw, m.oversample, m.max_rounds)
-    after = fairness_report(cfg.audit, meta, train, test, test_j, sel_labels, look(sel_images, sel_labels), cfg.seed)
-    rep_b, rep_a = before["representation"][attribute], after["representation"][attribute]
-    est = "corrected" if cfg.audit.correct_errors else "raw"
-    summary = {
-        "attribute": attribute, "target": target.tolist(), "seconds": time.perf_counter() - t0, "selection": info,
-        "before": {"p_gen": rep_b[f"p_gen_{est}"], "fd_l2": rep_b[est]["fd_l2"],
-                   "max_abs_ba": before["bias_amplification"][attribute]["max_abs_ba"], "headline": before["headline"]},
-        "after": {"p_gen": rep_a[f"p_gen_{est}"], "fd_l2": rep_a[est]["fd_l2"],
-                  "max_abs_ba": after["bias_amplification"][attribute]["max_abs_ba"], "headline": after["headline"]},
-        "report": after,
-    }
-    return summary, sel_images, sel_labels
-
-
-def _ba_rows(fairness: dict, label: str) -> list[str]:
-    rows = []
-    for attr, r in fairness["bias_amplification"].items():
-        for c in r["cells"]:
-            rows.append(f"{label},{attr},{c['class']},{c['group']},{c['p_train']:.4f},{c['p_gen']:.4f},"
-                        f"{c['ba']:.4f},{c['ci'][0]:.4f},{c['ci'][1]:.4f}")
-    return rows
-
-
 def main(cfg: Config) -> None:
-    data_dir = Path(cfg.paths.data) / "prepared"
-    samples_path = Path(cfg.paths.samples) / "samples.safetensors"
-    evaluator_dir = Path(cfg.paths.models) / "evaluator"
-    model_dir = Path(cfg.paths.models) / "diffusion"
-    metrics_dir, plots_dir = Path(cfg.paths.metrics), Path(cfg.paths.plots)
-    quality_path = metrics_dir / "quality.json"
-    inputs = {"samples": samples_path, "evaluator": evaluator_dir, "data": data_dir, "model": model_dir}
+    from diffaudit.diffusion.sampling import sample_seeds
+
+    layout = Layout.of(cfg)
+    inputs = {"samples": layout.samples, "evaluator": layout.evaluator, "data": layout.prepared,
+              "model": layout.diffusion}
     with stage_run(cfg, "audit", inputs):
-        t0 = time.perf_counter()
-        meta = load_meta(data_dir)
-        train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
-        samples = load_tensors(samples_path)
-        images, labels = samples["images"], samples["labels"]
-        evaluator = load_evaluator(evaluator_dir)
-        quality = read_json(quality_path) if quality_path.is_file() else {}
-        rules = fit_rules(meta, [train, val]) if cfg.audit.derived_attributes == "definition" else {}
-        look = _looker(evaluator, rules)
-        test_j, gen_j, train_j = look(test.images, test.labels), look(images, labels), judge(evaluator, train.images)
-
-        fairness = fairness_report(cfg.audit, meta, train, test, test_j, labels, gen_j, cfg.seed)
-        as_t = torch.from_numpy
-        privacy, raw = privacy_report(
-            {"pixel": images, "feature": as_t(gen_j.feats)}, {"pixel": train.images, "feature": as_t(train_j.feats)},
-            {"pixel": test.images, "feature": as_t(test_j.feats)}, cfg.audit.memorization_ratio, cfg.audit.gallery_size)
-        audit_plots = plots_dir / "audit"
-        pairs = [(p["generated"], p["train"], p["ratio"]) for p in privacy["memorization"]["pixel"]["closest_pairs"]]
-        save_png(grid(gallery(images, train.images, pairs), ncol=8, scale=4), audit_plots / "memorization_gallery.png")
-
-        verdicts = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(fairness, privacy, quality))
-        gates = gates_mod.report(verdicts)
-        ba_rows = _ba_rows(fairness, "before")
-        if cfg.audit.mitigation.enabled and meta.attribute_groups:
-            mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, look, images, labels,
-                                                           gen_j, model_dir, fairness)
-            fairness["mitigation"] = mitigation
-            save_png(class_grid(sel_images, sel_labels, meta.num_classes), audit_plots / "mitigated_grid.png")
-            after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation["report"], privacy,
-                                                                                      quality))
-            # Informative only: the release is judged on the model with its plain sampler.
-            gates["with_mitigation"] = {v.gate: v.passed for v in after if v.gate in
-                                        ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
-            ba_rows += _ba_rows(mitigation["report"], "after")
-        fairness["seconds"] = time.perf_counter() - t0
-
-        write_json(metrics_dir / "fairness.json", fairness)
-        write_json(metrics_dir / "privacy.json", privacy)
-        write_json(metrics_dir / "gates.json", gates)
-        header = "set,attribute,class,group,p_train,p_gen,ba,ci_low,ci_high"
-        write_text(plots_dir / "bias_amplification.csv", "\n".join([header, *ba_rows]) + "\n")
-        if mlflow.active_run():
-            log_metrics_flat(fairness["headline"], prefix="fairness.")
-            log_metrics_flat({h: r["corrected"]["fd_l2"]["value"] for h, r in fairness["representation"].items()},
-                             prefix="fairness.fd_l2_corrected.")
-            log_metrics_flat({s: m["fraction"] for s, m in privacy["memorization"].items()}, prefix="memorized_fraction.")
-            for v in verdicts:
-                mlflow.log_metric(f"gate.{v.gate}.passed", float(v.passed))
-                if v.value is not None and not np.isnan(v.value):
-                    mlflow.log_metric(f"gate.{v.gate}.value", float(v.value))
-                mlflow.set_tag(f"gate.{v.gate}", "pass" if v.passed else "fail")
-            mlflow.set_tag("gates.passed", str(gates["passed"]).lower())
-            if "mitigation" in fairness:
-                mit = fairness["mitigation"]
-                mlflow.log_metrics({"mitigation.fd_l2_before": mit["before"]["fd_l2"]["value"],
-                                    "mitigation.fd_l2_after": mit["after"]["fd_l2"]["value"],
-                                    "mitigation.extra_draws": mit["selection"]["extra_draws"]})
-            for name in ("fairness.json", "privacy.json", "gates.json"):
-                mlflow.log_artifact(str(metrics_dir / name))
-            mlflow.log_artifacts(str(audit_plots), "audit")
-        for v in verdicts:
+        meta = load_meta(layout.prepared)
+        train, val, test = (load_split(layout.prepared, s) for s in ("train", "val", "test"))
+        samples = load_tensors(layout.samples)
+        quality = read_json(layout.quality) if layout.quality.is_file() else {}
+        out = audit_model(cfg, meta, train, val, test, samples["images"], samples["labels"],
+                          load_evaluator(layout.evaluator), quality, _generator(cfg, layout),
+                          seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:])
+        for name, image in out.figures.items():
+            save_png(image, layout.audit_plots / f"{name}.png")
+        write_json(layout.fairness, out.fairness)
+        write_json(layout.privacy, out.privacy)
+        write_json(layout.gates, out.gates)
+        write_text(layout.bias_amplification_csv, out.ba_csv)
+        _log(out)
+        log_outputs(files=[layout.fairness, layout.privacy, layout.gates], folders={"audit": layout.audit_plots})
+        for v in out.verdicts:
             print(f"[audit] {v.message()}")
-        print(f"[audit] {'all gates passed' if gates['passed'] else 'gates failed: ' + ', '.join(gates['failed'])} "
-              f"({fairness['seconds']:.1f}s)")
-        failed = [v for v in verdicts if not v.passed]
+        passed = out.gates["passed"]
+        print(f"[audit] {'all gates passed' if passed else 'gates failed: ' + ', '.join(out.gates['failed'])} "
+              f"({out.fairness['seconds']:.1f}s)")
+        failed = [v for v in out.verdicts if not v.passed]
         if cfg.audit.fail_on_gate and failed:
             raise GateFailedError("; ".join(v.message() for v in failed))
+
+
+def _log(out) -> None:
+    """The audit's headline numbers and every gate's verdict, as MLflow metrics and tags."""
+    fairness, privacy = out.fairness, out.privacy
+    metrics: dict = {
+        "fairness": fairness["headline"],
+        "fairness.fd_l2_corrected": {h: r["corrected"]["fd_l2"]["value"] for h, r in fairness["representation"].items()},
+        "memorized_fraction": {s: m["fraction"] for s, m in privacy["memorization"].items()},
+        "gate": {v.gate: {"passed": float(v.passed)} | ({} if v.value is None or v.value != v.value else
+                                                         {"value": float(v.value)}) for v in out.verdicts},
+    }
+    if "mitigation" in fairness:
+        mit = fairness["mitigation"]
+        metrics["mitigation"] = {"fd_l2_before": mit["before"]["fd_l2"]["value"],
+                                 "fd_l2_after": mit["after"]["fd_l2"]["value"],
+                                 "extra_draws": mit["selection"]["extra_draws"]}
+    tags = {f"gate.{v.gate}": "pass" if v.passed else "fail" for v in out.verdicts}
+    log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates["passed"]).lower()})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -190,3 +190,27 @@ def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:
     walk(metrics, prefix)
     if flat:
         mlflow.log_metrics(flat)
+
+
+def log_outputs(
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    prefix: str = "",
+    files: Iterable[str | Path] = (),
+    folders: Mapping[str, str | Path] | None = None,
+    artifact_path: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """What a stage leaves in its MLflow run, in one call: every numeric leaf of `metrics` (dotted names
+    after `prefix`), `files` as artifacts (under `artifact_path`), each folder under its artifact name,
+    and tags. Does nothing outside a run (ranks other than 0), so stages call it unconditionally."""
+    if not mlflow.active_run():
+        return
+    if metrics:
+        log_metrics_flat(dict(metrics), prefix=prefix)
+    for f in files:
+        mlflow.log_artifact(str(f), artifact_path)
+    for name, folder in (folders or {}).items():
+        mlflow.log_artifacts(str(folder), name)
+    if tags:
+        mlflow.set_tags(dict(tags))
