@@ -4,23 +4,19 @@ metrics/quality.json and plots/conditional_accuracy.csv."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlflow
-
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.layout import Layout
 from diffaudit.metrics.quality import evaluate_quality
 from diffaudit.models.evaluator import load_evaluator
-from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.io import load_tensors, write_json, write_text
 from pipelines._stage import run
 
 
 def main(cfg: Config) -> None:
-    data_dir = Path(cfg.paths.data) / "prepared"
-    samples_path = Path(cfg.paths.samples) / "samples.safetensors"
-    evaluator_dir = Path(cfg.paths.models) / "evaluator"
+    layout = Layout.of(cfg)
+    data_dir, samples_path, evaluator_dir = layout.prepared, layout.samples, layout.evaluator
     with stage_run(cfg, "evaluate", {"samples": samples_path, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         samples = load_tensors(samples_path)
@@ -30,18 +26,15 @@ def main(cfg: Config) -> None:
             gen_images=samples["images"], gen_labels=samples["labels"], seed=cfg.seed,
         )
         result["sampler"] = cfg.sampler.model_dump()
-        metrics_dir, plots_dir = Path(cfg.paths.metrics), Path(cfg.paths.plots)
-        write_json(metrics_dir / "quality.json", result)
+        write_json(layout.quality, result)
         per, floor = result["conditional_accuracy_per_class"], result["conditional_accuracy_floor_per_class"]
         ci = result["conditional_accuracy_per_class_ci"]
         rows = ["class,conditional_accuracy,low,high,real_test_accuracy"] + [
             f"{c},{v:.4f},{_lo(ci.get(c)):.4f},{_hi(ci.get(c)):.4f},{floor.get(c, float('nan')):.4f}"
             for c, v in per.items()
         ]
-        write_text(plots_dir / "conditional_accuracy.csv", "\n".join(rows) + "\n")
-        if mlflow.active_run():
-            log_metrics_flat({k: v for k, v in result.items() if k != "sampler"})
-            mlflow.log_artifact(str(metrics_dir / "quality.json"))
+        write_text(layout.conditional_accuracy_csv, "\n".join(rows) + "\n")
+        log_outputs(metrics={k: v for k, v in result.items() if k != "sampler"}, files=[layout.quality])
         print(summary(result))
 
 

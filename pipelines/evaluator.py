@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.layout import Layout
 from diffaudit.models.evaluator import save_evaluator
-from diffaudit.tracking.mlflow_tracking import stage_run
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.training.evaluator_training import held_out_report, train_evaluator
 from diffaudit.utils.io import atomic_path, write_json
 from pipelines._stage import progress_enabled, run
 
 
 def main(cfg: Config) -> None:
-    data_dir = Path(cfg.paths.data) / "prepared"
-    out = Path(cfg.paths.models) / "evaluator"
+    layout = Layout.of(cfg)
+    data_dir, out = layout.prepared, layout.evaluator
     with stage_run(cfg, "evaluator", {"data": data_dir}):
         meta = load_meta(data_dir)
         train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
@@ -28,14 +27,13 @@ def main(cfg: Config) -> None:
         result = {"split": "test", "n": len(test)} | {
             k: {"accuracy": v["accuracy"], "labels": v["labels"], "confusion": v["confusion"]} for k, v in report.items()
         }
-        write_json(Path(cfg.paths.metrics) / "evaluator.json", result)
+        write_json(layout.evaluator_metrics, result)
         if mlflow.active_run():
-            for h in history:
+            for h in history:  # curves: one metric history per quantity, step = epoch
                 mlflow.log_metrics({"train_loss": h["train_loss"], "val_class_accuracy": h["val_class_accuracy"]},
                                    step=h["epoch"])
-            mlflow.log_metrics({f"test_accuracy.{k}": v["accuracy"] for k, v in report.items()})
-            mlflow.log_artifacts(str(out), "evaluator")
-            mlflow.log_artifact(str(Path(cfg.paths.metrics) / "evaluator.json"))
+        log_outputs(metrics={k: v["accuracy"] for k, v in report.items()}, prefix="test_accuracy.",
+                    files=[layout.evaluator_metrics], folders={"evaluator": out})
         print("[evaluator] held-out accuracy: " + ", ".join(f"{k}={v['accuracy']:.3f}" for k, v in report.items()))
 
 

@@ -4,7 +4,6 @@ attributions, loss by timestep, coarse-to-fine spectrum); writes metrics/explain
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric
@@ -13,19 +12,19 @@ from mlflow.tracking import MlflowClient
 from diffaudit.audit.explain import explain_model
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.layout import Layout
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.models.unet import load_exported
-from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_gif
 from diffaudit.utils.io import write_json, write_text, write_with
 from pipelines._stage import run
 
-# Image outputs live in their own folder (one DVC out); the CSVs beside it are DVC plots.
-FIGURES_DIR = "explain"
-
 
 def _log_step_metrics(series: dict[str, list[float]]) -> None:
     """Per-step curves as MLflow metric histories (x axis = sampling step), in one batched call."""
+    if not mlflow.active_run():
+        return
     now = int(time.time() * 1000)
     metrics = [Metric(f"explain.step.{name}", float(v), now, i) for name, values in series.items()
                for i, v in enumerate(values)]
@@ -35,11 +34,11 @@ def _log_step_metrics(series: dict[str, list[float]]) -> None:
 
 
 def main(cfg: Config) -> None:
-    data_dir = Path(cfg.paths.data) / "prepared"
-    model_dir = Path(cfg.paths.models) / "diffusion"
-    evaluator_dir = Path(cfg.paths.models) / "evaluator"
-    metrics_dir, plots_dir = Path(cfg.paths.metrics), Path(cfg.paths.plots)
-    fig_dir = plots_dir / FIGURES_DIR
+    layout = Layout.of(cfg)
+    data_dir, model_dir, evaluator_dir = layout.prepared, layout.diffusion, layout.evaluator
+    # Image outputs live in their own folder (one DVC out); the CSVs beside it are DVC plots.
+    fig_dir = layout.explain_plots
+    tables = {"emergence": layout.explain_emergence_csv, "loss_by_timestep": layout.explain_loss_csv}
     with stage_run(cfg, "explain", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         unet, sched_cfg = load_exported(model_dir)
@@ -50,15 +49,12 @@ def main(cfg: Config) -> None:
         for name, frames in result.gifs.items():
             save_gif(frames, fig_dir / f"{name}.gif", duration_ms=cfg.explain.gif_frame_ms)
         for name, text in result.tables.items():
-            write_text(plots_dir / f"explain_{name}.csv", text)
-        write_json(metrics_dir / "explain.json", result.metrics)
-        if mlflow.active_run():
-            log_metrics_flat({k: v for k, v in result.metrics.items() if k != "sampler"}, prefix="explain.")
-            _log_step_metrics(result.step_metrics)
-            mlflow.log_artifact(str(metrics_dir / "explain.json"))
-            mlflow.log_artifacts(str(fig_dir), artifact_path="explain")
-            for name in result.tables:
-                mlflow.log_artifact(str(plots_dir / f"explain_{name}.csv"), artifact_path="explain")
+            write_text(tables[name], text)
+        write_json(layout.explain, result.metrics)
+        _log_step_metrics(result.step_metrics)
+        log_outputs(metrics={k: v for k, v in result.metrics.items() if k != "sampler"}, prefix="explain.",
+                    files=[layout.explain], folders={"explain": fig_dir})
+        log_outputs(files=tables.values(), artifact_path="explain")
         m = result.metrics
         c = m["commitment"]["per_head"]["class"]
         print(f"[explain] {m['num_images']} trajectories; class commits at step {c['mean']:.1f}/{cfg.sampler.steps} "

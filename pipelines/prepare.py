@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlflow
 import torch
 
 from diffaudit.config.schema import Config
@@ -18,7 +15,8 @@ from diffaudit.data.prepare import (
     validate,
 )
 from diffaudit.data.store import save_prepared
-from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.layout import Layout
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import class_grid, save_png
 from diffaudit.utils.io import atomic_path, write_json
 from diffaudit.utils.lineage import path_md5
@@ -26,7 +24,8 @@ from pipelines._stage import run
 
 
 def main(cfg: Config) -> None:
-    out = Path(cfg.paths.data) / "prepared"
+    layout = Layout.of(cfg)
+    out = layout.prepared
     with stage_run(cfg, "prepare"):
         ds = load_raw(cfg.data)
         validate(ds, cfg.data.channels)
@@ -39,16 +38,13 @@ def main(cfg: Config) -> None:
             save_prepared(tmp, splits, cfg.data.image_size)
         card = {"source": ds.source, "image_size": cfg.data.image_size, "data_md5": path_md5(out),
                 "bias": cfg.data.bias.model_dump() if cfg.data.bias else None, "splits": data_card(splits)}
-        write_json(Path(cfg.paths.metrics) / "data.json", card)
+        write_json(layout.data_card, card)
         train = splits["train"]
         real = class_grid(to_model_tensor(train.images, cfg.data.image_size), torch.from_numpy(train.labels),
                           len(train.class_names))
-        save_png(real, Path(cfg.paths.plots) / "real_grid.png")
-        if mlflow.active_run():
-            mlflow.set_tag("data_md5", card["data_md5"])
-            log_metrics_flat({k: v["n"] for k, v in card["splits"].items()}, prefix="n_")
-            mlflow.log_artifact(str(Path(cfg.paths.metrics) / "data.json"))
-            mlflow.log_artifact(str(Path(cfg.paths.plots) / "real_grid.png"))
+        save_png(real, layout.real_grid)
+        log_outputs(metrics={k: v["n"] for k, v in card["splits"].items()}, prefix="n_",
+                    files=[layout.data_card, layout.real_grid], tags={"data_md5": card["data_md5"]})
         print(f"[prepare] {ds.source}: " + ", ".join(f"{k}={v['n']}" for k, v in card["splits"].items()))
 
 

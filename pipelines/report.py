@@ -16,11 +16,12 @@ from mlflow.entities import Run
 
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config
+from diffaudit.layout import Layout
 from diffaudit.release.promote import ReleaseRecord, register_and_decide
 from diffaudit.report.content import Lineage, RunContent, load_content, metric_value
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
-from diffaudit.tracking.mlflow_tracking import pipeline_id, redact_uri, stage_run, tracking_uri
+from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
 from diffaudit.utils.io import write_json, write_text
 from diffaudit.utils.lineage import git_commit, path_md5
@@ -44,11 +45,12 @@ def _md5(path: Path) -> str | None:
 def lineage(cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None,
             record: ReleaseRecord | None) -> Lineage:
     base = ui_base(cfg, release)
+    layout = Layout.of(cfg)
     data = content.metrics.get("data") or {}
     lin = Lineage(
         git_commit=git_commit(), data_md5=data.get("data_md5") if isinstance(data, dict) else None,
-        model_md5=_md5(Path(cfg.paths.models) / "diffusion"),
-        samples_md5=_md5(Path(cfg.paths.samples) / "samples.safetensors"),
+        model_md5=_md5(layout.diffusion),
+        samples_md5=_md5(layout.samples),
         tracking_uri=redact_uri(tracking_uri(cfg)),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
@@ -66,9 +68,9 @@ def lineage(cfg: Config, content: RunContent, release: ReleaseCfg, active: Run |
 
 def main(cfg: Config) -> None:
     release = release_config(cfg)
-    reports = Path(cfg.paths.reports)
-    model_dir = Path(cfg.paths.models) / "diffusion"
-    inputs = {"model": model_dir, "samples": Path(cfg.paths.samples), "metrics": Path(cfg.paths.metrics)}
+    layout = Layout.of(cfg)
+    model_dir = layout.diffusion
+    inputs = {"model": model_dir, "samples": layout.samples_dir, "metrics": layout.metrics_dir}
     with stage_run(cfg, "report", inputs) as active:
         content = load_content(cfg, os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
         candidate = {c.metric: metric_value(content.metrics, c.metric) for c in release.compare}
@@ -79,15 +81,15 @@ def main(cfg: Config) -> None:
             info = log_model(cfg, model_dir, content.class_names, release)
             # The evaluator judges conditional accuracy and, by default, spans FID's feature space: a champion
             # measured by another one (new data retrains it) has incomparable numbers.
-            evaluator = Path(cfg.paths.models) / "evaluator"
+            evaluator = layout.evaluator
             space = f"{cfg.eval.feature}+evaluator:{path_md5(evaluator)}" if evaluator.is_dir() else None
             record = register_and_decide(cfg, release, info, candidate, content.gates,
                                          active.info.run_id, pipeline_id(cfg), feature_space=space)
         # Re-read the run so the parent tag set at start is visible.
         active_run = mlflow.get_run(active.info.run_id) if active is not None else None
         lin = lineage(cfg, content, release, active_run, record)
-        write_text(reports / "audit.html", render_html(content, lin, record, release.max_images_per_section))
-        write_text(reports / "MODEL_CARD.md", render_model_card(content, lin, record))
+        write_text(layout.report_html, render_html(content, lin, record, release.max_images_per_section))
+        write_text(layout.model_card, render_model_card(content, lin, record))
         summary = {
             "promoted": record.promoted if record else False,
             "registered": record is not None,
@@ -96,24 +98,21 @@ def main(cfg: Config) -> None:
             "candidate_metrics": candidate,
             **({"record": record.to_json()} if record else {}),
         }
-        write_json(reports / "release.json", summary)
-        if active is not None:
-            mlflow.log_metrics({"release.promoted": float(summary["promoted"]),
-                                "release.gates_passed": float(content.gates.passed)}
-                               | {f"release.{k}": v for k, v in candidate.items() if v is not None})
-            for name in ("audit.html", "MODEL_CARD.md", "release.json"):
-                mlflow.log_artifact(str(reports / name), "report")
-            if record:
-                mlflow.set_tags({"release.decision": "champion" if record.promoted else "refused",
-                                 "release.model_version": record.candidate_version or ""})
+        write_json(layout.release, summary)
+        tags = {"release.decision": "champion" if record.promoted else "refused",
+                "release.model_version": record.candidate_version or ""} if record else None
+        log_outputs(metrics={"promoted": float(summary["promoted"]), "gates_passed": float(content.gates.passed)}
+                    | {k: v for k, v in candidate.items() if v is not None}, prefix="release.",
+                    files=[layout.report_html, layout.model_card, layout.release], artifact_path="report", tags=tags)
+        written = f"wrote {layout.report_html} and {layout.model_card}"
         if record is None:
-            print(f"[report] wrote {reports}/audit.html and MODEL_CARD.md (model not registered)")
+            print(f"[report] {written} (model not registered)")
         else:
             verdict = "PROMOTED to champion" if record.promoted else "REFUSED (stays candidate)"
             print(f"[report] {record.model_name} v{record.candidate_version}: {verdict}")
             for reason in record.reasons:
                 print(f"[report]   - {reason}")
-            print(f"[report] wrote {reports}/audit.html and MODEL_CARD.md")
+            print(f"[report] {written}")
 
 
 if __name__ == "__main__":

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import mlflow
 import torch
 
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta
 from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
 from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.layout import Layout
 from diffaudit.models.unet import load_exported
-from diffaudit.tracking.mlflow_tracking import stage_run
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import class_grid, save_png
 from diffaudit.utils.io import save_tensors
 from pipelines._stage import progress_enabled, run
 
 
 def main(cfg: Config) -> None:
-    model_dir = Path(cfg.paths.models) / "diffusion"
-    out = Path(cfg.paths.samples)
-    with stage_run(cfg, "sample", {"model": model_dir}):
-        meta = load_meta(Path(cfg.paths.data) / "prepared")
-        unet, sched_cfg = load_exported(model_dir)
+    layout = Layout.of(cfg)
+    with stage_run(cfg, "sample", {"model": layout.diffusion}):
+        meta = load_meta(layout.prepared)
+        unet, sched_cfg = load_exported(layout.diffusion)
         scheduler = build_sampler(cfg.sampler.name, sched_cfg)
         labels = balanced_labels(meta.num_classes, cfg.sampler.num_per_class)
         seeds = sample_seeds(cfg.seed, len(labels))
@@ -33,13 +31,12 @@ def main(cfg: Config) -> None:
         images = generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
                           sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
         seconds = time.perf_counter() - t0
-        save_tensors(out / "samples.safetensors", {"images": images, "labels": labels, "seeds": torch.tensor(seeds)},
+        save_tensors(layout.samples, {"images": images, "labels": labels, "seeds": torch.tensor(seeds)},
                      metadata={"sampler": cfg.sampler.name, "steps": str(cfg.sampler.steps),
                                "guidance_scale": str(cfg.sampler.guidance_scale)})
-        save_png(class_grid(images, labels, meta.num_classes), out / "grid.png")
-        if mlflow.active_run():
-            mlflow.log_metrics({"sampling_seconds": seconds, "images_per_second": len(labels) / seconds})
-            mlflow.log_artifact(str(out / "grid.png"))
+        save_png(class_grid(images, labels, meta.num_classes), layout.samples_grid)
+        log_outputs(metrics={"sampling_seconds": seconds, "images_per_second": len(labels) / seconds},
+                    files=[layout.samples_grid])
         print(f"[sample] {len(labels)} images with {cfg.sampler.name} x{cfg.sampler.steps} in {seconds:.1f}s")
 
 

@@ -3,20 +3,19 @@ counts and guidance scales (eval.study); writes metrics/sampler_study.json and p
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import torch
 
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import ConfigError
+from diffaudit.layout import Layout
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.models.unet import load_exported
-from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
+from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.io import write_json
 from pipelines._stage import progress_enabled, run
 
@@ -24,9 +23,8 @@ from pipelines._stage import progress_enabled, run
 def main(cfg: Config) -> None:
     if cfg.eval.study is None:
         raise ConfigError("eval.study is not configured: select one with eval/study=light (or full), see conf/eval/study/")
-    data_dir = Path(cfg.paths.data) / "prepared"
-    model_dir = Path(cfg.paths.models) / "diffusion"
-    evaluator_dir = Path(cfg.paths.models) / "evaluator"
+    layout = Layout.of(cfg)
+    data_dir, model_dir, evaluator_dir = layout.prepared, layout.diffusion, layout.evaluator
     with stage_run(cfg, "sampler_study", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
@@ -45,22 +43,21 @@ def main(cfg: Config) -> None:
 
         result = run_study(unet, sched_cfg, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
                            on_point=on_point)
-        metrics_path = Path(cfg.paths.metrics) / "sampler_study.json"
-        write_json(metrics_path, result)
-        paths = write_study_outputs(result, Path(cfg.paths.plots) / "sampler_study")
-        if mlflow.active_run():
-            _log(result)
-            mlflow.log_artifact(str(metrics_path))
-            for p in paths:
-                mlflow.log_artifact(str(p), "sampler_study")
+        write_json(layout.sampler_study, result)
+        write_study_outputs(result, layout.sampler_study_plots)
+        _log_curves(result)
+        log_outputs(metrics={"floor": result["floor"], "seconds": result["seconds"]}, prefix="study.",
+                    files=[layout.sampler_study], folders={"sampler_study": layout.sampler_study_plots})
         best = result["best"]
         verdict = (f"{best['sampler']} reaches the target at {best['nfe']} NFE ({best['seconds']:.1f}s)" if best
                    else "no sampler reaches the target quality")
         print(f"[sampler_study] {verdict}; whole study {result['seconds']:.1f}s on n={result['n_images']} images/point")
 
 
-def _log(result: dict) -> None:
-    """Curves as step-wise MLflow metrics (step = NFE, or guidance x 100), plus the flat table."""
+def _log_curves(result: dict) -> None:
+    """Curves as step-wise MLflow metrics (step = NFE, or guidance x 100)."""
+    if not mlflow.active_run():
+        return
     fs = result["feature_space"]
     for s, pts in result["nfe_sweep"].items():
         for m in pts.values():
@@ -70,7 +67,6 @@ def _log(result: dict) -> None:
     for m in result["guidance_sweep"]["points"].values():
         mlflow.log_metrics({"study.guidance.precision": m["precision"], "study.guidance.recall": m["recall"]},
                            step=round(m["guidance_scale"] * 100))
-    log_metrics_flat({"floor": result["floor"], "seconds": result["seconds"]}, prefix="study.")
 
 
 if __name__ == "__main__":
