@@ -19,6 +19,7 @@ import torch
 from diffaudit.config.compose import compose_config
 from diffaudit.config.schema import Config, validate_config
 from diffaudit.data.store import DataMeta, Split, load_meta, load_split
+from diffaudit.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_OVERRIDES = ["experiment=smoke"]
@@ -31,7 +32,7 @@ def load_config(overrides: list[str] | None = None) -> Config:
 
 def load_data(cfg: Config, n_synthetic: int = 640, prefer_prepared: bool = True) -> tuple[Split, Split, DataMeta, str]:
     """(train, val, meta, source): the prepared data when it matches the config, else random images of its shape."""
-    prepared = ROOT / cfg.paths.data / "prepared"
+    prepared = ROOT / Layout.of(cfg).prepared
     if prefer_prepared and (prepared / "meta.json").is_file():
         meta = load_meta(prepared)
         if meta.image_size == cfg.data.image_size and meta.channels == cfg.data.channels:

@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.common import ROOT, Figure, load_config, peak_rss
 from diffaudit.config.schema import Config
+from diffaudit.layout import Layout
 from diffaudit.metrics.features import EvaluatorFeatures, extract, single_thread
 from diffaudit.metrics.fid import fid_features, kid_features
 from diffaudit.metrics.precision_recall import precision_recall
@@ -92,7 +93,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None, reps: int | N
     cfg = load_config(["experiment=smoke"] if quick else [])
     sizes = tuple(sizes or ((48, 96) if quick else SIZES))
     reps = reps or (2 if quick else 1)
-    ev, source = evaluator_for(cfg, None if quick else (model_dir or ROOT / cfg.paths.models / "evaluator"))
+    ev, source = evaluator_for(cfg, None if quick else (model_dir or ROOT / Layout.of(cfg).evaluator))
     module = EvaluatorFeatures(ev)
     order = list(sizes) if quick else list(sizes) + list(reversed(sizes))
     visits: dict[int, list[dict[str, dict[str, Any]]]] = {n: [] for n in sizes}

@@ -10,6 +10,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from diffaudit.config.schema import load_params
+from diffaudit.layout import Layout
 from diffaudit.tracking.mlflow_tracking import PIPELINE_TAG, STAGE_TAG, setup
 
 
@@ -29,7 +30,7 @@ def finish(returncode: int) -> None:
     run_id = runs[0].info.run_id
     client = MlflowClient()
     params = os.environ.get("DIFFAUDIT_PARAMS", "params.yaml")
-    for path in [params, "dvc.lock", *sorted(str(p) for p in Path(cfg.paths.metrics).glob("*.json"))]:
+    for path in [params, "dvc.lock", *sorted(str(p) for p in Layout.of(cfg).metrics_dir.glob("*.json"))]:
         if Path(path).is_file():
             client.log_artifact(run_id, path, "pipeline")
     client.set_tag(run_id, "dvc_repro_exit_code", str(returncode))
