@@ -15,7 +15,6 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.lit_module import DiffusionModule
 from diffaudit.errors import CheckpointMismatchError
-from diffaudit.models.unet import load_exported  # noqa: F401 (its old home: pyfunc models registered earlier import it here)
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
 
