@@ -41,20 +41,19 @@ def _looker(evaluator: Evaluator, rules: dict[str, AttributeRule]) -> Look:
 
 def _drawer(cfg: Config, model_dir: Path, look: Look, attribute: str, first_index: int) -> Draw:
     """Sample extra candidates with the stage's own sampler; seeds continue after the sample stage's."""
-    from diffaudit.diffusion.sampling import generate, sample_seeds
-    from diffaudit.diffusion.schedulers import build_sampler
-    from diffaudit.models.unet import load_exported
+    from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+    from diffaudit.diffusion.sampling import sample_seeds
 
-    unet, sched_cfg = load_exported(model_dir)
-    scheduler = build_sampler(cfg.sampler.name, sched_cfg)
+    pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
     next_index = [first_index]
 
     def draw(labels: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         start = next_index[0]
         seeds = sample_seeds(cfg.seed, start + len(labels))[start:]
         next_index[0] += len(labels)
-        images = generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
-                          sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
+        images = pipe(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
+                      guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size,
+                      progress=progress_enabled()).images
         return images, look(images, labels).preds[attribute]
 
     return draw
