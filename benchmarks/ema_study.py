@@ -30,8 +30,9 @@ from benchmarks.common import ROOT, load_config
 from diffaudit.audit.attribute_rules import fit_rules
 from diffaudit.audit.fairness_report import judge
 from diffaudit.data.store import load_meta, load_split
-from diffaudit.diffusion.sampling import generate, sample_seeds
-from diffaudit.diffusion.schedulers import build_noise_scheduler, build_sampler
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import sample_seeds
+from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.metrics.fid import fid_features
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.training.diffusion_training import train_diffusion
@@ -77,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         module, _ = train_diffusion(cfg, train, val, meta, Path(tmp) / "checkpoints", progress=True,
                                     extra_callbacks=[snaps])
     train_s = time.perf_counter() - t0
-    unet = module.unet.eval()
-    sampler = build_sampler(cfg.sampler.name, build_noise_scheduler(cfg.diffusion).config)
+    pipe = ClassConditionalPipeline.from_unet(module.unet.eval(), build_noise_scheduler(cfg.diffusion), cfg.sampler.name)
     evaluator = load_evaluator(args.evaluator)
     rule = fit_rules(meta, [train, val]).get("thickness")
     real = torch.from_numpy(judge(evaluator, test.images).feats)
@@ -87,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for step in sorted(snaps.saved):
         for weights, state in snaps.saved[step].items():
-            unet.load_state_dict(state)
-            with torch.no_grad():
-                x = generate(unet, sampler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
-                             cfg.diffusion.prediction_type, cfg.sampler.batch_size, False)
+            pipe.unet.load_state_dict(state)
+            x = pipe(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
+                     guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size).images
             j = judge(evaluator, x)
             row: dict[str, Any] = {"step": step, "weights": weights,
                                    "fid_evaluator": fid_features(real, torch.from_numpy(j.feats)),

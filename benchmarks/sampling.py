@@ -2,7 +2,7 @@
 
 Quality and time come from the sampler study (metrics/sampler_study.json) when it has run; otherwise
 the same study points are timed here (round-robin over points, median of rounds), without quality.
-The CFG check counts the UNet's forward calls during `sample()`: one batched call of 2n images per
+The CFG check counts the UNet's forward calls during a pipeline call: one batched call of 2n images per
 step means conditional and unconditional share one forward.
 """
 
@@ -17,24 +17,22 @@ import torch
 
 from benchmarks.common import ROOT, Figure, load_config, median
 from diffaudit.config.schema import Config
-from diffaudit.diffusion.sampling import guided_output, initial_noise, sample, sample_seeds
-from diffaudit.diffusion.schedulers import build_noise_scheduler, build_sampler
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import guided_output, initial_noise, sample_seeds
+from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.models.unet import build_unet, null_class
 
 MAX_NFE = 20
 QUALITY_TOLERANCE = 0.10
 
 
-def load_model(cfg: Config, model_dir: Path | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """(UNet, scheduler config, source): the exported model when present, else a random one of the config's shape."""
+def load_model(cfg: Config, model_dir: Path | None) -> tuple[ClassConditionalPipeline, str]:
+    """(pipeline, source): the exported model when present, else a random one of the config's shape."""
     if model_dir is not None and (model_dir / "unet" / "config.json").is_file():
-        from diffaudit.models.unet import load_exported
-
-        unet, sched = load_exported(model_dir)
-        return unet, sched, "trained"
+        return ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name), "trained"
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.model, cfg.data.image_size, cfg.data.channels, 10).eval()
-    return unet, dict(build_noise_scheduler(cfg.diffusion).config), "random"
+    return ClassConditionalPipeline.from_unet(unet, build_noise_scheduler(cfg.diffusion), cfg.sampler.name), "random"
 
 
 class ForwardCounter:
@@ -48,17 +46,16 @@ class ForwardCounter:
         self._handle.remove()
 
 
-def cfg_check(unet: torch.nn.Module, sched_cfg: dict[str, Any], n: int, steps: int, guidance: float,
+def cfg_check(pipe: ClassConditionalPipeline, n: int, steps: int, guidance: float,
               samplers: list[str]) -> dict[str, Any]:
     """Forward calls per sampling run with guidance != 1: expected `steps` calls of 2n images each."""
-    labels = torch.arange(n) % null_class(unet)
+    labels = torch.arange(n) % pipe.null_class
     seeds = sample_seeds(0, n)
     out: dict[str, Any] = {}
     for name in samplers:
-        counter = ForwardCounter(unet)
+        counter = ForwardCounter(pipe.unet)
         try:
-            sample(unet, build_sampler(name, sched_cfg), labels, seeds, steps, guidance, null_class(unet),
-                   sched_cfg["prediction_type"])
+            pipe.with_sampler(name)(labels=labels, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance)
         finally:
             counter.close()
         out[name] = {"steps": steps, "forward_calls": len(counter.batches), "batch_sizes": sorted(set(counter.batches)),
@@ -92,17 +89,17 @@ def batched_vs_split(unet: torch.nn.Module, n: int, guidance: float, reps: int) 
             "speedup": median(times["split"]) / median(times["batched"])}
 
 
-def time_points(unet: torch.nn.Module, sched_cfg: dict[str, Any], points: list[tuple[str, int]], n: int,
+def time_points(pipe: ClassConditionalPipeline, points: list[tuple[str, int]], n: int,
                 guidance: float, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
     """Median seconds of sampling n images at each (sampler, steps), points visited round-robin."""
-    labels = torch.arange(n) % null_class(unet)
+    labels = torch.arange(n) % pipe.null_class
     seeds = sample_seeds(0, n)
     times: dict[tuple[str, int], list[float]] = {p: [] for p in points}
     for _ in range(rounds):
         for name, steps in points:
-            sched = build_sampler(name, sched_cfg)
+            point = pipe.with_sampler(name)
             t0 = time.perf_counter()
-            sample(unet, sched, labels, seeds, steps, guidance, null_class(unet), sched_cfg["prediction_type"])
+            point(labels=labels, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance)
             times[(name, steps)].append(time.perf_counter() - t0)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (name, steps), ts in times.items():
@@ -135,13 +132,13 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
     cfg = load_config(["experiment=smoke"] if quick else [])
     study_path = study_path if study_path is not None else ROOT / cfg.paths.metrics / "sampler_study.json"
     model_dir = model_dir if model_dir is not None else ROOT / cfg.paths.models / "diffusion"
-    unet, sched_cfg, source = load_model(cfg, None if quick else model_dir)
+    pipe, source = load_model(cfg, None if quick else model_dir)
     guidance = cfg.sampler.guidance_scale if cfg.sampler.guidance_scale != 1.0 else 2.0
     n = 4 if quick else 20
     samplers = ["ddpm", "ddim", "dpm_solver", "euler"]
     result: dict[str, Any] = {"model": source, "guidance_scale": guidance}
-    result["cfg_forward"] = cfg_check(unet, sched_cfg, n, 3, guidance, samplers)
-    result["cfg_batched_vs_split"] = batched_vs_split(unet, 2 if quick else cfg.sampler.batch_size // 10,
+    result["cfg_forward"] = cfg_check(pipe, n, 3, guidance, samplers)
+    result["cfg_batched_vs_split"] = batched_vs_split(pipe.unet, 2 if quick else cfg.sampler.batch_size // 10,
                                                       guidance, 2 if quick else 5)
     study = json.loads(study_path.read_text()) if study_path.is_file() else None
     if study is not None:
@@ -153,7 +150,7 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
     if measure or (measure is None and study is None):
         nfe = {"ddim": [2, 3]} if quick else (cfg.eval.study.nfe if cfg.eval.study else {"dpm_solver": [20]})
         points = [(s, k) for s, ks in nfe.items() for k in sorted(set(ks))]
-        result["timing"] = time_points(unet, sched_cfg, points, n, guidance, 1 if quick else 2)
+        result["timing"] = time_points(pipe, points, n, guidance, 1 if quick else 2)
     return result
 
 

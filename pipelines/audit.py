@@ -12,7 +12,7 @@ from functools import cache
 
 import torch
 
-from diffaudit.audit.model_audit import audit_model
+from diffaudit.audit.model_audit import Generate, audit_model
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import GateFailedError
@@ -24,21 +24,18 @@ from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
 from pipelines._stage import progress_enabled, run
 
 
-def _generator(cfg: Config, layout: Layout):
+def _generator(cfg: Config, layout: Layout) -> Generate:
     """The run's own sampler for the mitigation's extra draws, loaded on first use."""
-    from diffaudit.diffusion.sampling import generate
-    from diffaudit.diffusion.schedulers import build_sampler
-    from diffaudit.models.unet import load_exported
+    from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 
     @cache
-    def model():
-        unet, sched_cfg = load_exported(layout.diffusion)
-        return unet, sched_cfg, build_sampler(cfg.sampler.name, sched_cfg)
+    def pipe() -> ClassConditionalPipeline:
+        return ClassConditionalPipeline.from_exported(layout.diffusion, cfg.sampler.name)
 
     def draw(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        unet, sched_cfg, scheduler = model()
-        return generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
-                        sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
+        return pipe()(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
+                      guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size,
+                      progress=progress_enabled()).images
 
     return draw
 

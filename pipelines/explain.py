@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 from diffaudit.audit.explain import explain_model
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.layout import Layout
 from diffaudit.models.evaluator import load_evaluator
-from diffaudit.models.unet import load_exported
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_gif
 from diffaudit.utils.io import write_json, write_text, write_with
@@ -41,8 +41,8 @@ def main(cfg: Config) -> None:
     tables = {"emergence": layout.explain_emergence_csv, "loss_by_timestep": layout.explain_loss_csv}
     with stage_run(cfg, "explain", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
-        unet, sched_cfg = load_exported(model_dir)
-        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, unet, sched_cfg, load_evaluator(evaluator_dir),
+        pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
+        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, pipe, load_evaluator(evaluator_dir),
                                meta, load_split(data_dir, "val"))
         for name, fig in result.figures.items():
             write_with(fig_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png"))

@@ -8,10 +8,9 @@ import torch
 
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta
-from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
-from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
 from diffaudit.layout import Layout
-from diffaudit.models.unet import load_exported
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import class_grid, save_png
 from diffaudit.utils.io import save_tensors
@@ -22,14 +21,14 @@ def main(cfg: Config) -> None:
     layout = Layout.of(cfg)
     with stage_run(cfg, "sample", {"model": layout.diffusion}):
         meta = load_meta(layout.prepared)
-        unet, sched_cfg = load_exported(layout.diffusion)
-        scheduler = build_sampler(cfg.sampler.name, sched_cfg)
+        pipe = ClassConditionalPipeline.from_exported(layout.diffusion, cfg.sampler.name)
         labels = balanced_labels(meta.num_classes, cfg.sampler.num_per_class)
         seeds = sample_seeds(cfg.seed, len(labels))
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        images = generate(unet, scheduler, labels, seeds, cfg.sampler.steps, cfg.sampler.guidance_scale,
-                          sched_cfg["prediction_type"], cfg.sampler.batch_size, progress_enabled())
+        images = pipe(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
+                      guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size,
+                      progress=progress_enabled()).images
         seconds = time.perf_counter() - t0
         save_tensors(layout.samples, {"images": images, "labels": labels, "seeds": torch.tensor(seeds)},
                      metadata={"sampler": cfg.sampler.name, "steps": str(cfg.sampler.steps),

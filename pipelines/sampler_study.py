@@ -8,13 +8,13 @@ import torch
 
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.errors import ConfigError
 from diffaudit.layout import Layout
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs
 from diffaudit.models.evaluator import load_evaluator
-from diffaudit.models.unet import load_exported
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.io import write_json
 from pipelines._stage import progress_enabled, run
@@ -28,7 +28,7 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "sampler_study", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
-        unet, sched_cfg = load_exported(model_dir)
+        pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
         evaluator = load_evaluator(evaluator_dir)
         cache = FeatureCache(feature_module(cfg.eval, evaluator))
         torch.manual_seed(cfg.seed)
@@ -41,7 +41,7 @@ def main(cfg: Config) -> None:
                       f"fid_{fs}={m[f'fid_{fs}']:.3f} ({m['fid_over_floor']:.2f}x floor) "
                       f"acc={m['conditional_accuracy']:.3f} {m['seconds']:.1f}s", flush=True)
 
-        result = run_study(unet, sched_cfg, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
+        result = run_study(pipe, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
                            on_point=on_point)
         write_json(layout.sampler_study, result)
         write_study_outputs(result, layout.sampler_study_plots)

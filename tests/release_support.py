@@ -62,18 +62,16 @@ def write_untrained_model(cfg: Config) -> None:
 
 def write_samples(cfg: Config, per_class: int = 3, steps: int = 2) -> None:
     from diffaudit.data.store import load_meta
-    from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
-    from diffaudit.diffusion.schedulers import build_sampler
-    from diffaudit.models.unet import load_exported
+    from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+    from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
     from diffaudit.utils.images import class_grid, save_png
     from diffaudit.utils.io import save_tensors
 
     meta = load_meta(Path(cfg.paths.data) / "prepared")
-    unet, sched = load_exported(Path(cfg.paths.models) / "diffusion")
+    pipe = ClassConditionalPipeline.from_exported(Path(cfg.paths.models) / "diffusion", cfg.sampler.name)
     labels = balanced_labels(meta.num_classes, per_class)
     seeds = sample_seeds(cfg.seed, len(labels))
-    images = generate(unet, build_sampler(cfg.sampler.name, sched), labels, seeds, steps, 2.0,
-                      sched["prediction_type"], 64)
+    images = pipe(labels=labels, seeds=seeds, num_inference_steps=steps, guidance_scale=2.0, batch_size=64).images
     out = Path(cfg.paths.samples)
     save_tensors(out / "samples.safetensors", {"images": images, "labels": labels, "seeds": torch.tensor(seeds)})
     save_png(class_grid(images, labels, meta.num_classes), out / "grid.png")

@@ -23,11 +23,10 @@ from diffaudit.audit.explain.timestep_profile import loss_by_timestep
 from diffaudit.audit.explain.trajectory import Trajectory, explain_seeds, record_trajectories
 from diffaudit.config.explain_schema import ExplainCfg
 from diffaudit.config.schema import validate_config
-from diffaudit.diffusion.sampling import sample, sample_seeds
-from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import sample_seeds
 from diffaudit.errors import ConfigError
 from diffaudit.models.evaluator import load_evaluator
-from diffaudit.models.unet import load_exported, null_class
 from diffaudit.training.evaluator_training import predict
 
 # Small enough for seconds on a shared 2-core CPU.
@@ -36,19 +35,19 @@ SMALL = {"emergence_per_class": 2, "filmstrip_per_class": 1, "attribution_steps"
 
 
 @pytest.fixture(scope="module")
-def models(tiny_run) -> tuple:
-    unet, sched_cfg = load_exported(tiny_run.root / "models" / "diffusion")
-    return unet, sched_cfg, load_evaluator(tiny_run.root / "models" / "evaluator")
+def models(tiny_run) -> tuple[ClassConditionalPipeline, torch.nn.Module]:
+    pipe = ClassConditionalPipeline.from_exported(tiny_run.root / "models" / "diffusion", tiny_run.cfg.sampler.name)
+    return pipe, load_evaluator(tiny_run.root / "models" / "evaluator")
 
 
 @pytest.fixture(scope="module")
 def traj(tiny_run, models) -> Trajectory:
     """One image per class (tiny sampler: 4 steps of DPM-Solver++ with guidance)."""
-    unet, sched_cfg, _ = models
+    pipe, _ = models
     s = tiny_run.cfg.sampler
     labels = torch.arange(10)
-    return record_trajectories(unet, build_sampler(s.name, sched_cfg), labels, explain_seeds(0, 10, 1, 1), s.steps,
-                               s.guidance_scale, sched_cfg["prediction_type"], batch_size=64)
+    return record_trajectories(pipe.with_sampler(s.name), labels, explain_seeds(0, 10, 1, 1), s.steps,
+                               s.guidance_scale, batch_size=64)
 
 
 def small_cfg(tiny_run, **extra: object) -> ExplainCfg:
@@ -57,10 +56,11 @@ def small_cfg(tiny_run, **extra: object) -> ExplainCfg:
 
 @pytest.mark.parametrize("sampler", ["dpm_solver", "ddim", "ddpm", "euler"])
 def test_x0_is_the_schedulers_own(tiny_run, models, sampler: str) -> None:
-    """The recorded x0-prediction (and sampling.py's StepInfo.x0_pred, and the function the attributions
+    """The recorded x0-prediction (and the pipeline's StepInfo.x0_pred, and the function the attributions
     differentiate) equal what the scheduler itself used at each step, for every sampler the pipeline offers."""
-    unet, sched_cfg, evaluator = models
-    scheduler = build_sampler(sampler, sched_cfg)
+    pipe, evaluator = models
+    pipe = pipe.with_sampler(sampler)
+    scheduler = pipe.scheduler
     own: list[torch.Tensor] = []
     step = scheduler.step
 
@@ -72,11 +72,11 @@ def test_x0_is_the_schedulers_own(tiny_run, models, sampler: str) -> None:
 
     scheduler.step = spy
     labels, seeds = torch.tensor([3, 7, 1]), [11, 12, 13]
-    pt, w = sched_cfg["prediction_type"], tiny_run.cfg.sampler.guidance_scale
-    traj = record_trajectories(unet, scheduler, labels, seeds, 4, w, pt, batch_size=8)
+    pt, w = pipe.prediction_type, tiny_run.cfg.sampler.guidance_scale
+    traj = record_trajectories(pipe, labels, seeds, 4, w, batch_size=8)
     assert len(own) == traj.num_steps == 4
     infos = []
-    sample(unet, scheduler, labels, seeds, 4, w, null_class(unet), pt, on_step=infos.append)
+    pipe(labels=labels, seeds=seeds, num_inference_steps=4, guidance_scale=w, on_step=infos.append)
     for k in range(traj.num_steps):
         torch.testing.assert_close(traj.x0[k], own[k], rtol=0, atol=1e-6)
         torch.testing.assert_close(infos[k].x0_pred, own[k + 4], rtol=0, atol=1e-5)
@@ -84,12 +84,12 @@ def test_x0_is_the_schedulers_own(tiny_run, models, sampler: str) -> None:
         # sigma on the cosine schedule is ~1e4, so its x0 carries ~1/256 of cancellation error).
         atol = 1e-4 + 1e-6 * float(traj.x_t[k].abs().max())
         with torch.no_grad():
-            f = StepClassLogit.at_step(unet, evaluator, traj, k, w, pt)
+            f = StepClassLogit.at_step(pipe.unet, evaluator, traj, k, w, pt)
             torch.testing.assert_close(f.x0(traj.x_t[k], labels), traj.x0[k], rtol=0, atol=atol)
 
 
 def test_last_step_emergence_is_the_final_prediction(models, traj: Trajectory) -> None:
-    evaluator = models[2]
+    evaluator = models[1]
     em = emergence(evaluator, traj)
     on_final = predict(evaluator, traj.final)
     for head, p in on_final.items():
@@ -119,13 +119,12 @@ def test_commitment_summary_orders_attribute_and_class() -> None:
 
 def test_integrated_gradients_completeness(tiny_run, models, traj: Trajectory) -> None:
     """sum(IG) = f(x_t) - f(baseline) within the convergence delta the audit reports."""
-    unet, sched_cfg, evaluator = models
+    pipe, evaluator = models
     cfg = small_cfg(tiny_run, randomization_check=False, ig_steps=16)
     target = emergence(evaluator, traj).final["class"]
-    attr = attribute(unet, evaluator, traj, target, cfg, tiny_run.cfg.sampler.guidance_scale,
-                     sched_cfg["prediction_type"], seed=0)
+    attr = attribute(pipe, evaluator, traj, target, cfg, tiny_run.cfg.sampler.guidance_scale, seed=0)
     k = attr.steps[0]
-    f = StepClassLogit.at_step(unet, evaluator, traj, k, tiny_run.cfg.sampler.guidance_scale, sched_cfg["prediction_type"])
+    f = StepClassLogit.at_step(pipe.unet, evaluator, traj, k, tiny_run.cfg.sampler.guidance_scale, pipe.prediction_type)
     x = traj.x_t[k]
     gap = target_logit(f, x, traj.labels, target) - target_logit(f, torch.zeros_like(x), traj.labels, target)
     total = attr.ig[0].flatten(1).sum(1)
@@ -138,16 +137,16 @@ def test_integrated_gradients_completeness(tiny_run, models, traj: Trajectory) -
 def test_model_randomization_changes_the_attributions(tiny_run, models, traj: Trajectory) -> None:
     """Adebayo et al.: maps from a re-initialised UNet must differ clearly from the trained model's,
     while the trained model reproduces its own maps exactly."""
-    unet, sched_cfg, evaluator = models
+    pipe, evaluator = models
     cfg = small_cfg(tiny_run, randomization_check=True)
     target = emergence(evaluator, traj).final["class"]
-    args = (cfg, tiny_run.cfg.sampler.guidance_scale, sched_cfg["prediction_type"])
-    attr = attribute(unet, evaluator, traj, target, *args, seed=0)
+    args = (cfg, tiny_run.cfg.sampler.guidance_scale)
+    attr = attribute(pipe, evaluator, traj, target, *args, seed=0)
     assert attr.ig_random is not None and attr.smoothgrad_random is not None
     rho = attribution_summary(attr, traj)["randomization_spearman"]
     assert rho["integrated_gradients"] < 0.75 and rho["smoothgrad"] < 0.75
     cfg_again = cfg.model_copy(update={"randomization_check": False})
-    again = attribute(unet, evaluator, traj, target, cfg_again, *args[1:], seed=0)
+    again = attribute(pipe, evaluator, traj, target, cfg_again, *args[1:], seed=0)
     assert float(rank_similarity(attr.ig, again.ig).min()) > 0.999
 
 
@@ -172,18 +171,15 @@ def test_spectrum_finds_the_frequency_and_settling() -> None:
 
 
 def test_loss_by_timestep(tiny_run, models) -> None:
-    from diffusers import DDPMScheduler
-
     from diffaudit.data.store import load_split
 
-    unet, sched_cfg, _ = models
+    pipe, _ = models
     val = load_split(tiny_run.root / "data" / "prepared", "val")
-    alphas = DDPMScheduler.from_config(sched_cfg).alphas_cumprod
-    rows = loss_by_timestep(unet, alphas, sched_cfg["prediction_type"], val.images, val.labels, 3, 20, seed=0)
+    rows = loss_by_timestep(pipe, val.images, val.labels, 3, 20, seed=0)
     assert [r["t_lo"] for r in rows] == [0, 333, 667] and rows[-1]["t_hi"] == 999
     assert all(torch.isfinite(torch.tensor([r["loss"], r["x0_mse"]])).all() for r in rows)
     assert rows[0]["x0_mse"] < rows[-1]["x0_mse"]  # recovering x0 from little noise is easier
-    again = loss_by_timestep(unet, alphas, sched_cfg["prediction_type"], val.images, val.labels, 3, 20, seed=0)
+    again = loss_by_timestep(pipe, val.images, val.labels, 3, 20, seed=0)
     assert again == rows
 
 

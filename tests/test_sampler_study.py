@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from diffaudit.config.eval_schema import GuidanceSweepCfg, SamplerCfg, StudyCfg
-from diffaudit.diffusion.sampling import StepInfo, sample
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import StepInfo
 from diffaudit.diffusion.schedulers import SAMPLERS, build_noise_scheduler, build_sampler
 from diffaudit.metrics.features import single_thread
 from diffaudit.metrics.sampler_study import StudyPoint, plan
@@ -44,11 +45,12 @@ class ExplodingUNet(torch.nn.Module):
 def test_every_sampler_clips_its_x0_prediction(name: str, prediction_type: str) -> None:
     from diffaudit.config.schema import DiffusionCfg
 
-    train = dict(build_noise_scheduler(DiffusionCfg(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
-                                                    prediction_type=prediction_type)).config)
+    noise = build_noise_scheduler(DiffusionCfg(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
+                                               prediction_type=prediction_type))
     steps: list[StepInfo] = []
-    out = sample(ExplodingUNet(), build_sampler(name, train), torch.tensor([0, 1]), [1, 2], steps=6,
-                 guidance_scale=2.0, null_class=2, prediction_type=prediction_type, on_step=steps.append)
+    pipe = ClassConditionalPipeline.from_unet(ExplodingUNet(), noise, name)
+    out = pipe(labels=torch.tensor([0, 1]), seeds=[1, 2], num_inference_steps=6, guidance_scale=2.0,
+               on_step=steps.append).images
     assert len(steps) == 6 and torch.isfinite(out).all()
     for s in steps:  # Euler's own x0 = x - sigma * eps is float32 at sigma ~ 1e3 here: rounding ~ 1e-4
         assert s.x0_pred.abs().max() <= 1.0 + 1e-3, (name, s.index, float(s.x0_pred.abs().max()))
@@ -81,8 +83,9 @@ def test_every_sampler_lands_on_the_data_with_the_exact_denoiser(name: str, pred
                                                prediction_type=prediction_type))
     unet = OracleUNet(noise.alphas_cumprod, prediction_type, target=0.4)
     steps: list[StepInfo] = []
-    out = sample(unet, build_sampler(name, dict(noise.config)), torch.tensor([0, 1]), [3, 4], steps=8,
-                 guidance_scale=2.0, null_class=2, prediction_type=prediction_type, on_step=steps.append)
+    pipe = ClassConditionalPipeline.from_unet(unet, noise, name)
+    out = pipe(labels=torch.tensor([0, 1]), seeds=[3, 4], num_inference_steps=8, guidance_scale=2.0,
+               on_step=steps.append).images
     assert torch.allclose(out, torch.full_like(out, 0.4), atol=2e-3), (name, float((out - 0.4).abs().max()))
     for s in steps:  # the x0-prediction the explainability audit films is the data at every step
         # (to float32 rounding: Euler's x0 = x - sigma * eps with x ~ 5e4 at sigma ~ 2e4 in its first step)

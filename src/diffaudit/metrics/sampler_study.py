@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
 from matplotlib.figure import Figure
 
 from diffaudit.config.eval_schema import EvalCfg, SamplerCfg, StudyCfg
 from diffaudit.data.store import DataMeta, Split
-from diffaudit.diffusion.sampling import balanced_labels, generate, sample_seeds
-from diffaudit.diffusion.schedulers import build_sampler
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import class_hits, set_metrics
 from diffaudit.models.evaluator import Evaluator
@@ -55,11 +54,14 @@ def _reaches(m: dict, study: StudyCfg) -> bool:
 
 
 def run_study(
-    unet: UNet2DModel, sched_cfg: dict, evaluator: Evaluator, cache: FeatureCache, meta: DataMeta, train: Split,
+    pipe: ClassConditionalPipeline, evaluator: Evaluator, cache: FeatureCache, meta: DataMeta, train: Split,
     test: Split, cfg: EvalCfg, sampler: SamplerCfg, seed: int,
     on_point: Callable[[StudyPoint, dict], None] | None = None,
 ) -> dict:
-    """Sample and score every study point once (points shared by both sweeps are sampled once)."""
+    """Sample and score every study point once (points shared by both sweeps are sampled once).
+
+    Every point samples with a fresh scheduler of its sampler over `pipe`'s UNet (`pipe.with_sampler`).
+    """
     study = cfg.study
     if study is None:
         raise ValueError("eval.study is not configured")
@@ -77,8 +79,8 @@ def run_study(
     scored: dict[StudyPoint, dict] = {}
     for p in dict.fromkeys(nfe_points + guidance_points):
         t0 = time.perf_counter()
-        images = generate(unet, build_sampler(p.sampler, sched_cfg), labels, seeds, p.nfe, p.guidance_scale,
-                          sched_cfg["prediction_type"], sampler.batch_size)
+        images = pipe.with_sampler(p.sampler)(labels=labels, seeds=seeds, num_inference_steps=p.nfe,
+                                              guidance_scale=p.guidance_scale, batch_size=sampler.batch_size).images
         seconds = time.perf_counter() - t0
         m = set_metrics(ref, cache(images)[pick_gen], space, cfg, seed, with_ci=False)
         m["conditional_accuracy"] = float(class_hits(evaluator, images, labels).double().mean())

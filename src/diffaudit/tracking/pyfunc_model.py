@@ -49,17 +49,16 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from diffaudit.models.unet import load_exported
+        from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 
-        self.unet, self.sched_cfg = load_exported(Path(context.artifacts["diffusion"]))
         self.config: dict[str, Any] = dict(context.model_config or {})
-        self.num_classes = int(self.unet.config.num_class_embeds) - 1
+        # The loaded pipeline's own scheduler is never used: predict() takes a fresh one per call.
+        self.pipe = ClassConditionalPipeline.from_exported(Path(context.artifacts["diffusion"]), SAMPLERS[0])
+        self.num_classes = self.pipe.num_classes
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
-        from diffaudit.diffusion.sampling import sample
-        from diffaudit.diffusion.schedulers import build_sampler
         from diffaudit.utils.images import to_uint8
 
         params = dict(params or {})
@@ -88,20 +87,18 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         seeds = seeds.astype("int64").to_numpy()
 
         out = np.zeros((len(df), *self._image_shape()), dtype=np.uint8)
-        null = self.num_classes
         for w in np.unique(guidance):
             idx = np.flatnonzero(guidance == w)
             for start in range(0, len(idx), batch_size):
                 part = idx[start : start + batch_size]
-                scheduler = build_sampler(sampler, self.sched_cfg)  # stateful: one per call
-                images = sample(self.unet, scheduler, torch.from_numpy(labels[part]),
-                                [int(s) for s in seeds[part]], steps, float(w), null,
-                                self.sched_cfg["prediction_type"])
+                pipe = self.pipe.with_sampler(sampler)  # the scheduler is stateful: a fresh one per call
+                images = pipe(labels=torch.from_numpy(labels[part]), seeds=[int(s) for s in seeds[part]],
+                              num_inference_steps=steps, guidance_scale=float(w)).images
                 out[part] = to_uint8(images)
         return out
 
     def _image_shape(self) -> tuple[int, int, int]:
-        c = self.unet.config
+        c = self.pipe.unet.config
         return (int(c.sample_size), int(c.sample_size), int(c.in_channels))
 
 

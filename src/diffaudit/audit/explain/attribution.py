@@ -22,6 +22,7 @@ from torch import nn
 from diffaudit.audit.explain.trajectory import Trajectory
 from diffaudit.config.explain_schema import ExplainCfg
 from diffaudit.diffusion.parameterization import to_x0_eps
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import guided_output
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.models.unet import null_class
@@ -109,10 +110,11 @@ def randomized_like(unet: UNet2DModel, seed: int) -> UNet2DModel:
 
 
 def attribute(
-    unet: UNet2DModel, evaluator: Evaluator, traj: Trajectory, target: torch.Tensor, cfg: ExplainCfg,
-    guidance_scale: float, prediction_type: str, seed: int,
+    pipe: ClassConditionalPipeline, evaluator: Evaluator, traj: Trajectory, target: torch.Tensor, cfg: ExplainCfg,
+    guidance_scale: float, seed: int,
 ) -> Attributions:
     """IG and SmoothGrad of the target class logit w.r.t. x_t at the configured steps (and the randomized check)."""
+    unet, prediction_type = pipe.unet, pipe.prediction_type
     steps = trajectory_steps(cfg.attribution_steps, traj.num_steps)
     random_unet = randomized_like(unet, seed) if cfg.randomization_check else None
     ig, delta, gap, sg, ig_r, sg_r = [], [], [], [], [], []

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -25,8 +24,8 @@ from diffaudit.audit.explain.trajectory import explain_seeds, record_trajectorie
 from diffaudit.config.eval_schema import SamplerCfg
 from diffaudit.config.explain_schema import ExplainCfg
 from diffaudit.data.store import DataMeta, Split
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import balanced_labels
-from diffaudit.diffusion.schedulers import build_sampler
 from diffaudit.models.evaluator import Evaluator
 
 
@@ -49,10 +48,13 @@ def filmstrip_index(num_classes: int, per_class: int, film_per_class: int) -> to
 
 
 def explain_model(
-    cfg: ExplainCfg, sampler: SamplerCfg, seed: int, unet: UNet2DModel, scheduler_config: dict,
+    cfg: ExplainCfg, sampler: SamplerCfg, seed: int, pipe: ClassConditionalPipeline,
     evaluator: Evaluator, meta: DataMeta, val: Split,
 ) -> ExplainResult:
-    """Run every explainability measurement on the exported model with the pipeline's own sampler."""
+    """Run every explainability measurement on the exported model with the pipeline's own sampler.
+
+    Sampling uses a fresh scheduler of `sampler.name` over `pipe`'s UNet, whichever sampler `pipe` holds.
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -62,8 +64,9 @@ def explain_model(
         timings[name] = round(now - clock, 3)
         clock = now
 
-    unet, evaluator = unet.eval(), evaluator.eval()
-    prediction_type = scheduler_config["prediction_type"]
+    pipe = pipe.with_sampler(sampler.name)
+    pipe.unet.eval()
+    evaluator = evaluator.eval()
     band = (float(cfg.band[0]), float(cfg.band[1]))
     names = meta.class_names
     n_per = cfg.emergence_per_class
@@ -71,8 +74,7 @@ def explain_model(
     torch.manual_seed(seed)
     labels = balanced_labels(meta.num_classes, n_per)
     seeds = explain_seeds(seed, meta.num_classes, n_per, sampler.num_per_class)
-    traj = record_trajectories(unet, build_sampler(sampler.name, scheduler_config), labels, seeds, sampler.steps,
-                               sampler.guidance_scale, prediction_type, sampler.batch_size)
+    traj = record_trajectories(pipe, labels, seeds, sampler.steps, sampler.guidance_scale, sampler.batch_size)
     lap("sampling")
 
     em = emergence(evaluator, traj)
@@ -106,18 +108,15 @@ def explain_model(
     res.gifs["filmstrip"] = figures.filmstrip_frames(film, maps)
     lap("filmstrips")
 
-    attr = attribute(unet, evaluator, film, em.final["class"][film_idx], cfg, sampler.guidance_scale,
-                     prediction_type, seed)
+    attr = attribute(pipe, evaluator, film, em.final["class"][film_idx], cfg, sampler.guidance_scale, seed)
     metrics["attribution"] = attribution_summary(attr, film)
     res.figures["attributions"] = figures.attribution_figure(attr, film, names)
     lap("attribution")
 
-    alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
-    rows = loss_by_timestep(unet, alphas, prediction_type, val.images, val.labels, cfg.timestep_bins,
-                            cfg.loss_images, seed)
+    rows = loss_by_timestep(pipe, val.images, val.labels, cfg.timestep_bins, cfg.loss_images, seed)
     metrics["loss_by_timestep"] = {f"t{r['t_lo']:04d}_{r['t_hi']:04d}": {k: r[k] for k in ("loss", "x0_mse")}
                                    for r in rows}
-    res.figures["loss_by_timestep"] = figures.loss_figure(rows, len(alphas))
+    res.figures["loss_by_timestep"] = figures.loss_figure(rows, len(pipe.noise_scheduler.alphas_cumprod))
     res.tables["loss_by_timestep"] = _csv(["t_mid", "loss", "x0_mse"], [[r["t_mid"], r["loss"], r["x0_mse"]] for r in rows])
     lap("loss_by_timestep")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel
 
 from diffaudit.diffusion.parameterization import to_x0_eps, training_target
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 
 
 def _se(v: torch.Tensor) -> float:
@@ -20,10 +20,14 @@ def _se(v: torch.Tensor) -> float:
 
 @torch.no_grad()
 def loss_by_timestep(
-    unet: UNet2DModel, alphas_cumprod: torch.Tensor, prediction_type: str, images: torch.Tensor,
-    labels: torch.Tensor, bins: int, max_images: int, seed: int, batch_size: int = 256,
+    pipe: ClassConditionalPipeline, images: torch.Tensor, labels: torch.Tensor, bins: int, max_images: int,
+    seed: int, batch_size: int = 256,
 ) -> list[dict[str, float]]:
-    """Per bin of [0, T): the objective's MSE and the (clipped) x0-prediction's MSE, mean and standard error."""
+    """Per bin of [0, T): the objective's MSE and the (clipped) x0-prediction's MSE, mean and standard error.
+
+    The bins cover `pipe`'s training noise schedule; the objective is the model's prediction type.
+    """
+    unet, alphas_cumprod, prediction_type = pipe.unet, pipe.noise_scheduler.alphas_cumprod, pipe.prediction_type
     gen = torch.Generator().manual_seed(seed)
     n = min(max_images, len(images))
     pick = torch.randperm(len(images), generator=gen)[:n]

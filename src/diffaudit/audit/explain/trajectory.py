@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DModel
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffaudit.diffusion.parameterization import to_x0_eps
-from diffaudit.diffusion.sampling import StepInfo, sample
-from diffaudit.models.unet import null_class
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.diffusion.sampling import StepInfo
 
 
 @dataclass
@@ -64,7 +64,7 @@ def scheduler_x0(scheduler: SchedulerMixin, info: StepInfo) -> torch.Tensor:
     """The x0-prediction the scheduler itself used for this step.
 
     DPM-Solver++ keeps it (after its thresholding) as the newest entry of `model_outputs`; the
-    others return it as `pred_original_sample`, which sampling.py passes on in StepInfo.
+    others return it as `pred_original_sample`, which the pipeline passes on in StepInfo.
     """
     if isinstance(scheduler, DPMSolverMultistepScheduler) and scheduler.config.algorithm_type in (
         "dpmsolver++", "sde-dpmsolver++",
@@ -104,17 +104,17 @@ class _Recorder:
 
 
 def record_trajectories(
-    unet: UNet2DModel, scheduler: SchedulerMixin, labels: torch.Tensor, seeds: list[int], steps: int,
-    guidance_scale: float, prediction_type: str, batch_size: int,
+    pipe: ClassConditionalPipeline, labels: torch.Tensor, seeds: list[int], num_inference_steps: int,
+    guidance_scale: float, batch_size: int,
 ) -> Trajectory:
-    """Sample with the pipeline's own sampler, in batches, keeping every step of every image."""
+    """Sample with `pipe` (its own sampler), in batches, keeping every step of every image."""
     parts: list[_Recorder] = []
     finals = []
     for i in range(0, len(labels), batch_size):
-        rec = _Recorder(scheduler, prediction_type)
-        finals.append(sample(unet, scheduler, labels[i : i + batch_size], seeds[i : i + batch_size], steps,
-                             guidance_scale, null_class(unet), prediction_type, on_step=rec,
-                             with_uncond=True).cpu())
+        rec = _Recorder(pipe.scheduler, pipe.prediction_type)
+        finals.append(pipe(labels=labels[i : i + batch_size], seeds=seeds[i : i + batch_size],
+                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, on_step=rec,
+                           with_uncond=True).images)
         parts.append(rec)
     first = parts[0]
     has_guidance = all(len(p.guidance) == len(p.x_t) for p in parts)
