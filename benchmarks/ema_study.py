@@ -33,7 +33,7 @@ from diffaudit.data.store import load_meta, load_split
 from diffaudit.diffusion.sampling import generate, sample_seeds
 from diffaudit.diffusion.schedulers import build_noise_scheduler, build_sampler
 from diffaudit.metrics.fid import fid_features
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.training.diffusion_training import train_diffusion
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     unet = module.unet.eval()
     sampler = build_sampler(cfg.sampler.name, build_noise_scheduler(cfg.diffusion).config)
-    evaluator = load_evaluator(args.evaluator)
+    evaluator = Evaluator.from_pretrained(args.evaluator, use_safetensors=True)
     rule = fit_rules(meta, [train, val]).get("thickness")
     real = torch.from_numpy(judge(evaluator, test.images).feats)
     labels = torch.arange(meta.num_classes).repeat_interleave(args.per_class)

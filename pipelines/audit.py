@@ -25,7 +25,7 @@ from diffaudit.audit.privacy import gallery, privacy_report
 from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split, load_meta, load_split
 from diffaudit.errors import ConfigError, GateFailedError
-from diffaudit.models.evaluator import Evaluator, load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
 from diffaudit.utils.images import class_grid, grid, save_png
 from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
@@ -112,7 +112,7 @@ def main(cfg: Config) -> None:
         train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
         samples = load_tensors(samples_path)
         images, labels = samples["images"], samples["labels"]
-        evaluator = load_evaluator(evaluator_dir)
+        evaluator = Evaluator.from_pretrained(evaluator_dir, use_safetensors=True)
         quality = read_json(quality_path) if quality_path.is_file() else {}
         rules = fit_rules(meta, [train, val]) if cfg.audit.derived_attributes == "definition" else {}
         look = _looker(evaluator, rules)

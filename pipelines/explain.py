@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from diffaudit.audit.explain import explain_model
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.models.unet import load_exported
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
 from diffaudit.utils.images import save_gif
@@ -43,8 +43,9 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "explain", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         unet, sched_cfg = load_exported(model_dir)
-        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, unet, sched_cfg, load_evaluator(evaluator_dir),
-                               meta, load_split(data_dir, "val"))
+        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, unet, sched_cfg,
+                               Evaluator.from_pretrained(evaluator_dir, use_safetensors=True), meta,
+                               load_split(data_dir, "val"))
         for name, fig in result.figures.items():
             write_with(fig_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         for name, frames in result.gifs.items():

@@ -26,7 +26,7 @@ from diffaudit.config.schema import validate_config
 from diffaudit.diffusion.sampling import sample, sample_seeds
 from diffaudit.diffusion.schedulers import build_sampler
 from diffaudit.errors import ConfigError
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.models.unet import load_exported, null_class
 from diffaudit.training.evaluator_training import predict
 
@@ -38,7 +38,7 @@ SMALL = {"emergence_per_class": 2, "filmstrip_per_class": 1, "attribution_steps"
 @pytest.fixture(scope="module")
 def models(tiny_run) -> tuple:
     unet, sched_cfg = load_exported(tiny_run.root / "models" / "diffusion")
-    return unet, sched_cfg, load_evaluator(tiny_run.root / "models" / "evaluator")
+    return unet, sched_cfg, Evaluator.from_pretrained(tiny_run.root / "models" / "evaluator", use_safetensors=True)
 
 
 @pytest.fixture(scope="module")
