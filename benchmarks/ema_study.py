@@ -34,7 +34,7 @@ from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import sample_seeds
 from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.metrics.fid import fid_features
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.training.diffusion_training import train_diffusion
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                     extra_callbacks=[snaps])
     train_s = time.perf_counter() - t0
     pipe = ClassConditionalPipeline.from_unet(module.unet.eval(), build_noise_scheduler(cfg.diffusion), cfg.sampler.name)
-    evaluator = load_evaluator(args.evaluator)
+    evaluator = Evaluator.from_pretrained(args.evaluator, use_safetensors=True)
     rule = fit_rules(meta, [train, val]).get("thickness")
     real = torch.from_numpy(judge(evaluator, test.images).feats)
     labels = torch.arange(meta.num_classes).repeat_interleave(args.per_class)

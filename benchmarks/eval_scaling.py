@@ -30,7 +30,7 @@ from diffaudit.metrics.features import EvaluatorFeatures, extract, single_thread
 from diffaudit.metrics.fid import fid_features, kid_features
 from diffaudit.metrics.precision_recall import precision_recall
 from diffaudit.metrics.quality import set_metrics
-from diffaudit.models.evaluator import Evaluator, load_evaluator
+from diffaudit.models.evaluator import Evaluator
 
 SIZES = (1000, 2000, 4000, 8000)
 MAX_MEMORY_EXPONENT = 1.2  # bounded: memory grows at most linearly in N (no N x N matrix)
@@ -39,7 +39,7 @@ COMPONENTS = ("features", "fid", "kid", "precision_recall")
 
 def evaluator_for(cfg: Config, model_dir: Path | None) -> tuple[Evaluator, str]:
     if model_dir is not None and (model_dir / "config.json").is_file():
-        return load_evaluator(model_dir), "trained"
+        return Evaluator.from_pretrained(model_dir, use_safetensors=True), "trained"
     torch.manual_seed(cfg.seed)
     ev = Evaluator(cfg.data.channels, 10, {"thickness": 2}, width=cfg.eval.evaluator.width)
     return ev.eval(), "random"

@@ -17,7 +17,7 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import GateFailedError
 from diffaudit.layout import Layout
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_png
 from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
@@ -52,7 +52,7 @@ def main(cfg: Config) -> None:
         samples = load_tensors(layout.samples)
         quality = read_json(layout.quality) if layout.quality.is_file() else {}
         out = audit_model(cfg, meta, train, val, test, samples["images"], samples["labels"],
-                          load_evaluator(layout.evaluator), quality, _generator(cfg, layout),
+                          Evaluator.from_pretrained(layout.evaluator, use_safetensors=True), quality, _generator(cfg, layout),
                           seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:])
         for name, image in out.figures.items():
             save_png(image, layout.audit_plots / f"{name}.png")

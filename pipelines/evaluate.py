@@ -8,7 +8,7 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.layout import Layout
 from diffaudit.metrics.quality import evaluate_quality
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.io import load_tensors, write_json, write_text
 from pipelines._stage import run
@@ -22,7 +22,7 @@ def main(cfg: Config) -> None:
         samples = load_tensors(samples_path)
         train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
         result = evaluate_quality(
-            cfg.eval, load_evaluator(evaluator_dir), meta, train=train, test=test, val=val,
+            cfg.eval, Evaluator.from_pretrained(evaluator_dir, use_safetensors=True), meta, train=train, test=test, val=val,
             gen_images=samples["images"], gen_labels=samples["labels"], seed=cfg.seed,
         )
         result["sampler"] = cfg.sampler.model_dump()

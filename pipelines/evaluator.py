@@ -7,7 +7,6 @@ import mlflow
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.layout import Layout
-from diffaudit.models.evaluator import save_evaluator
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.training.evaluator_training import held_out_report, train_evaluator
 from diffaudit.utils.io import atomic_path, write_json
@@ -23,7 +22,7 @@ def main(cfg: Config) -> None:
         model, history = train_evaluator(train, val, meta, cfg.eval.evaluator, cfg.seed, progress_enabled())
         report = held_out_report(model, test, meta)
         with atomic_path(out) as tmp:
-            save_evaluator(model, tmp)
+            model.save_pretrained(tmp, safe_serialization=True)
         result = {"split": "test", "n": len(test)} | {
             k: {"accuracy": v["accuracy"], "labels": v["labels"], "confusion": v["confusion"]} for k, v in report.items()
         }

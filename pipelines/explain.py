@@ -14,7 +14,7 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.layout import Layout
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_gif
 from diffaudit.utils.io import write_json, write_text, write_with
@@ -42,7 +42,7 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "explain", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
-        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, pipe, load_evaluator(evaluator_dir),
+        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, pipe, Evaluator.from_pretrained(evaluator_dir, use_safetensors=True),
                                meta, load_split(data_dir, "val"))
         for name, fig in result.figures.items():
             write_with(fig_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png"))

@@ -14,7 +14,7 @@ from diffaudit.layout import Layout
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.io import write_json
 from pipelines._stage import progress_enabled, run
@@ -29,7 +29,7 @@ def main(cfg: Config) -> None:
         meta = load_meta(data_dir)
         train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
         pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
-        evaluator = load_evaluator(evaluator_dir)
+        evaluator = Evaluator.from_pretrained(evaluator_dir, use_safetensors=True)
         cache = FeatureCache(feature_module(cfg.eval, evaluator))
         torch.manual_seed(cfg.seed)
         verbose = progress_enabled()

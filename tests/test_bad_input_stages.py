@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import ROOT, stage_env, tiny_config
+from tests.helpers.config import ROOT, stage_env, tiny_config
 
 
 def _run_stage(stage: str, params: Path) -> subprocess.CompletedProcess:

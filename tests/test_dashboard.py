@@ -10,12 +10,13 @@ import sys
 import urllib.parse
 
 import pytest
-from release_support import PIPELINE_ID, ReleaseRun, free_port, get_json, post_json, release_run, server
+
+from tests.helpers.release import PIPELINE_ID, ReleaseRun, free_port, get_json, post_json, server
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
-    return release_run(tmp_path_factory)
+def run(release_run: ReleaseRun) -> ReleaseRun:
+    return release_run
 
 
 @pytest.mark.slow

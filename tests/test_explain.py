@@ -26,7 +26,7 @@ from diffaudit.config.schema import validate_config
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import sample_seeds
 from diffaudit.errors import ConfigError
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.training.evaluator_training import predict
 
 # Small enough for seconds on a shared 2-core CPU.
@@ -37,7 +37,7 @@ SMALL = {"emergence_per_class": 2, "filmstrip_per_class": 1, "attribution_steps"
 @pytest.fixture(scope="module")
 def models(tiny_run) -> tuple[ClassConditionalPipeline, torch.nn.Module]:
     pipe = ClassConditionalPipeline.from_exported(tiny_run.root / "models" / "diffusion", tiny_run.cfg.sampler.name)
-    return pipe, load_evaluator(tiny_run.root / "models" / "evaluator")
+    return pipe, Evaluator.from_pretrained(tiny_run.root / "models" / "evaluator", use_safetensors=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from diffaudit.utils.io import read_json
-from tests.conftest import pipeline_env, tiny_config
+from tests.helpers.config import pipeline_env, tiny_config
 
 # Native 8x8 digits, all of them, a model just good enough to learn stroke thickness per class.
 POWER = [

@@ -17,7 +17,7 @@ from diffaudit.config.compose import compose_config
 from diffaudit.config.schema import Config
 from diffaudit.errors import ConfigError
 from diffaudit.utils.io import read_json
-from tests.conftest import ROOT, TinyRun
+from tests.helpers.config import ROOT, TinyRun
 
 
 def test_gates_compare_each_value_with_its_threshold() -> None:

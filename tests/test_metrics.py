@@ -21,7 +21,7 @@ from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features
 from diffaudit.metrics.precision_recall import precision_recall
 from diffaudit.metrics.quality import cas_score, class_hits, evaluate_quality, feature_module
-from diffaudit.models.evaluator import load_evaluator
+from diffaudit.models.evaluator import Evaluator
 from diffaudit.utils.io import load_tensors, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def test_evaluate_stage_writes_every_quality_key(tiny_run) -> None:
 def _tiny_inputs(tiny_run):  # noqa: ANN202 - a tuple of the tiny run's artifacts
     data = Path(tiny_run.cfg.paths.data) / "prepared"
     splits = {s: load_split(data, s) for s in ("train", "val", "test")}
-    evaluator = load_evaluator(Path(tiny_run.cfg.paths.models) / "evaluator")
+    evaluator = Evaluator.from_pretrained(Path(tiny_run.cfg.paths.models) / "evaluator", use_safetensors=True)
     samples = load_tensors(Path(tiny_run.cfg.paths.samples) / "samples.safetensors")
     return load_meta(data), splits, evaluator, samples
 

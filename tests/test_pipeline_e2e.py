@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.helpers.config import ROOT
 
 pytestmark = pytest.mark.slow
 

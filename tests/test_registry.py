@@ -8,13 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from release_support import ReleaseRun, release_run
 
 from diffaudit.config.release_schema import CompareMetric, ReleaseCfg, release_config
 from diffaudit.release.policy import compare, decide
 from diffaudit.release.promote import register_and_decide, revoke
 from diffaudit.report.content import GateVerdict, parse_gates
 from diffaudit.tracking.registry import CANDIDATE, CHAMPION, alias_version, version_metrics
+from tests.helpers.release import ReleaseRun
 
 SPEC = [CompareMetric(metric="quality.acc", mode="max", tolerance=0.02),
         CompareMetric(metric="quality.fid", mode="min", tolerance=0.1, relative=True)]
@@ -24,8 +24,8 @@ NONE = GateVerdict(False, False, note="metrics/gates.json not found")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
-    return release_run(tmp_path_factory)
+def run(release_run: ReleaseRun) -> ReleaseRun:
+    return release_run
 
 
 @pytest.mark.parametrize(("cand", "ok"), [
@@ -128,7 +128,7 @@ def _private_copy(run: ReleaseRun, dest: Path) -> ReleaseRun:
     """Files, store and reports of the shared run, so a test may change its registry."""
     import shutil
 
-    from release_support import copy_run
+    from tests.helpers.release import copy_run
 
     new = copy_run(run, dest)
     shutil.copy(run.root / "mlflow.db", dest / "mlflow.db")

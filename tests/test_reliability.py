@@ -18,7 +18,7 @@ from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import NonFiniteLossError
 from diffaudit.training.diffusion_training import train_diffusion
 from diffaudit.utils.io import atomic_path, load_tensor_metadata, write_json
-from tests.conftest import ROOT, stage_env, tiny_config
+from tests.helpers.config import ROOT, stage_env, tiny_config
 
 
 def _params_like(tiny_run, tmp_path: Path, **paths: str) -> Path:

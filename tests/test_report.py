@@ -7,16 +7,16 @@ import json
 import re
 
 import pytest
-from release_support import ReleaseRun, copy_run, release_run
 
 from diffaudit.report.content import SECTIONS, Lineage, load_content, parse_gates, to_tables
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
+from tests.helpers.release import ReleaseRun, copy_run
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
-    return release_run(tmp_path_factory)
+def run(release_run: ReleaseRun) -> ReleaseRun:
+    return release_run
 
 
 def test_parse_gates_reads_the_audit_stage_layout() -> None:

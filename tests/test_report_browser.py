@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from release_support import ReleaseRun, release_run
 
 from diffaudit.report.content import SECTIONS
+from tests.helpers.release import ReleaseRun
 
 CHROMIUM = os.environ.get("DIFFAUDIT_CHROMIUM", "/usr/bin/chromium")  # Debian's package
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -21,8 +21,8 @@ ARTIFACTS = Path(os.environ.get("DIFFAUDIT_TEST_ARTIFACTS", Path(__file__).resol
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
-    return release_run(tmp_path_factory)
+def run(release_run: ReleaseRun) -> ReleaseRun:
+    return release_run
 
 
 def _browser_or_skip() -> str:

@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from release_support import ReleaseRun, free_port, post_json, release_run, server
+
+from tests.helpers.release import ReleaseRun, free_port, post_json, server
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
-    return release_run(tmp_path_factory)
+def run(release_run: ReleaseRun) -> ReleaseRun:
+    return release_run
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from diffaudit.tracking.mlflow_tracking import (
     redact_uri,
     stage_run,
 )
-from tests.conftest import tiny_config
+from tests.helpers.config import tiny_config
 
 
 def test_tiny_run_has_parent_and_nested_stage_runs(tiny_run) -> None:

@@ -79,3 +79,27 @@ def test_explicit_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path) -> No
         explicit_resume(bad, "any-hash")
     with pytest.raises(FileNotFoundError, match="resume_from"):
         explicit_resume(tmp_path / "missing.ckpt", "any-hash")
+
+
+def test_evaluator_round_trips_in_diffusers_format(tmp_path) -> None:
+    """save_pretrained is byte-stable for the same weights (DVC hashes the folder); from_pretrained gives
+    the same logits, in eval mode, with the heads in the data's attribute order (not the JSON's sorted one)."""
+    import pytest
+
+    from diffaudit.models.evaluator import Evaluator
+
+    torch.manual_seed(0)
+    model = Evaluator(1, 3, {"zeta": 2, "alpha": 3}, width=4).eval()
+    for name in ("a", "b"):
+        model.save_pretrained(tmp_path / name, safe_serialization=True)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    loaded = Evaluator.from_pretrained(tmp_path / "a", use_safetensors=True)
+    assert not loaded.training and list(loaded.attribute_heads) == ["zeta", "alpha"]
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        want, got = model(x), loaded(x)
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(FileNotFoundError, match="run the evaluator stage first"):
+        Evaluator.from_pretrained(tmp_path / "missing", use_safetensors=True)

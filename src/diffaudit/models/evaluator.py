@@ -2,15 +2,19 @@
 
 It is the judge of generated images (conditional accuracy, attribute shares) and its penultimate
 layer is the feature space of FID/KID/precision/recall when no InceptionV3 weights are configured.
+Saved like the UNet, in diffusers format: `save_pretrained(dir, safe_serialization=True)` writes
+config.json plus diffusion_pytorch_model.safetensors, `Evaluator.from_pretrained(dir, use_safetensors=True)`
+reads them back (a local folder only, in eval mode, no pickle).
 """
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
@@ -18,15 +22,21 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.SiLU())
 
 
-class Evaluator(nn.Module):
-    """Class head plus one head per attribute on a shared feature vector of size 4 * width."""
+class Evaluator(ModelMixin, ConfigMixin):
+    """Class head plus one head per attribute on a shared feature vector of size 4 * width.
 
-    def __init__(self, channels: int, num_classes: int, attribute_sizes: dict[str, int], width: int = 32) -> None:
+    `attribute_sizes` is {attribute: number of groups}, or the same as [name, size] pairs (how the
+    config stores it: config.json is written with sorted keys, and a pair list keeps the heads in
+    the data's attribute order).
+    """
+
+    @register_to_config
+    def __init__(
+        self, channels: int, num_classes: int, attribute_sizes: dict[str, int] | list[list], width: int = 32
+    ) -> None:
         super().__init__()
-        self.init_kwargs = {
-            "channels": channels, "num_classes": num_classes,
-            "attribute_sizes": dict(attribute_sizes), "width": width,
-        }
+        attribute_sizes = dict(attribute_sizes)
+        self.register_to_config(attribute_sizes=[[a, k] for a, k in attribute_sizes.items()])
         self.body = nn.Sequential(
             _block(channels, width), _block(width, width), nn.MaxPool2d(2),
             _block(width, 2 * width), _block(2 * width, 2 * width), nn.MaxPool2d(2),
@@ -35,6 +45,19 @@ class Evaluator(nn.Module):
         self.feature_dim = 4 * width
         self.class_head = nn.Linear(self.feature_dim, num_classes)
         self.attribute_heads = nn.ModuleDict({a: nn.Linear(self.feature_dim, k) for a, k in attribute_sizes.items()})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Evaluator:
+        """A saved evaluator from a local folder (never a download), in eval mode.
+
+        Built on the CPU and filled with load_state_dict unless told otherwise (low_cpu_mem_usage=False):
+        the same path whether or not accelerate is installed, and no warning when it is not.
+        """
+        model_dir = Path(pretrained_model_name_or_path)
+        if not (model_dir / cls.config_name).is_file():
+            raise FileNotFoundError(f"{model_dir}/{cls.config_name} not found: run the evaluator stage first")
+        kwargs = {"low_cpu_mem_usage": False} | kwargs | {"local_files_only": True}
+        return super().from_pretrained(model_dir, **kwargs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features of images in [-1, 1]."""
@@ -59,20 +82,3 @@ class ClassLogit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.evaluator(x)["class"]
-
-
-def save_evaluator(model: Evaluator, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps(model.init_kwargs, indent=2))
-
-
-def load_evaluator(model_dir: str | Path) -> Evaluator:
-    """Load a saved evaluator in eval mode (safetensors: no pickle)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}/config.json not found: run the evaluator stage first")
-    model = Evaluator(**json.loads((model_dir / "config.json").read_text()))
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-    return model.eval()

@@ -1,7 +1,8 @@
 """A small run for the release-loop tests, built in seconds (no training): the real prepare stage, an
 untrained UNet exported in diffusers format, a few samples, audit files in the layouts the audit
 stages write, then the real report stage (model logged, registered and, with passing gates, made
-champion). Built once per test process and shared by the report, registry, serve and dashboard tests.
+champion). The `release_run` fixture (tests/conftest.py) builds it once per test process for the
+report, registry, serve and dashboard tests; servers and JSON requests for those that start one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 from PIL import Image
 
 from diffaudit.config.schema import Config
+from tests.helpers.config import ROOT, pipeline_env, tiny_config
 
 PIPELINE_ID = "release-test"
-_BUILT: dict[str, ReleaseRun] = {}
 
 
 @dataclass
@@ -137,10 +138,6 @@ def write_audit_files(root: Path, passed: bool = True) -> None:
 
 def build_release_run(root: Path, passed: bool = True) -> ReleaseRun:
     """prepare (real) -> untrained model -> samples -> metrics -> report (real) -> pipeline finish."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import pipeline_env, tiny_config  # noqa: I001 (the tests' own helpers)
     from pipelines import pipeline_run, prepare, report
 
     cfg = tiny_config(root, ["sampler.steps=2", "sampler.num_per_class=3"])
@@ -156,20 +153,8 @@ def build_release_run(root: Path, passed: bool = True) -> ReleaseRun:
     return ReleaseRun(root, cfg)
 
 
-def release_run(tmp_path_factory: pytest.TempPathFactory) -> ReleaseRun:
-    """The shared run (built on first use in this process)."""
-    if "run" not in _BUILT:
-        _BUILT["run"] = build_release_run(tmp_path_factory.mktemp("release_run"))
-    return _BUILT["run"]
-
-
 def copy_run(run: ReleaseRun, dest: Path) -> ReleaseRun:
     """A private copy (files only, paths rewritten) for tests that change outputs."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import tiny_config
-
     for sub in ("data", "models", "samples", "metrics", "plots"):
         shutil.copytree(run.root / sub, dest / sub)
     cfg = tiny_config(dest, ["sampler.steps=2", "sampler.num_per_class=3"])
@@ -195,7 +180,7 @@ def server(cmd: list[str], ready_url: str, log: Path, timeout: float = 240.0,
 
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=Path(__file__).resolve().parents[1], env=env)
+                                cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + timeout
         while True:
