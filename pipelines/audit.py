@@ -26,9 +26,11 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split, load_meta, load_split
 from diffaudit.errors import ConfigError, GateFailedError
 from diffaudit.models.evaluator import Evaluator, load_evaluator
+from diffaudit.results import FairnessReport, FairnessResult, QualityResult, read_result, write_result
+from diffaudit.results.fairness import Mitigation, MitigationSide, Selection
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
 from diffaudit.utils.images import class_grid, grid, save_png
-from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
+from diffaudit.utils.io import load_tensors, write_text
 from pipelines._stage import progress_enabled, run
 
 Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
@@ -62,7 +64,7 @@ def _drawer(cfg: Config, model_dir: Path, look: Look, attribute: str, first_inde
 
 def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Judged, look: Look,
               images: torch.Tensor, labels: torch.Tensor, gen_j: Judged, model_dir: Path,
-              before: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+              before: FairnessReport) -> tuple[Mitigation, torch.Tensor, torch.Tensor]:
     """Balanced selection on one attribute, then the fairness audit again on the selected set."""
     m = cfg.audit.mitigation
     attribute = m.attribute or next(iter(meta.attribute_groups), None)
@@ -76,25 +78,24 @@ def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Ju
     sel_images, sel_labels, _, info = balanced_selection(
         images, labels, gen_j.preds[attribute], target, draw, m.oversample, m.max_rounds)
     after = fairness_report(cfg.audit, meta, train, test, test_j, sel_labels, look(sel_images, sel_labels), cfg.seed)
-    rep_b, rep_a = before["representation"][attribute], after["representation"][attribute]
     est = "corrected" if cfg.audit.correct_errors else "raw"
-    summary = {
-        "attribute": attribute, "target": target.tolist(), "seconds": time.perf_counter() - t0, "selection": info,
-        "before": {"p_gen": rep_b[f"p_gen_{est}"], "fd_l2": rep_b[est]["fd_l2"],
-                   "max_abs_ba": before["bias_amplification"][attribute]["max_abs_ba"], "headline": before["headline"]},
-        "after": {"p_gen": rep_a[f"p_gen_{est}"], "fd_l2": rep_a[est]["fd_l2"],
-                  "max_abs_ba": after["bias_amplification"][attribute]["max_abs_ba"], "headline": after["headline"]},
-        "report": after,
-    }
+
+    def side(r: FairnessReport) -> MitigationSide:
+        rep = r.representation[attribute]
+        return MitigationSide(p_gen=rep.p_gen(est), fd_l2=rep.discrepancies(est).fd_l2,
+                              max_abs_ba=r.bias_amplification[attribute].max_abs_ba, headline=r.headline)
+
+    summary = Mitigation(attribute=attribute, target=target.tolist(), seconds=time.perf_counter() - t0,
+                         selection=Selection.model_validate(info), before=side(before), after=side(after), report=after)
     return summary, sel_images, sel_labels
 
 
-def _ba_rows(fairness: dict, label: str) -> list[str]:
+def _ba_rows(fairness: FairnessReport, label: str) -> list[str]:
     rows = []
-    for attr, r in fairness["bias_amplification"].items():
-        for c in r["cells"]:
-            rows.append(f"{label},{attr},{c['class']},{c['group']},{c['p_train']:.4f},{c['p_gen']:.4f},"
-                        f"{c['ba']:.4f},{c['ci'][0]:.4f},{c['ci'][1]:.4f}")
+    for attr, r in fairness.bias_amplification.items():
+        for c in r.cells:
+            rows.append(f"{label},{attr},{c.class_},{c.group},{c.p_train:.4f},{c.p_gen:.4f},"
+                        f"{c.ba:.4f},{c.ci[0]:.4f},{c.ci[1]:.4f}")
     return rows
 
 
@@ -104,7 +105,7 @@ def main(cfg: Config) -> None:
     evaluator_dir = Path(cfg.paths.models) / "evaluator"
     model_dir = Path(cfg.paths.models) / "diffusion"
     metrics_dir, plots_dir = Path(cfg.paths.metrics), Path(cfg.paths.plots)
-    quality_path = metrics_dir / "quality.json"
+    quality_path = metrics_dir / QualityResult.FILE
     inputs = {"samples": samples_path, "evaluator": evaluator_dir, "data": data_dir, "model": model_dir}
     with stage_run(cfg, "audit", inputs):
         t0 = time.perf_counter()
@@ -113,7 +114,7 @@ def main(cfg: Config) -> None:
         samples = load_tensors(samples_path)
         images, labels = samples["images"], samples["labels"]
         evaluator = load_evaluator(evaluator_dir)
-        quality = read_json(quality_path) if quality_path.is_file() else {}
+        quality = read_result(quality_path, QualityResult) if quality_path.is_file() else None
         rules = fit_rules(meta, [train, val]) if cfg.audit.derived_attributes == "definition" else {}
         look = _looker(evaluator, rules)
         test_j, gen_j, train_j = look(test.images, test.labels), look(images, labels), judge(evaluator, train.images)
@@ -124,53 +125,52 @@ def main(cfg: Config) -> None:
             {"pixel": images, "feature": as_t(gen_j.feats)}, {"pixel": train.images, "feature": as_t(train_j.feats)},
             {"pixel": test.images, "feature": as_t(test_j.feats)}, cfg.audit.memorization_ratio, cfg.audit.gallery_size)
         audit_plots = plots_dir / "audit"
-        pairs = [(p["generated"], p["train"], p["ratio"]) for p in privacy["memorization"]["pixel"]["closest_pairs"]]
+        pairs = [(p.generated, p.train, p.ratio) for p in privacy.memorization["pixel"].closest_pairs]
         save_png(grid(gallery(images, train.images, pairs), ncol=8, scale=4), audit_plots / "memorization_gallery.png")
 
         verdicts = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(fairness, privacy, quality))
         gates = gates_mod.report(verdicts)
         ba_rows = _ba_rows(fairness, "before")
+        mitigation = None
         if cfg.audit.mitigation.enabled and meta.attribute_groups:
             mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, look, images, labels,
                                                            gen_j, model_dir, fairness)
-            fairness["mitigation"] = mitigation
             save_png(class_grid(sel_images, sel_labels, meta.num_classes), audit_plots / "mitigated_grid.png")
-            after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation["report"], privacy,
+            after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation.report, privacy,
                                                                                       quality))
             # Informative only: the release is judged on the model with its plain sampler.
-            gates["with_mitigation"] = {v.gate: v.passed for v in after if v.gate in
-                                        ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
-            ba_rows += _ba_rows(mitigation["report"], "after")
-        fairness["seconds"] = time.perf_counter() - t0
+            gates.with_mitigation = {v.gate: v.passed for v in after if v.gate in
+                                     ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
+            ba_rows += _ba_rows(mitigation.report, "after")
+        fairness = FairnessResult.of(fairness, seconds=time.perf_counter() - t0, mitigation=mitigation)
 
-        write_json(metrics_dir / "fairness.json", fairness)
-        write_json(metrics_dir / "privacy.json", privacy)
-        write_json(metrics_dir / "gates.json", gates)
+        write_result(metrics_dir / "fairness.json", fairness)
+        write_result(metrics_dir / "privacy.json", privacy)
+        write_result(metrics_dir / "gates.json", gates)
         header = "set,attribute,class,group,p_train,p_gen,ba,ci_low,ci_high"
         write_text(plots_dir / "bias_amplification.csv", "\n".join([header, *ba_rows]) + "\n")
         if mlflow.active_run():
-            log_metrics_flat(fairness["headline"], prefix="fairness.")
-            log_metrics_flat({h: r["corrected"]["fd_l2"]["value"] for h, r in fairness["representation"].items()},
+            log_metrics_flat(fairness.headline.dump(), prefix="fairness.")
+            log_metrics_flat({h: r.corrected.fd_l2.value for h, r in fairness.representation.items()},
                              prefix="fairness.fd_l2_corrected.")
-            log_metrics_flat({s: m["fraction"] for s, m in privacy["memorization"].items()}, prefix="memorized_fraction.")
+            log_metrics_flat({s: m.fraction for s, m in privacy.memorization.items()}, prefix="memorized_fraction.")
             for v in verdicts:
                 mlflow.log_metric(f"gate.{v.gate}.passed", float(v.passed))
                 if v.value is not None and not np.isnan(v.value):
                     mlflow.log_metric(f"gate.{v.gate}.value", float(v.value))
                 mlflow.set_tag(f"gate.{v.gate}", "pass" if v.passed else "fail")
-            mlflow.set_tag("gates.passed", str(gates["passed"]).lower())
-            if "mitigation" in fairness:
-                mit = fairness["mitigation"]
-                mlflow.log_metrics({"mitigation.fd_l2_before": mit["before"]["fd_l2"]["value"],
-                                    "mitigation.fd_l2_after": mit["after"]["fd_l2"]["value"],
-                                    "mitigation.extra_draws": mit["selection"]["extra_draws"]})
+            mlflow.set_tag("gates.passed", str(gates.passed).lower())
+            if mitigation is not None:
+                mlflow.log_metrics({"mitigation.fd_l2_before": mitigation.before.fd_l2.value,
+                                    "mitigation.fd_l2_after": mitigation.after.fd_l2.value,
+                                    "mitigation.extra_draws": mitigation.selection.extra_draws})
             for name in ("fairness.json", "privacy.json", "gates.json"):
                 mlflow.log_artifact(str(metrics_dir / name))
             mlflow.log_artifacts(str(audit_plots), "audit")
         for v in verdicts:
             print(f"[audit] {v.message()}")
-        print(f"[audit] {'all gates passed' if gates['passed'] else 'gates failed: ' + ', '.join(gates['failed'])} "
-              f"({fairness['seconds']:.1f}s)")
+        print(f"[audit] {'all gates passed' if gates.passed else 'gates failed: ' + ', '.join(gates.failed)} "
+              f"({fairness.seconds:.1f}s)")
         failed = [v for v in verdicts if not v.passed]
         if cfg.audit.fail_on_gate and failed:
             raise GateFailedError("; ".join(v.message() for v in failed))

@@ -15,9 +15,10 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.models.unet import load_exported
+from diffaudit.results import ExplainMetrics, write_result
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
 from diffaudit.utils.images import save_gif
-from diffaudit.utils.io import write_json, write_text, write_with
+from diffaudit.utils.io import write_text, write_with
 from pipelines._stage import run
 
 # Image outputs live in their own folder (one DVC out); the CSVs beside it are DVC plots.
@@ -51,19 +52,19 @@ def main(cfg: Config) -> None:
             save_gif(frames, fig_dir / f"{name}.gif", duration_ms=cfg.explain.gif_frame_ms)
         for name, text in result.tables.items():
             write_text(plots_dir / f"explain_{name}.csv", text)
-        write_json(metrics_dir / "explain.json", result.metrics)
+        write_result(metrics_dir / ExplainMetrics.FILE, result.metrics)
         if mlflow.active_run():
-            log_metrics_flat({k: v for k, v in result.metrics.items() if k != "sampler"}, prefix="explain.")
+            log_metrics_flat(result.metrics.dump(exclude={"sampler"}), prefix="explain.")
             _log_step_metrics(result.step_metrics)
             mlflow.log_artifact(str(metrics_dir / "explain.json"))
             mlflow.log_artifacts(str(fig_dir), artifact_path="explain")
             for name in result.tables:
                 mlflow.log_artifact(str(plots_dir / f"explain_{name}.csv"), artifact_path="explain")
         m = result.metrics
-        c = m["commitment"]["per_head"]["class"]
-        print(f"[explain] {m['num_images']} trajectories; class commits at step {c['mean']:.1f}/{cfg.sampler.steps} "
-              f"on average; IG max |delta| {m['attribution']['ig_convergence_delta']['max_abs']:.3g}; "
-              f"{m['seconds']['total']:.0f}s")
+        c = m.commitment.per_head["class"]
+        print(f"[explain] {m.num_images} trajectories; class commits at step {c.mean:.1f}/{cfg.sampler.steps} "
+              f"on average; IG max |delta| {m.attribution.ig_convergence_delta.max_abs:.3g}; "
+              f"{m.seconds.total:.0f}s")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs
 from diffaudit.models.evaluator import load_evaluator
 from diffaudit.models.unet import load_exported
+from diffaudit.results import SamplerStudyResult, space_key, write_result
+from diffaudit.results.sampler_study import PointScore
 from diffaudit.tracking.mlflow_tracking import log_metrics_flat, stage_run
-from diffaudit.utils.io import write_json
 from pipelines._stage import progress_enabled, run
 
 
@@ -36,41 +37,40 @@ def main(cfg: Config) -> None:
         torch.manual_seed(cfg.seed)
         verbose = progress_enabled()
 
-        def on_point(p: StudyPoint, m: dict) -> None:
+        def on_point(p: StudyPoint, m: PointScore) -> None:
             if verbose:
-                fs = cache.space
                 print(f"[sampler_study] {p.sampler:>10} nfe={p.nfe:<4} w={p.guidance_scale:<4g} "
-                      f"fid_{fs}={m[f'fid_{fs}']:.3f} ({m['fid_over_floor']:.2f}x floor) "
-                      f"acc={m['conditional_accuracy']:.3f} {m['seconds']:.1f}s", flush=True)
+                      f"{space_key('fid', m.space())}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
+                      f"acc={m.conditional_accuracy:.3f} {m.seconds:.1f}s", flush=True)
 
         result = run_study(unet, sched_cfg, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
                            on_point=on_point)
-        metrics_path = Path(cfg.paths.metrics) / "sampler_study.json"
-        write_json(metrics_path, result)
+        metrics_path = Path(cfg.paths.metrics) / SamplerStudyResult.FILE
+        write_result(metrics_path, result)
         paths = write_study_outputs(result, Path(cfg.paths.plots) / "sampler_study")
         if mlflow.active_run():
             _log(result)
             mlflow.log_artifact(str(metrics_path))
             for p in paths:
                 mlflow.log_artifact(str(p), "sampler_study")
-        best = result["best"]
-        verdict = (f"{best['sampler']} reaches the target at {best['nfe']} NFE ({best['seconds']:.1f}s)" if best
+        best = result.best
+        verdict = (f"{best.sampler} reaches the target at {best.nfe} NFE ({best.seconds:.1f}s)" if best
                    else "no sampler reaches the target quality")
-        print(f"[sampler_study] {verdict}; whole study {result['seconds']:.1f}s on n={result['n_images']} images/point")
+        print(f"[sampler_study] {verdict}; whole study {result.seconds:.1f}s on n={result.n_images} images/point")
 
 
-def _log(result: dict) -> None:
+def _log(result: SamplerStudyResult) -> None:
     """Curves as step-wise MLflow metrics (step = NFE, or guidance x 100), plus the flat table."""
-    fs = result["feature_space"]
-    for s, pts in result["nfe_sweep"].items():
+    fid = space_key("fid", result.feature_space)
+    for s, pts in result.nfe_sweep.items():
         for m in pts.values():
-            mlflow.log_metrics({f"study.{s}.fid_{fs}": m[f"fid_{fs}"], f"study.{s}.fid_over_floor": m["fid_over_floor"],
-                                f"study.{s}.conditional_accuracy": m["conditional_accuracy"],
-                                f"study.{s}.seconds": m["seconds"]}, step=m["nfe"])
-    for m in result["guidance_sweep"]["points"].values():
-        mlflow.log_metrics({"study.guidance.precision": m["precision"], "study.guidance.recall": m["recall"]},
-                           step=round(m["guidance_scale"] * 100))
-    log_metrics_flat({"floor": result["floor"], "seconds": result["seconds"]}, prefix="study.")
+            mlflow.log_metrics({f"study.{s}.{fid}": m.space_value("fid"), f"study.{s}.fid_over_floor": m.fid_over_floor,
+                                f"study.{s}.conditional_accuracy": m.conditional_accuracy,
+                                f"study.{s}.seconds": m.seconds}, step=m.nfe)
+    for m in result.guidance_sweep.points.values():
+        mlflow.log_metrics({"study.guidance.precision": m.precision, "study.guidance.recall": m.recall},
+                           step=round(m.guidance_scale * 100))
+    log_metrics_flat({"floor": result.floor.dump(), "seconds": result.seconds}, prefix="study.")
 
 
 if __name__ == "__main__":
