@@ -16,13 +16,14 @@ from mlflow.entities import Run
 
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config
-from diffaudit.release.promote import ReleaseRecord, register_and_decide
-from diffaudit.report.content import Lineage, RunContent, load_content, metric_value
+from diffaudit.release.promote import register_and_decide
+from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
+from diffaudit.results import ReleaseRecord, ReleaseSummary, metric_value, write_result
 from diffaudit.tracking.mlflow_tracking import pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
-from diffaudit.utils.io import write_json, write_text
+from diffaudit.utils.io import write_text
 from diffaudit.utils.lineage import git_commit, path_md5
 from pipelines._stage import run
 
@@ -44,9 +45,9 @@ def _md5(path: Path) -> str | None:
 def lineage(cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None,
             record: ReleaseRecord | None) -> Lineage:
     base = ui_base(cfg, release)
-    data = content.metrics.get("data") or {}
+    data = content.results.data
     lin = Lineage(
-        git_commit=git_commit(), data_md5=data.get("data_md5") if isinstance(data, dict) else None,
+        git_commit=git_commit(), data_md5=data.data_md5 if data else None,
         model_md5=_md5(Path(cfg.paths.models) / "diffusion"),
         samples_md5=_md5(Path(cfg.paths.samples) / "samples.safetensors"),
         tracking_uri=redact_uri(tracking_uri(cfg)),
@@ -71,7 +72,7 @@ def main(cfg: Config) -> None:
     inputs = {"model": model_dir, "samples": Path(cfg.paths.samples), "metrics": Path(cfg.paths.metrics)}
     with stage_run(cfg, "report", inputs) as active:
         content = load_content(cfg, os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
-        candidate = {c.metric: metric_value(content.metrics, c.metric) for c in release.compare}
+        candidate = {c.metric: metric_value(content.results, c.metric) for c in release.compare}
         record: ReleaseRecord | None = None
         if active is not None and release.register_model:
             if not (model_dir / "unet" / "config.json").is_file():
@@ -88,18 +89,16 @@ def main(cfg: Config) -> None:
         lin = lineage(cfg, content, release, active_run, record)
         write_text(reports / "audit.html", render_html(content, lin, record, release.max_images_per_section))
         write_text(reports / "MODEL_CARD.md", render_model_card(content, lin, record))
-        summary = {
-            "promoted": record.promoted if record else False,
-            "registered": record is not None,
-            "gates_ran": content.gates.ran,
-            "gates_passed": content.gates.passed,
-            "candidate_metrics": candidate,
-            **({"record": record.to_json()} if record else {}),
-        }
-        write_json(reports / "release.json", summary)
+        gates_passed = content.gates is not None and content.gates.passed
+        summary = ReleaseSummary(
+            promoted=record.promoted if record else False, registered=record is not None,
+            gates_ran=content.gates is not None, gates_passed=gates_passed, candidate_metrics=candidate,
+            **({"record": record} if record else {}),
+        )
+        write_result(reports / ReleaseSummary.FILE, summary)
         if active is not None:
-            mlflow.log_metrics({"release.promoted": float(summary["promoted"]),
-                                "release.gates_passed": float(content.gates.passed)}
+            mlflow.log_metrics({"release.promoted": float(summary.promoted),
+                                "release.gates_passed": float(gates_passed)}
                                | {f"release.{k}": v for k, v in candidate.items() if v is not None})
             for name in ("audit.html", "MODEL_CARD.md", "release.json"):
                 mlflow.log_artifact(str(reports / name), "report")
