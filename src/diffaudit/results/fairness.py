@@ -13,6 +13,8 @@ from diffaudit.results.intervals import CI, Estimate
 
 Reference = Literal["uniform", "train"]
 Estimator = Literal["raw", "corrected"]
+# The confusion matrix a share was corrected with (audit/fairness.py Shares.correction).
+Correction = Literal["pooled", "per_class"]
 
 
 class Discrepancy(Estimate):
@@ -41,7 +43,7 @@ class Representation(ResultModel):
     groups: list[str]
     n: int
     p_ref: list[float]
-    correction: str  # "pooled", "per_class" or both joined by "/"
+    correction: Correction | Literal["per_class/pooled"]  # per-class strata that used both
     p_gen_raw: list[float]
     p_gen_corrected: list[float]
     p_gen_raw_ci: list[CI]
@@ -72,7 +74,7 @@ class BiasCell(ResultModel):
     ba: float
     ci: CI
     clear_of_zero: bool
-    confusion: str  # the confusion matrix that corrected it: "per_class" or "pooled"
+    confusion: Correction
 
 
 class MaxAbsBA(Estimate):
