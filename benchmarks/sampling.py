@@ -23,6 +23,7 @@ from diffaudit.results import SamplerStudyResult, read_result
 
 MAX_NFE = 20
 QUALITY_TOLERANCE = 0.10
+STUDY_FIELDS = {"seconds", "fid_over_floor", "conditional_accuracy", "unet_evals"}  # kept per study point
 
 
 def load_model(cfg: Config, model_dir: Path | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
@@ -147,8 +148,8 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
     if study is not None:
         result["study"] = {
             "source": str(study_path), "n_images": study.n_images, "floor": study.floor.dump(),
-            "points": {s: {k: m.model_dump(include={"seconds", "fid_over_floor", "conditional_accuracy", "unet_evals"})
-                           for k, m in d.items()} for s, d in study.nfe_sweep.items()},
+            "points": {s: {k: m.model_dump(include=STUDY_FIELDS) for k, m in d.items()}
+                       for s, d in study.nfe_sweep.items()},
         } | study_verdict(study)
     if measure or (measure is None and study is None):
         nfe = {"ddim": [2, 3]} if quick else (cfg.eval.study.nfe if cfg.eval.study else {"dpm_solver": [20]})

@@ -86,7 +86,8 @@ def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Ju
                               max_abs_ba=r.bias_amplification[attribute].max_abs_ba, headline=r.headline)
 
     summary = Mitigation(attribute=attribute, target=target.tolist(), seconds=time.perf_counter() - t0,
-                         selection=Selection.model_validate(info), before=side(before), after=side(after), report=after)
+                         selection=Selection.model_validate(info), before=side(before), after=side(after),
+                         report=after)
     return summary, sel_images, sel_labels
 
 
@@ -136,8 +137,8 @@ def main(cfg: Config) -> None:
             mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, look, images, labels,
                                                            gen_j, model_dir, fairness)
             save_png(class_grid(sel_images, sel_labels, meta.num_classes), audit_plots / "mitigated_grid.png")
-            after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation.report, privacy,
-                                                                                      quality))
+            after = gates_mod.evaluate_gates(cfg.audit.gates,
+                                             gates_mod.measurements(mitigation.report, privacy, quality))
             # Informative only: the release is judged on the model with its plain sampler.
             gates.with_mitigation = {v.gate: v.passed for v in after if v.gate in
                                      ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
@@ -153,7 +154,8 @@ def main(cfg: Config) -> None:
             log_metrics_flat(fairness.headline.dump(), prefix="fairness.")
             log_metrics_flat({h: r.corrected.fd_l2.value for h, r in fairness.representation.items()},
                              prefix="fairness.fd_l2_corrected.")
-            log_metrics_flat({s: m.fraction for s, m in privacy.memorization.items()}, prefix="memorized_fraction.")
+            log_metrics_flat({s: m.fraction for s, m in privacy.memorization.items()},
+                             prefix="memorized_fraction.")
             for v in verdicts:
                 mlflow.log_metric(f"gate.{v.gate}.passed", float(v.passed))
                 if v.value is not None and not np.isnan(v.value):

@@ -61,10 +61,9 @@ def main(cfg: Config) -> None:
             for name in result.tables:
                 mlflow.log_artifact(str(plots_dir / f"explain_{name}.csv"), artifact_path="explain")
         m = result.metrics
-        c = m.commitment.per_head["class"]
-        print(f"[explain] {m.num_images} trajectories; class commits at step {c.mean:.1f}/{cfg.sampler.steps} "
-              f"on average; IG max |delta| {m.attribution.ig_convergence_delta.max_abs:.3g}; "
-              f"{m.seconds.total:.0f}s")
+        c, delta = m.commitment.per_head["class"], m.attribution.ig_convergence_delta
+        print(f"[explain] {m.num_images} trajectories; class commits at step {c.mean:.1f}/"
+              f"{cfg.sampler.steps} on average; IG max |delta| {delta.max_abs:.3g}; {m.seconds.total:.0f}s")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
     name, version = (record.model_name, record.candidate_version) if record else (None, None)
     champion = record.champion_version if record else None
     head = (f"{name} v{version} PROMOTED to champion" if released else
-            f"{name} v{version} REFUSED: stays candidate; champion is {'v' + champion if champion else 'unset'}")
+            f"{name} v{version} REFUSED: stays candidate; champion is "
+            f"{'v' + champion if champion else 'unset'}")
     lines.append(head)
     lines += [f"  - {r}" for r in (record.reasons if record else [])]
     if baseline_rev:
@@ -118,7 +119,7 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
 def _revoke(cfg: Config, summary: ReleaseSummary, reasons: list[str]) -> None:
     """Keep registry, release.json, report and card consistent when a later check refuses a promoted run."""
     record = summary.record
-    assert record is not None and record.candidate_version is not None, "only a registered promotion is revoked"
+    assert record is not None and record.candidate_version is not None, "only a registered run is revoked"
     setup(cfg)
     revoke(record.model_name, record.candidate_version, record.previous_champion_version, "; ".join(reasons))
     record.promoted, record.champion_version = False, record.previous_champion_version

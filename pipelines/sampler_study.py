@@ -39,8 +39,9 @@ def main(cfg: Config) -> None:
 
         def on_point(p: StudyPoint, m: PointScore) -> None:
             if verbose:
+                fid = space_key("fid", m.space())
                 print(f"[sampler_study] {p.sampler:>10} nfe={p.nfe:<4} w={p.guidance_scale:<4g} "
-                      f"{space_key('fid', m.space())}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
+                      f"{fid}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
                       f"acc={m.conditional_accuracy:.3f} {m.seconds:.1f}s", flush=True)
 
         result = run_study(unet, sched_cfg, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
@@ -56,7 +57,8 @@ def main(cfg: Config) -> None:
         best = result.best
         verdict = (f"{best.sampler} reaches the target at {best.nfe} NFE ({best.seconds:.1f}s)" if best
                    else "no sampler reaches the target quality")
-        print(f"[sampler_study] {verdict}; whole study {result.seconds:.1f}s on n={result.n_images} images/point")
+        print(f"[sampler_study] {verdict}; whole study {result.seconds:.1f}s on n={result.n_images} "
+              "images/point")
 
 
 def _log(result: SamplerStudyResult) -> None:
@@ -64,7 +66,8 @@ def _log(result: SamplerStudyResult) -> None:
     fid = space_key("fid", result.feature_space)
     for s, pts in result.nfe_sweep.items():
         for m in pts.values():
-            mlflow.log_metrics({f"study.{s}.{fid}": m.space_value("fid"), f"study.{s}.fid_over_floor": m.fid_over_floor,
+            mlflow.log_metrics({f"study.{s}.{fid}": m.space_value("fid"),
+                                f"study.{s}.fid_over_floor": m.fid_over_floor,
                                 f"study.{s}.conditional_accuracy": m.conditional_accuracy,
                                 f"study.{s}.seconds": m.seconds}, step=m.nfe)
     for m in result.guidance_sweep.points.values():

@@ -126,14 +126,20 @@ def fairness() -> dict:
            "p_gen_corrected_ci": [[0.4, 0.7], [0.3, 0.6]], "raw": _discrepancies(0.141, [0.02, 0.3]),
            "corrected": _discrepancies(0.071, [0.0, 0.25]),
            "other_reference": {"reference": "train", "p_ref": [0.5, 0.5], "p_gen_corrected": [0.55, 0.45],
-                               "raw": _discrepancies(0.141, [0.02, 0.3]), "corrected": _discrepancies(0.071, [0.0, 0.25])},
+                               "raw": _discrepancies(0.141, [0.02, 0.3]),
+                               "corrected": _discrepancies(0.071, [0.0, 0.25])},
            "confusion_test": [[30, 0], [2, 28]], "confusion_condition": 1.1}
     cell = {"class": "0", "group": "thin", "n_gen": 3, "p_train": 0.5, "p_gen_raw": 0.6, "p_gen": 0.6, "ba": 0.1,
             "ci": [-0.1, 0.3], "clear_of_zero": False, "confusion": "pooled"}
-    metrics = {"conditional_accuracy": 0.9, "confidence": 0.8, "precision": 0.7, "recall": 0.6, "fid": float("nan")}
-    per_group = {"sizes": {"thin": 16, "thick": 14}, "excluded_small_groups": [], "real_sizes": {"thin": 30, "thick": 30},
-                 "by_group": {"thin": metrics, "thick": metrics | {"conditional_accuracy": 0.85}}, "overall": metrics,
-                 "gap": {m: {"value": 0.05, "ci": [0.0, 0.2], "worst_group": "thick"} for m in metrics}}
+    metrics = {"conditional_accuracy": 0.9, "confidence": 0.8, "precision": 0.7, "recall": 0.6,
+               "fid": float("nan")}
+    per_group = {"sizes": {"thin": 16, "thick": 14}, "excluded_small_groups": [],
+                 "real_sizes": {"thin": 30, "thick": 30},
+                 "by_group": {"thin": metrics, "thick": metrics | {"conditional_accuracy": 0.85}},
+                 "overall": metrics, "gap": {m: {"value": 0.05, "ci": [0.0, 0.2], "worst_group": "thick"}
+                                             for m in metrics}}
+    too_small = {"sizes": {"0": 3}, "excluded_small_groups": ["0"], "real_sizes": {}, "by_group": {}, "overall": {},
+                 "gap": {}}
     return {
         "n_generated": 30, "reference": "uniform", "corrected": True, "ci_level": 0.95, "bootstrap": 20,
         "evaluator_test_accuracy": {"class": 0.9, "thickness": 0.95}, "representation": {"thickness": rep},
@@ -141,12 +147,13 @@ def fairness() -> dict:
             "corrected": True, "cells": [cell], "n_cells_clear_of_zero": 0,
             "max_abs_ba": {"value": 0.1, "ci": [0.0, 0.3], "class": "0", "group": "thin", "cell_ci": [-0.1, 0.3],
                            "clear_of_zero": False}}},
-        "per_group": {"thickness": per_group, "class": {"sizes": {"0": 3}, "excluded_small_groups": ["0"],
-                                                        "real_sizes": {}, "by_group": {}, "overall": {}, "gap": {}}},
+        "per_group": {"thickness": per_group, "class": too_small},
         "attribute_measure": {"thickness": {"measured_by": "evaluator"}},
         "headline": {"estimate": "corrected", "statistic": "estimate",
-                     "fairness_discrepancy": {"value": 0.071, "where": "thickness", "estimate": 0.071, "ci": [0.0, 0.25]},
-                     "bias_amplification": {"value": 0.1, "where": "thickness", "estimate": 0.1, "ci": [0.0, 0.3]},
+                     "fairness_discrepancy": {"value": 0.071, "where": "thickness", "estimate": 0.071,
+                                              "ci": [0.0, 0.25]},
+                     "bias_amplification": {"value": 0.1, "where": "thickness", "estimate": 0.1,
+                                            "ci": [0.0, 0.3]},
                      "worst_group_gap": {"value": float("nan"), "where": None}},
         "seconds": 1.5,
     }
@@ -166,20 +173,22 @@ def explain() -> dict:
     return {
         "sampler": {"name": "ddpm", "steps": 2, "guidance_scale": 1.0}, "num_images": 20,
         "commitment": {"per_head": {"class": stats | {"per_class": {"0": stats}}},
-                       "attribute_vs_class": {"thickness": {"share_attribute_first": 0.5, "share_same_step": 0.25,
-                                                            "share_class_first": 0.25, "mean_step_difference": -0.5}}},
+                       "attribute_vs_class": {"thickness": {
+                           "share_attribute_first": 0.5, "share_same_step": 0.25, "share_class_first": 0.25,
+                           "mean_step_difference": -0.5}}},
         "emergence": {"area_under_curve": {"class": 0.4, "thickness": 0.7}, "final_matches_condition": 0.35},
         "guidance": {"note": "the sampler recorded no unconditional pass: no guidance maps"},
         "attribution": {"steps": [1], "timesteps": [500],
                         "ig_convergence_delta": {"max_abs": 0.0123, "mean_abs": 0.01, "max_relative": 0.2,
                                                  "mean_relative": 0.1},
                         "logit_gap_mean": 1.5},
-        "loss_by_timestep": {"t0000_0499": {"loss": 0.2, "x0_mse": 0.05}, "t0500_0999": {"loss": 0.5, "x0_mse": 0.4}},
+        "loss_by_timestep": {"t0000_0499": {"loss": 0.2, "x0_mse": 0.05},
+                             "t0500_0999": {"loss": 0.5, "x0_mse": 0.4}},
         "spectrum": {"settle_step": {"low": 0, "mid": 1, "high": 1}, "coarse_to_fine": True,
                      "first_step_power_ratio": {"low": 0.9, "mid": 0.5, "high": 0.2},
                      "high_frequency_share": {"first": 0.3, "middle": 0.2, "last": 0.1}},
-        "seconds": {"sampling": 0.1, "emergence": 0.1, "filmstrips": 0.1, "attribution": 0.1, "loss_by_timestep": 0.1,
-                    "spectrum": 0.1, "total": 0.6},
+        "seconds": {"sampling": 0.1, "emergence": 0.1, "filmstrips": 0.1, "attribution": 0.1,
+                    "loss_by_timestep": 0.1, "spectrum": 0.1, "total": 0.6},
     }
 
 
@@ -192,7 +201,8 @@ def sampler_study() -> dict:
                 "reaches_target": fid / 0.5 <= 3.0}
 
     return {"feature_space": "evaluator", "n_images": 20, "num_per_class": 2, "guidance_scale": 1.0,
-            "floor": {"fid_evaluator": 0.5, "kid_evaluator": 0.001, "precision": 0.9, "recall": 0.9, "n_images": 20},
+            "floor": {"fid_evaluator": 0.5, "kid_evaluator": 0.001, "precision": 0.9, "recall": 0.9,
+                      "n_images": 20},
             "target": {"fid_over_floor_max": 3.0, "conditional_accuracy_min": 0.9},
             "nfe_sweep": {"ddim": {"10": point(10, 1.0, 0.6)}, "dpm_solver": {"10": point(10, 1.0, 0.45)}},
             "guidance_sweep": {"sampler": "ddim", "nfe": 10, "points": {"1.0": point(10, 1.0, 0.6),

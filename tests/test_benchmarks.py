@@ -106,9 +106,9 @@ def test_study_verdict_picks_the_cheapest_point_within_ten_percent() -> None:
     from diffaudit.results.sampler_study import PointScore
 
     def pt(fid: float, acc: float, seconds: float, nfe: int) -> PointScore:
-        return PointScore(fid_evaluator=fid, kid_evaluator=0.0, kid_evaluator_std=0.0, precision=0.5, recall=0.5,
-                          conditional_accuracy=acc, fid_over_floor=fid, nfe=nfe, unet_evals=nfe, guidance_scale=1.0,
-                          seconds=seconds, reaches_target=False)
+        return PointScore(fid_evaluator=fid, kid_evaluator=0.0, kid_evaluator_std=0.0, precision=0.5,
+                          recall=0.5, conditional_accuracy=acc, fid_over_floor=fid, nfe=nfe, unet_evals=nfe,
+                          guidance_scale=1.0, seconds=seconds, reaches_target=False)
 
     sweep = {"ddpm": {"20": pt(1.5, 0.95, 9.0, 20), "50": pt(1.0, 0.96, 20.0, 50)},
              "dpm_solver": {"10": pt(1.2, 0.95, 4.0, 10), "20": pt(1.05, 0.95, 8.0, 20)}}

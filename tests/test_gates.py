@@ -69,8 +69,8 @@ def test_measurements_read_the_reports() -> None:
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
     assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
     assert m["conditional_accuracy"][0] == 0.9
-    inception = QualityResult.model_construct(feature_space="inception", fid_inception=5.0, fid_inception_floor=4.0,
-                                              conditional_accuracy=0.9)
+    inception = QualityResult.model_construct(feature_space="inception", fid_inception=5.0,
+                                              fid_inception_floor=4.0, conditional_accuracy=0.9)
     assert measurements(fairness, privacy, inception)["fid_over_floor"] == (
         pytest.approx(1.0), "fid_inception - fid_inception_floor, quality.json")
     assert "fid_over_floor" not in measurements(fairness, privacy, None)  # no quality file: not measured

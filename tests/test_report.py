@@ -28,7 +28,8 @@ def test_tables_render_intervals_by_type() -> None:
                         "by_group": {"a": {"acc": 0.9}, "b": {"acc": 0.8}}})
     cells = {r[0]: r[1] for r in tables[0].rows}
     assert cells == {"fd": "0.1 [0.05, 0.2]", "fid_ci": "[1, 2.5]"}
-    assert tables[1].headers == ["", "value", "lo", "hi"] and tables[1].rows == [["lookalike", "0.3", "0.1", "0.4"]]
+    assert tables[1].headers == ["", "value", "lo", "hi"]
+    assert tables[1].rows == [["lookalike", "0.3", "0.1", "0.4"]]
     assert tables[2].title == "by_group" and tables[2].rows == [["a", "0.9"], ["b", "0.8"]]
 
 
@@ -36,8 +37,8 @@ def test_tables_walk_a_model_in_its_keys() -> None:
     # An estimate with more fields: estimate and interval in one cell, then the rest; only present keys.
     d = Discrepancy(value=0.2, ci=[0.1, 0.3], null_q95=0.15, exceeds_null=True)
     (t,) = to_tables({"fd_l2": d, "tv": d})
-    assert t.headers == ["", "value [CI]", "null_q95", "exceeds_null"] and t.rows[0] == ["fd_l2", "0.2 [0.1, 0.3]",
-                                                                                          "0.15", "yes"]
+    assert t.headers == ["", "value [CI]", "null_q95", "exceeds_null"]
+    assert t.rows[0] == ["fd_l2", "0.2 [0.1, 0.3]", "0.15", "yes"]
     group = PerGroup.model_validate({"sizes": {"a": 3}, "excluded_small_groups": ["a"], "real_sizes": {},
                                      "by_group": {}, "overall": {}, "gap": {}})
     tables = to_tables(group)

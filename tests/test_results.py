@@ -96,8 +96,10 @@ def real_files(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> d
     explained = explain_model(cfg.explain.model_copy(update=small), cfg.sampler, cfg.seed, unet, sched, evaluator,
                               meta, val)
     write_result(metrics / ExplainMetrics.FILE, explained.metrics)
-    study = StudyCfg(num_per_class=2, nfe={"ddim": [2], "euler": [2]}, guidance=GuidanceSweepCfg(scales=[1.0, 2.0]))
-    result = run_study(unet, sched, evaluator, FeatureCache(feature_module(cfg.eval, evaluator)), meta, train, test,
+    study = StudyCfg(num_per_class=2, nfe={"ddim": [2], "euler": [2]},
+                     guidance=GuidanceSweepCfg(scales=[1.0, 2.0]))
+    cache = FeatureCache(feature_module(cfg.eval, evaluator))
+    result = run_study(unet, sched, evaluator, cache, meta, train, test,
                        cfg.eval.model_copy(update={"study": study}), cfg.sampler, cfg.seed)
     write_result(metrics / SamplerStudyResult.FILE, result)
 
@@ -157,13 +159,16 @@ CASES = [
     ("quality.json", "conditional_accuracy", "fid_evaluator_ci", "n_test"),
     ("sampler_study.json", "guidance_sweep.nfe", "target", "floor.recall"),
     ("explain.json", "spectrum.coarse_to_fine", "seconds", "attribution.logit_gap_mean"),
-    ("fairness.json", "headline.fairness_discrepancy.value", "representation.thickness", "per_group.thickness.sizes"),
+    ("fairness.json", "headline.fairness_discrepancy.value", "representation.thickness",
+     "per_group.thickness.sizes"),
     ("privacy.json", "memorization.pixel.n_flagged", "memorization.pixel.real_test_floor", "ratio"),
-    ("gates.json", "gates.conditional_accuracy.passed", "gates.conditional_accuracy", "gates.conditional_accuracy.op"),
+    ("gates.json", "gates.conditional_accuracy.passed", "gates.conditional_accuracy",
+     "gates.conditional_accuracy.op"),
     ("release.json", "record.promoted", "record", "candidate_metrics"),
 ]
 WRONG = {"data.json": "420", "evaluator.json": "high", "quality.json": "0.1", "sampler_study.json": 2.5,
-         "explain.json": 1, "fairness.json": "high", "privacy.json": 0.5, "gates.json": "yes", "release.json": "no"}
+         "explain.json": 1, "fairness.json": "high", "privacy.json": 0.5, "gates.json": "yes",
+         "release.json": "no"}
 
 
 def _broken(real: Path, dest: Path, change: str, case: tuple[str, str, str, str]) -> tuple[Path, str]:
@@ -212,7 +217,7 @@ def test_the_gate_example_message(real_files: dict[str, Path], tmp_path: Path,
 
 
 def test_missing_and_non_json_files(tmp_path: Path) -> None:
-    with pytest.raises(ResultFileError, match=r"quality\.json: not found: run the stage that writes quality\.json"):
+    with pytest.raises(ResultFileError, match=r"quality\.json: not found: run the stage that writes quality"):
         read_result(tmp_path / "quality.json", QualityResult)
     (tmp_path / "gates.json").write_text('{"passed": tru')
     with pytest.raises(ResultFileError, match=r"gates\.json: not valid JSON: .* at line 1 column"):
@@ -225,13 +230,13 @@ def test_missing_and_non_json_files(tmp_path: Path) -> None:
 def test_quality_keys_belong_to_one_feature_space(real_files: dict[str, Path], tmp_path: Path) -> None:
     data = json.loads(real_files["quality.json"].read_text())
     (tmp_path / "q.json").write_text(json.dumps(data | {"fid_inception": 1.0}))
-    with pytest.raises(ResultFileError, match=r"q\.json: field fid_inception: a key of the inception feature space"):
+    with pytest.raises(ResultFileError, match=r"q\.json: field fid_inception: a key of the inception feature"):
         read_result(tmp_path / "q.json", QualityResult)
     (tmp_path / "q.json").write_text(json.dumps({k: v for k, v in data.items() if k != "kid_evaluator_floor_std"}))
     with pytest.raises(ResultFileError, match=r"field kid_evaluator_floor_std: Field required"):
         read_result(tmp_path / "q.json", QualityResult)
     (tmp_path / "q.json").write_text(json.dumps({k: v for k, v in data.items() if k != "cas_n_test"}))
-    with pytest.raises(ResultFileError, match=r"field cas_n_test: Field required \(the CAS keys come all together"):
+    with pytest.raises(ResultFileError, match=r"field cas_n_test: Field required \(the CAS keys come all"):
         read_result(tmp_path / "q.json", QualityResult)
 
 
@@ -277,7 +282,8 @@ def test_space_keys_are_one_table() -> None:
     for key in ("fid_evaluator_floor", "kid_inception_floor_ci"):
         assert key in QualityResult.model_fields  # every table key is a declared field
     assert measured_by_evaluator("quality.fid_evaluator") and measured_by_evaluator("quality.conditional_accuracy")
-    assert not measured_by_evaluator("quality.fid_inception") and not measured_by_evaluator("quality.kid_inception_floor")
+    assert not measured_by_evaluator("quality.fid_inception")
+    assert not measured_by_evaluator("quality.kid_inception_floor")
     assert measured_by_evaluator("fairness.headline.fairness_discrepancy.value")
 
 
@@ -300,11 +306,13 @@ def test_metric_value_resolves_through_the_models(real_files: dict[str, Path]) -
     q = results.quality
     assert q is not None and metric_value(results, "quality.fid_evaluator") == q.fid_evaluator
     assert metric_value(results, "quality.fid_inception") is None  # a key of the other space: absent
-    assert metric_value(results, "evaluator.class.accuracy") == results.evaluator.heads["class"].accuracy  # type: ignore[union-attr]
+    ev = results.evaluator
+    assert ev is not None and metric_value(results, "evaluator.class.accuracy") == ev.heads["class"].accuracy
     assert metric_value(results, "fairness.headline.fairness_discrepancy.value") is not None
     assert metric_value(results, "privacy.memorization.pixel.fraction") is None  # file absent
     assert metric_value(RunResults(), "quality.conditional_accuracy") is None
-    for bad, why in (("quality.fid", "has no field 'fid'"), ("qualty.fid_evaluator", "no metrics file qualty.json"),
+    for bad, why in (("quality.fid", "has no field 'fid'"),
+                     ("qualty.fid_evaluator", "no metrics file qualty.json"),
                      ("quality.bootstrap", "is not a number"), ("gates.gates.x.source", "is not a number")):
         with pytest.raises(ConfigError, match=why):
             metric_value(results, bad)
@@ -335,7 +343,8 @@ def _break(path: Path, dotted: str, value: Any) -> None:
     ("privacy.json", "memorization.pixel.closest_pairs.0.train", "3"), ("explain.json", "num_images", [20]),
     ("sampler_study.json", "best.nfe", "10"), ("gates.json", "passed", 1),
 ])
-def test_report_content_reads_strictly(run: ReleaseRun, tmp_path: Path, name: str, dotted: str, value: Any) -> None:
+def test_report_content_reads_strictly(run: ReleaseRun, tmp_path: Path, name: str, dotted: str,
+                                       value: Any) -> None:
     """The report and the model card render from load_content: a malformed file stops them with its name and
     field (a missing one is "not run": tests/test_report.py)."""
     from diffaudit.report.content import load_content
@@ -366,7 +375,7 @@ def test_report_stage_fails_on_a_malformed_gates_file(run: ReleaseRun, tmp_path:
 
 
 def test_audit_stage_reads_quality_strictly(tiny_run: TinyRun, tmp_path: Path) -> None:
-    """The gates read quality.json through its model: a malformed one stops the audit before anything is written."""
+    """The gates read quality.json through its model: a malformed one stops the audit, nothing written."""
     from pipelines import audit
 
     (tmp_path / "metrics").mkdir()
@@ -375,7 +384,7 @@ def test_audit_stage_reads_quality_strictly(tiny_run: TinyRun, tmp_path: Path) -
     cfg = tiny_run.cfg
     paths = cfg.paths.model_copy(update={"metrics": str(tmp_path / "metrics"), "plots": str(tmp_path / "p")})
     store = cfg.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    with pytest.raises(ResultFileError, match=r"quality\.json: field fid_evaluator_floor: Input should be a valid number"):
+    with pytest.raises(ResultFileError, match=r"quality\.json: field fid_evaluator_floor: Input should be a valid"):
         audit.main(cfg.model_copy(update={"paths": paths, "tracking": store}))
     assert not (tmp_path / "metrics" / "gates.json").exists()
 

@@ -1,5 +1,6 @@
-"""Assemble metrics/fairness.json (results.fairness.FairnessReport) from the evaluator's view of one generated set: representation of the
-class and of every attribute, bias amplification per attribute, and per-group quality.
+"""Assemble metrics/fairness.json (typed: results.fairness.FairnessReport) from the evaluator's view of
+one generated set: representation of the class and of every attribute, bias amplification per
+attribute, and per-group quality.
 
 The evaluator is run once per image set (`judge`); everything else works on its outputs, so the audit
 of the mitigated set reuses the same code and the same held-out reference.

@@ -98,7 +98,8 @@ class SetMetrics:
     recall_ci: Interval | None = None
 
 
-def set_metrics(ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int, with_ci: bool = True) -> SetMetrics:
+def set_metrics(ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int,
+                with_ci: bool = True) -> SetMetrics:
     """FID, KID, precision and recall of feature set `gen` against `ref`, with bootstrap intervals."""
     with single_thread():
         return _set_metrics(ref, gen, cfg, seed, with_ci)
@@ -158,7 +159,8 @@ def evaluate_quality(
         floor, floor_hits = cas_score(_class_only(train.images[real_pick], train.labels[real_pick]), val, test,
                                       meta, ecfg, seed)
         cas = dict(cas=score, cas_ci=mean_ci(hits, reps, seed), cas_n_train=len(gen_images), cas_floor=floor,
-                   cas_floor_ci=mean_ci(floor_hits, reps, seed), cas_floor_n_train=n_real, cas_n_test=len(test))
+                   cas_floor_ci=mean_ci(floor_hits, reps, seed), cas_floor_n_train=n_real,
+                   cas_n_test=len(test))
     return QualityResult(
         feature_space=space, n_images=n, n_generated=len(gen_images), n_test=len(test),
         bootstrap=BootstrapSetting(reps=cfg.bootstrap, level=LEVEL), pr_k=cfg.pr_k,
@@ -168,10 +170,12 @@ def evaluate_quality(
         precision=g.precision, recall=g.recall, precision_ci=g.precision_ci, recall_ci=g.recall_ci,
         precision_floor=r.precision, recall_floor=r.recall, precision_floor_ci=r.precision_ci,
         recall_floor_ci=r.recall_ci,
-        conditional_accuracy=acc.value, conditional_accuracy_ci=acc.ci, conditional_accuracy_per_class=acc.per_class,
-        conditional_accuracy_per_class_ci=acc.per_class_ci, conditional_accuracy_per_class_n=acc.per_class_n,
+        conditional_accuracy=acc.value, conditional_accuracy_ci=acc.ci,
+        conditional_accuracy_per_class=acc.per_class, conditional_accuracy_per_class_ci=acc.per_class_ci,
+        conditional_accuracy_per_class_n=acc.per_class_n,
         conditional_accuracy_floor=real.value, conditional_accuracy_floor_ci=real.ci,
-        conditional_accuracy_floor_per_class=real.per_class, conditional_accuracy_floor_per_class_ci=real.per_class_ci,
+        conditional_accuracy_floor_per_class=real.per_class,
+        conditional_accuracy_floor_per_class_ci=real.per_class_ci,
         conditional_accuracy_floor_per_class_n=real.per_class_n,
         **cas,
     )

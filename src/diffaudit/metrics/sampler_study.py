@@ -93,8 +93,8 @@ def run_study(
         accuracy = float(class_hits(evaluator, images, labels).double().mean())
         over = m.fid / floor.fid if floor.fid > 0 else math.inf
         scored[p] = PointScore(
-            **space_keys(space, fid=m.fid, kid=m.kid, kid_std=m.kid_std), precision=m.precision, recall=m.recall,
-            conditional_accuracy=accuracy, fid_over_floor=over, nfe=p.nfe,
+            **space_keys(space, fid=m.fid, kid=m.kid, kid_std=m.kid_std), precision=m.precision,
+            recall=m.recall, conditional_accuracy=accuracy, fid_over_floor=over, nfe=p.nfe,
             unet_evals=p.nfe * (1 if p.guidance_scale == 1.0 else 2), guidance_scale=p.guidance_scale,
             seconds=seconds, reaches_target=_reaches(over, accuracy, study))
         if on_point is not None:
@@ -102,7 +102,8 @@ def run_study(
     nfe_sweep: dict[str, dict[str, PointScore]] = {}
     for p in nfe_points:
         nfe_sweep.setdefault(p.sampler, {})[str(p.nfe)] = scored[p]
-    fewest = {s: next((int(k) for k, m in pts.items() if m.reaches_target), None) for s, pts in nfe_sweep.items()}
+    fewest = {s: next((int(k) for k, m in pts.items() if m.reaches_target), None)
+              for s, pts in nfe_sweep.items()}
     reached = [(n_, nfe_sweep[s][str(n_)].seconds, s) for s, n_ in fewest.items() if n_ is not None]
     best = min(reached, default=None)
     g0 = guidance_points[0]
@@ -125,12 +126,14 @@ def run_study(
 
 
 # Table columns: fields of a study point; "fid"/"kid" are the study's feature-space keys (results.quality).
-NFE_COLUMNS = ("nfe", "unet_evals", "fid", "fid_over_floor", "kid", "precision", "recall", "conditional_accuracy",
-               "seconds")
-GUIDANCE_COLUMNS = ("guidance_scale", "precision", "recall", "fid", "fid_over_floor", "kid", "conditional_accuracy")
+NFE_COLUMNS = ("nfe", "unet_evals", "fid", "fid_over_floor", "kid", "precision", "recall",
+               "conditional_accuracy", "seconds")
+GUIDANCE_COLUMNS = ("guidance_scale", "precision", "recall", "fid", "fid_over_floor", "kid",
+                    "conditional_accuracy")
 
 
-def _csv(rows: list[PointScore], columns: tuple[str, ...], space: FeatureSpace, lead: dict | None = None) -> str:
+def _csv(rows: list[PointScore], columns: tuple[str, ...], space: FeatureSpace,
+         lead: dict | None = None) -> str:
     cols = [space_key(c, space) if is_space_quantity(c) else c for c in columns]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -44,9 +44,10 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
         c, r = candidate.get(s.metric), reference.get(s.metric)
         tol = f"{s.tolerance:g}{' relative' if s.relative else ''}"
 
-        def judged(ok: bool, note: str, s: CompareMetric = s, c: float | None = c, r: float | None = r) -> Comparison:
-            return Comparison(metric=s.metric, mode=s.mode, tolerance=s.tolerance, relative=s.relative, candidate=c,
-                              reference=r, ok=ok, note=note)
+        def judged(ok: bool, note: str, s: CompareMetric = s, c: float | None = c,
+                   r: float | None = r) -> Comparison:
+            return Comparison(metric=s.metric, mode=s.mode, tolerance=s.tolerance, relative=s.relative,
+                              candidate=c, reference=r, ok=ok, note=note)
 
         if c is None or not math.isfinite(c):
             out.append(judged(False, f"{s.metric}: the candidate has no value"))
@@ -62,8 +63,8 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
         ok = c >= bound if s.mode == "max" else c <= bound
         word = "higher" if s.mode == "max" else "lower"
         verdict = "within tolerance" if ok else "regressed"
-        out.append(judged(ok, f"{s.metric} {verdict}: {fmt_num(c)} vs {against} {fmt_num(r)} ({word} is better; "
-                              f"worst allowed {fmt_num(bound)}, tolerance {tol})"))
+        out.append(judged(ok, f"{s.metric} {verdict}: {fmt_num(c)} vs {against} {fmt_num(r)} "
+                              f"({word} is better; worst allowed {fmt_num(bound)}, tolerance {tol})"))
     return out
 
 

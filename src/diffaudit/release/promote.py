@@ -34,8 +34,9 @@ def register_and_decide(
     gates: GatesResult | None, run_id: str | None, pipeline_id: str | None, feature_space: str | None = None,
 ) -> ReleaseRecord:
     """Register the logged model, alias it `candidate`, and move `champion` when the rule allows (`gates`
-    None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its md5); the champion's metrics
-    are compared only when it was measured by the same one (or says nothing about it)."""
+    None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its
+    md5); the champion's metrics are compared only when it was measured by the same one (or says nothing
+    about it)."""
     client = MlflowClient()
     name = cfg.tracking.registered_model_name
     champion = alias_version(name, CHAMPION, client)

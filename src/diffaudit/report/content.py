@@ -57,7 +57,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("explain", "Explainability", ExplainMetrics, ("explain/**/*",), "explain"),
     Section("fairness", "Fairness", FairnessResult,
             ("fairness/**/*", "audit/*mitigat*", "audit/*fairness*", "audit/*group*", "audit/*bias*"), "audit"),
-    Section("privacy", "Privacy", PrivacyResult, ("privacy/**/*", "audit/*memoriz*", "audit/*privacy*"), "audit"),
+    Section("privacy", "Privacy", PrivacyResult, ("privacy/**/*", "audit/*memoriz*", "audit/*privacy*"),
+            "audit"),
 )
 
 
@@ -179,8 +180,8 @@ def headline_of(result: ResultFile) -> dict[str, Any]:
 def quality_label(quantity: str, space: str) -> str:
     """How the report names a quality headline metric (QualityRow.quantity)."""
     return {"fid": f"FID ({space} features)", "kid": f"KID ({space} features)",
-            "conditional_accuracy": "conditional accuracy", "cas": "CAS (classifier trained on generated images)"
-            }.get(quantity, quantity)
+            "conditional_accuracy": "conditional accuracy",
+            "cas": "CAS (classifier trained on generated images)"}.get(quantity, quantity)
 
 
 # ---- typed results -> tables, shared by the HTML report and the Markdown model card ----
@@ -226,7 +227,8 @@ def entries(obj: Any) -> list[tuple[str, Any]] | None:
     """The (key, value) pairs of a mapping-like value: a model's present keys (an estimate with more
     fields: the estimate and its interval as one cell, then the rest), or a dict's items; None otherwise."""
     if isinstance(obj, Estimate) and type(obj) is not Estimate:
-        return [(ESTIMATE_COLUMN, obj.estimate()), *((k, v) for k, v in obj.entries() if k not in ("value", "ci"))]
+        rest = [(k, v) for k, v in obj.entries() if k not in ("value", "ci")]
+        return [(ESTIMATE_COLUMN, obj.estimate()), *rest]
     if isinstance(obj, ResultModel):
         return obj.entries()
     if isinstance(obj, dict):
@@ -292,7 +294,8 @@ def to_tables(obj: Any, title: str = "", depth: int = 0, skip: tuple[str, ...] =
             return [_table(title, cols, [[fmt_cell(c[k]) if k in c else "" for k in cols] for c in cells])]
         if obj and all(isinstance(v, list) and all(_scalar(x) for x in v) for v in obj):
             width = max(len(v) for v in obj)
-            return [_table(title, ["", *map(str, range(width))], [[str(i), *map(fmt_cell, v)] for i, v in enumerate(obj)])]
+            rows_ = [[str(i), *map(fmt_cell, v)] for i, v in enumerate(obj)]
+            return [_table(title, ["", *map(str, range(width))], rows_)]
         for i, v in enumerate(obj[:20]):
             out += to_tables(v, f"{title}[{i}]", depth + 1, max_depth=max_depth)
         return out

@@ -115,15 +115,17 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
     if record is not None:
         parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in record.reasons) + "</ul>")
     if g is not None:
-        summary = f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass" if g.gates else "no gates configured"
+        summary = (f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass" if g.gates
+                   else "no gates configured")
         rows = []
         for name, gate in g.gates.items():
             cls, word = ("pass", "pass") if gate.passed else ("fail", "FAIL")
             mitigated = g.with_mitigation.get(name) if g.with_mitigation else None
             after = "" if mitigated is None else f"; with mitigation: {'pass' if mitigated else 'FAIL'}"
+            detail = f"must be {gate.op} {fmt_num(gate.threshold)}; {gate.source}{after}"
             rows.append(f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(gate.value))}</td>"
                         f"<td>{escape(fmt_num(gate.threshold))}</td><td class='{cls}'>{word}</td>"
-                        f"<td>{escape(f'must be {gate.op} {fmt_num(gate.threshold)}; {gate.source}{after}')}</td></tr>")
+                        f"<td>{escape(detail)}</td></tr>")
         parts.append(f"<h3>Gates ({escape(summary)})</h3><table id='gates'><thead><tr><th>gate</th><th>value</th>"
                      f"<th>threshold</th><th>verdict</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
                      "</tbody></table>")
@@ -195,8 +197,9 @@ def _bar_chart(values: dict[str, float], title: str) -> str:
 def _quality(q: QualityResult) -> str:
     rows = []
     for r in q.rows():
-        note = {"fid": f"{r.value - r.floor:+.4g} over the floor" if r.value is not None and r.floor is not None else "",
-                "kid": f"± {fmt_num(r.spread)} (std over subsets)" if r.spread is not None else "",
+        gap = "" if r.value is None or r.floor is None else f"{r.value - r.floor:+.4g} over the floor"
+        spread = "" if r.spread is None else f"± {fmt_num(r.spread)} (std over subsets)"
+        note = {"fid": gap, "kid": spread,
                 "conditional_accuracy": "evaluator agrees with the conditioning label"}.get(r.quantity, "")
         ci = f" {fmt_cell(r.ci)}" if r.ci is not None else ""
         rows.append(f"<tr><td>{escape(quality_label(r.quantity, q.feature_space))}</td>"
@@ -205,7 +208,8 @@ def _quality(q: QualityResult) -> str:
     head = ("<p>Floor: the same metric between real training and real test images of the same count, "
             "the best a generator can expect in this feature space.</p>"
             "<table id='quality-headline'><thead><tr><th>metric</th><th>value [95% CI]</th>"
-            f"<th>real-vs-real floor</th><th>n</th><th>note</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            "<th>real-vs-real floor</th><th>n</th><th>note</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
     per_class = q.conditional_accuracy_per_class
     chart = _bar_chart(dict(per_class), "conditional accuracy per class") if per_class else ""
     return head + chart
@@ -273,7 +277,8 @@ def _fairness_distributions(f: FairnessResult) -> str:
         rows = [[g, fmt_num(rep.p_ref[i]),
                  *(f"{fmt_num(rep.p_gen(est)[i])} {fmt_cell(rep.p_gen_ci(est)[i])}" for est in estimates)]
                 for i, g in enumerate(rep.groups)]
-        fd_txt = "; ".join(f"FD ({est}) {fmt_cell(rep.discrepancies(est).fd_l2.estimate())}" for est in estimates)
+        fd_txt = "; ".join(f"FD ({est}) {fmt_cell(rep.discrepancies(est).fd_l2.estimate())}"
+                           for est in estimates)
         out.append(_table_html(Table(f"{attr}: generated vs reference shares ({fd_txt})", cols, rows)))
         out.append(_error_bar_chart(rep.groups, series, f"{attr}: group shares with intervals"))
     return "".join(out)

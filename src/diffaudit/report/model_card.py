@@ -92,7 +92,8 @@ def _headline(content: RunContent) -> str:
     q = content.results.quality
     if q is None:
         return _not_run(content, "quality")
-    rows = [[quality_label(r.quantity, q.feature_space), fmt_num(r.value) + (f" {fmt_cell(r.ci)}" if r.ci else ""),
+    rows = [[quality_label(r.quantity, q.feature_space),
+             fmt_num(r.value) + (f" {fmt_cell(r.ci)}" if r.ci else ""),
              fmt_num(r.floor), f"± {fmt_num(r.spread)} (std)" if r.spread is not None else ""]
             for r in q.rows() if r.quantity in ("fid", "kid", "conditional_accuracy")]
     return md_table(Table("", ["metric", "value [95% CI]", "real-vs-real floor", "spread"], rows))
@@ -181,8 +182,8 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
     parts.append("### Disaggregated by group (fairness)\n")
     parts.append(md_tables(r.fairness) if r.fairness else _not_run(content, "fairness"))
     parts += ["## Model examination\n"]
-    parts.append(md_tables(headline_of(r.explain), max_depth=2) + "\nAll numbers and figures: the Explainability "
-                 "section of `reports/audit.html` and `metrics/explain.json`.\n" if r.explain
+    parts.append(md_tables(headline_of(r.explain), max_depth=2) + "\nAll numbers and figures: the "
+                 "Explainability section of `reports/audit.html` and `metrics/explain.json`.\n" if r.explain
                  else _not_run(content, "explain"))
     parts += ["## Ethical considerations\n",
               "The model reproduces its training distribution, including its skews; the fairness section measures "

@@ -25,8 +25,8 @@ from diffaudit.results.sampler_study import SamplerStudyResult
 
 __all__ = [
     "CI", "METRICS_FILES", "Comparison", "DataResult", "Estimate", "EvaluatorResult", "ExplainMetrics",
-    "FairnessReport", "FairnessResult", "GateEntry", "GatesResult", "Interval", "PrivacyResult", "QualityResult",
-    "ReleaseRecord", "ReleaseSummary", "ResultFile", "ResultModel", "RunResults", "SamplerStudyResult",
-    "load_results", "measured_by_evaluator", "metric_value", "parse_result", "read_result", "space_key",
-    "space_keys", "space_of", "write_result",
+    "FairnessReport", "FairnessResult", "GateEntry", "GatesResult", "Interval", "PrivacyResult",
+    "QualityResult", "ReleaseRecord", "ReleaseSummary", "ResultFile", "ResultModel", "RunResults",
+    "SamplerStudyResult", "load_results", "measured_by_evaluator", "metric_value", "parse_result",
+    "read_result", "space_key", "space_keys", "space_of", "write_result",
 ]

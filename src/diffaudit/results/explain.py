@@ -123,8 +123,8 @@ class ExplainSeconds(ResultModel):
 
 class ExplainMetrics(ResultFile):
     FILE: ClassVar[str] = "explain.json"
-    HEADLINE: ClassVar[tuple[str, ...]] = ("commitment", "emergence", "guidance", "attribution.ig_convergence_delta",
-                                           "spectrum")
+    HEADLINE: ClassVar[tuple[str, ...]] = ("commitment", "emergence", "guidance",
+                                           "attribution.ig_convergence_delta", "spectrum")
 
     sampler: ExplainSampler
     num_images: int

@@ -222,7 +222,9 @@ class FairnessResult(FairnessReport, ResultFile):
     seconds: float
 
     @classmethod
-    def of(cls, report: FairnessReport, seconds: float, mitigation: Mitigation | None = None) -> FairnessResult:
+    def of(cls, report: FairnessReport, seconds: float,
+           mitigation: Mitigation | None = None) -> FairnessResult:
         """The file: the report of the generated set, its mitigation (if any) and the stage's time."""
         extra = {"mitigation": mitigation} if mitigation is not None else {}
-        return cls(**{name: getattr(report, name) for name in type(report).model_fields}, **extra, seconds=seconds)
+        parts = {name: getattr(report, name) for name in type(report).model_fields}
+        return cls(**parts, **extra, seconds=seconds)

@@ -29,8 +29,8 @@ from diffaudit.results.sampler_study import SamplerStudyResult
 
 # The files of metrics/ (reports/release.json is the report stage's own output, not an input).
 METRICS_FILES: tuple[type[ResultFile], ...] = (
-    DataResult, EvaluatorResult, QualityResult, SamplerStudyResult, ExplainMetrics, FairnessResult, PrivacyResult,
-    GatesResult,
+    DataResult, EvaluatorResult, QualityResult, SamplerStudyResult, ExplainMetrics, FairnessResult,
+    PrivacyResult, GatesResult,
 )
 
 
@@ -57,7 +57,8 @@ class RunResults:
 def load_results(metrics_dir: str | Path) -> RunResults:
     """Read every metrics file that exists, strictly (a malformed one raises ResultFileError)."""
     d = Path(metrics_dir)
-    return RunResults(**{m.stem(): read_result(d / m.FILE, m) for m in METRICS_FILES if (d / m.FILE).is_file()})
+    present = [m for m in METRICS_FILES if (d / m.FILE).is_file()]
+    return RunResults(**{m.stem(): read_result(d / m.FILE, m) for m in present})
 
 
 def _members(tp: Any) -> list[Any]:
@@ -103,7 +104,8 @@ def _model_of(name: str) -> tuple[type[ResultFile], list[str]]:
     for part in parts:
         types_ = [c for t in types_ for c in _child_types(t, part)]
         if not types_:
-            raise ConfigError(f"metric {name!r}: {model.FILE} has no field {key!r} ({part!r} is not a key there)")
+            raise ConfigError(f"metric {name!r}: {model.FILE} has no field {key!r} "
+                              f"({part!r} is not a key there)")
     if not any(_is_number_type(t) for t in types_):
         raise ConfigError(f"metric {name!r}: {model.FILE} field {key!r} is not a number")
     return model, parts

@@ -23,9 +23,9 @@ class GateEntry(ResultModel):
         return self.value is not None and not math.isnan(self.value)
 
     def describe(self, name: str) -> str:
-        return (f"gate {name} {'passed' if self.passed else 'failed'}: value "
-                f"{fmt_num(self.value) if self.measured else 'not measured'}, threshold {fmt_num(self.threshold)} "
-                f"(must be {self.op} {fmt_num(self.threshold)}; {self.source})")
+        value = fmt_num(self.value) if self.measured else "not measured"
+        return (f"gate {name} {'passed' if self.passed else 'failed'}: value {value}, threshold "
+                f"{fmt_num(self.threshold)} (must be {self.op} {fmt_num(self.threshold)}; {self.source})")
 
 
 class GatesResult(ResultFile):

@@ -38,7 +38,7 @@ _SPACE_OF = {key: space for keys in _BY_QUANTITY.values() for space, key in keys
 
 
 def space_key(quantity: str, space: FeatureSpace) -> str:
-    """The file key of a space-named quantity: space_key("fid_floor", "evaluator") == "fid_evaluator_floor"."""
+    """The file key of a space-named quantity (space_key("fid_floor", "evaluator"): fid_evaluator_floor)."""
     return _BY_QUANTITY[quantity][space]
 
 
@@ -63,7 +63,8 @@ class SpaceKeyed(ResultModel):
 
     def space(self) -> FeatureSpace:
         """The space whose keys the model holds (the validator made sure there is exactly one)."""
-        return next((s for s in SPACES if space_key(self.SPACE_QUANTITIES[0], s) in self.model_fields_set), "evaluator")
+        first = self.SPACE_QUANTITIES[0]
+        return next((s for s in SPACES if space_key(first, s) in self.model_fields_set), "evaluator")
 
     def space_value(self, quantity: str) -> Any:
         return getattr(self, space_key(quantity, self.space()))
@@ -77,7 +78,8 @@ class SpaceKeyed(ResultModel):
         space = self._declared_space() or self.space()
         stray = sorted(k for k in self.model_fields_set if space_of(k) not in (None, space))
         if stray:
-            raise FieldError(stray[0], f"a key of the {space_of(stray[0])} feature space in {space}-space metrics")
+            raise FieldError(stray[0], f"a key of the {space_of(stray[0])} feature space in {space}-space "
+                                       "metrics")
         for q in self.SPACE_QUANTITIES:
             if space_key(q, space) not in self.model_fields_set:
                 raise FieldError(space_key(q, space), "Field required")
@@ -193,8 +195,10 @@ class QualityResult(SpaceKeyed, ResultFile):
         fs, n = self.feature_space, self.n_images
         v = self.space_value
         out = [QualityRow("fid", space_key("fid", fs), v("fid"), v("fid_ci"), v("fid_floor"), n),
-               QualityRow("kid", space_key("kid", fs), v("kid"), v("kid_ci"), v("kid_floor"), n, spread=v("kid_std")),
-               QualityRow("precision", "precision", self.precision, self.precision_ci, self.precision_floor, n),
+               QualityRow("kid", space_key("kid", fs), v("kid"), v("kid_ci"), v("kid_floor"), n,
+                          spread=v("kid_std")),
+               QualityRow("precision", "precision", self.precision, self.precision_ci, self.precision_floor,
+                          n),
                QualityRow("recall", "recall", self.recall, self.recall_ci, self.recall_floor, n),
                QualityRow("conditional_accuracy", "conditional_accuracy", self.conditional_accuracy,
                           self.conditional_accuracy_ci, self.conditional_accuracy_floor, self.n_generated)]

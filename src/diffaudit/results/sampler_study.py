@@ -66,8 +66,8 @@ class BestPoint(ResultModel):
 
 class SamplerStudyResult(ResultFile):
     FILE: ClassVar[str] = "sampler_study.json"
-    HEADLINE: ClassVar[tuple[str, ...]] = ("feature_space", "n_images", "num_per_class", "guidance_scale", "target",
-                                           "fewest_nfe_to_target", "best", "seconds")
+    HEADLINE: ClassVar[tuple[str, ...]] = ("feature_space", "n_images", "num_per_class", "guidance_scale",
+                                           "target", "fewest_nfe_to_target", "best", "seconds")
 
     feature_space: FeatureSpace
     n_images: int

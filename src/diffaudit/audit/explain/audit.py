@@ -33,7 +33,7 @@ from diffaudit.results.explain import ExplainMetrics
 
 @dataclass
 class ExplainResult:
-    metrics: ExplainMetrics = field(init=False)  # metrics/explain.json (set last, when every part is measured)
+    metrics: ExplainMetrics = field(init=False)  # metrics/explain.json (set last, when all is measured)
     figures: dict[str, Figure] = field(default_factory=dict)  # name -> PNG
     gifs: dict[str, list[Image.Image]] = field(default_factory=dict)  # name -> GIF frames
     tables: dict[str, str] = field(default_factory=dict)  # name -> CSV text (DVC plots)
