@@ -18,7 +18,7 @@ import torch
 
 from diffaudit.config.compose import compose_config
 from diffaudit.config.schema import Config, validate_config
-from diffaudit.data.store import DataMeta, Split, load_meta, load_split
+from diffaudit.data.store import META_FILE, DataMeta, Split, load_meta, load_split
 from diffaudit.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def load_config(overrides: list[str] | None = None) -> Config:
 def load_data(cfg: Config, n_synthetic: int = 640, prefer_prepared: bool = True) -> tuple[Split, Split, DataMeta, str]:
     """(train, val, meta, source): the prepared data when it matches the config, else random images of its shape."""
     prepared = ROOT / Layout.of(cfg).prepared
-    if prefer_prepared and (prepared / "meta.json").is_file():
+    if prefer_prepared and (prepared / META_FILE).is_file():
         meta = load_meta(prepared)
         if meta.image_size == cfg.data.image_size and meta.channels == cfg.data.channels:
             return load_split(prepared, "train"), load_split(prepared, "val"), meta, "prepared"

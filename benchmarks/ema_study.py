@@ -33,6 +33,7 @@ from diffaudit.data.store import load_meta, load_split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import sample_seeds
 from diffaudit.diffusion.schedulers import build_noise_scheduler
+from diffaudit.layout import Layout
 from diffaudit.metrics.fid import fid_features
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.training.diffusion_training import train_diffusion
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decays", nargs="+", type=float, default=[0.98, 0.995])
     p.add_argument("--at", nargs="+", type=int, default=[600, 1000], help="training steps to snapshot")
     p.add_argument("--per-class", type=int, default=60)
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "prepared")
+    p.add_argument("--data", type=Path, default=ROOT / Layout.of(load_config()).prepared)
     p.add_argument("--evaluator", type=Path, default=ROOT / "models" / "evaluator")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ema_study.json")
     args = p.parse_args(argv)

@@ -71,7 +71,7 @@ def one_size(module: EvaluatorFeatures, cfg: Config, n: int, reps: int, seed: in
         s, m, _ = _measure(fn)
         out[name] = {"seconds": s, "peak_mib": m}
     ci_cfg = e.model_copy(update={"bootstrap": reps})
-    s, m, _ = _measure(lambda: set_metrics(f_real, f_fake, module.space, ci_cfg, seed, with_ci=True))
+    s, m, _ = _measure(lambda: set_metrics(f_real, f_fake, ci_cfg, seed, with_ci=True))
     out["set_metrics_ci"] = {"seconds": s, "peak_mib": m, "reps": reps}
     return out
 

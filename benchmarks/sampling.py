@@ -8,7 +8,6 @@ step means conditional and unconditional share one forward.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,19 @@ from diffaudit.config.schema import Config
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import guided_output, initial_noise, sample_seeds
 from diffaudit.diffusion.schedulers import build_noise_scheduler
+from diffaudit.layout import Layout
+from diffaudit.models.export import exported_unet_config
 from diffaudit.models.unet import build_unet, null_class
+from diffaudit.results import SamplerStudyResult, read_result
 
 MAX_NFE = 20
 QUALITY_TOLERANCE = 0.10
+STUDY_FIELDS = {"seconds", "fid_over_floor", "conditional_accuracy", "unet_evals"}  # kept per study point
 
 
 def load_model(cfg: Config, model_dir: Path | None) -> tuple[ClassConditionalPipeline, str]:
     """(pipeline, source): the exported model when present, else a random one of the config's shape."""
-    if model_dir is not None and (model_dir / "unet" / "config.json").is_file():
+    if model_dir is not None and exported_unet_config(model_dir).is_file():
         return ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name), "trained"
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.model, cfg.data.image_size, cfg.data.channels, 10).eval()
@@ -108,18 +111,18 @@ def time_points(pipe: ClassConditionalPipeline, points: list[tuple[str, int]], n
     return out
 
 
-def study_verdict(study: dict[str, Any]) -> dict[str, Any]:
+def study_verdict(study: SamplerStudyResult) -> dict[str, Any]:
     """Best quality over the NFE sweep, and the cheapest point at <= 20 NFE within 10 % of it.
 
     Quality is FID over its real-vs-real floor (lower is better) and conditional accuracy (higher is
     better); "within 10 %" holds for both: fid_over_floor <= 1.1 x best, accuracy >= 0.9 x best.
     """
-    pts = [(s, int(k), m) for s, d in study["nfe_sweep"].items() for k, m in d.items()]
-    best_fid = min(m["fid_over_floor"] for *_, m in pts)
-    best_acc = max(m["conditional_accuracy"] for *_, m in pts)
-    ok = [(m["seconds"], s, n) for s, n, m in pts if n <= MAX_NFE
-          and m["fid_over_floor"] <= (1 + QUALITY_TOLERANCE) * best_fid
-          and m["conditional_accuracy"] >= (1 - QUALITY_TOLERANCE) * best_acc]
+    pts = [(s, int(k), m) for s, d in study.nfe_sweep.items() for k, m in d.items()]
+    best_fid = min(m.fid_over_floor for *_, m in pts)
+    best_acc = max(m.conditional_accuracy for *_, m in pts)
+    ok = [(m.seconds, s, n) for s, n, m in pts if n <= MAX_NFE
+          and m.fid_over_floor <= (1 + QUALITY_TOLERANCE) * best_fid
+          and m.conditional_accuracy >= (1 - QUALITY_TOLERANCE) * best_acc]
     pick = min(ok, default=None)
     return {"best_fid_over_floor": best_fid, "best_conditional_accuracy": best_acc,
             "cheapest_within_tolerance": None if pick is None else {"sampler": pick[1], "nfe": pick[2], "seconds": pick[0]},
@@ -130,8 +133,9 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
         measure: bool | None = None) -> dict[str, Any]:
     """CFG check always; study figures when its JSON exists; timing of the study's points when it does not."""
     cfg = load_config(["experiment=smoke"] if quick else [])
-    study_path = study_path if study_path is not None else ROOT / cfg.paths.metrics / "sampler_study.json"
-    model_dir = model_dir if model_dir is not None else ROOT / cfg.paths.models / "diffusion"
+    layout = Layout.of(cfg)
+    study_path = study_path if study_path is not None else ROOT / layout.sampler_study
+    model_dir = model_dir if model_dir is not None else ROOT / layout.diffusion
     pipe, source = load_model(cfg, None if quick else model_dir)
     guidance = cfg.sampler.guidance_scale if cfg.sampler.guidance_scale != 1.0 else 2.0
     n = 4 if quick else 20
@@ -140,12 +144,12 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
     result["cfg_forward"] = cfg_check(pipe, n, 3, guidance, samplers)
     result["cfg_batched_vs_split"] = batched_vs_split(pipe.unet, 2 if quick else cfg.sampler.batch_size // 10,
                                                       guidance, 2 if quick else 5)
-    study = json.loads(study_path.read_text()) if study_path.is_file() else None
+    study = read_result(study_path, SamplerStudyResult) if study_path.is_file() else None
     if study is not None:
         result["study"] = {
-            "source": str(study_path), "n_images": study["n_images"], "floor": study.get("floor"),
-            "points": {s: {k: {f: m[f] for f in ("seconds", "fid_over_floor", "conditional_accuracy", "unet_evals")}
-                           for k, m in d.items()} for s, d in study["nfe_sweep"].items()},
+            "source": str(study_path), "n_images": study.n_images, "floor": study.floor.dump(),
+            "points": {s: {k: m.model_dump(include=STUDY_FIELDS) for k, m in d.items()}
+                       for s, d in study.nfe_sweep.items()},
         } | study_verdict(study)
     if measure or (measure is None and study is None):
         nfe = {"ddim": [2, 3]} if quick else (cfg.eval.study.nfe if cfg.eval.study else {"dpm_solver": [20]})

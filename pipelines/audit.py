@@ -12,15 +12,16 @@ from functools import cache
 
 import torch
 
-from diffaudit.audit.model_audit import Generate, audit_model
+from diffaudit.audit.model_audit import AuditOutcome, Generate, audit_model
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import GateFailedError
 from diffaudit.layout import Layout
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results import QualityResult, read_result, write_result
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_png
-from diffaudit.utils.io import load_tensors, read_json, write_json, write_text
+from diffaudit.utils.io import load_tensors, write_text
 from pipelines._stage import progress_enabled, run
 
 
@@ -50,45 +51,43 @@ def main(cfg: Config) -> None:
         meta = load_meta(layout.prepared)
         train, val, test = (load_split(layout.prepared, s) for s in ("train", "val", "test"))
         samples = load_tensors(layout.samples)
-        quality = read_json(layout.quality) if layout.quality.is_file() else {}
-        out = audit_model(cfg, meta, train, val, test, samples["images"], samples["labels"],
-                          Evaluator.from_pretrained(layout.evaluator, use_safetensors=True), quality, _generator(cfg, layout),
-                          seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:])
+        quality = read_result(layout.quality, QualityResult) if layout.quality.is_file() else None
+        evaluator = Evaluator.from_pretrained(layout.evaluator, use_safetensors=True)
+        out = audit_model(cfg, meta, train, val, test, samples["images"], samples["labels"], evaluator, quality,
+                          _generator(cfg, layout), seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:])
         for name, image in out.figures.items():
             save_png(image, layout.audit_plots / f"{name}.png")
-        write_json(layout.fairness, out.fairness)
-        write_json(layout.privacy, out.privacy)
-        write_json(layout.gates, out.gates)
+        write_result(layout.fairness, out.fairness)
+        write_result(layout.privacy, out.privacy)
+        write_result(layout.gates, out.gates)
         write_text(layout.bias_amplification_csv, out.ba_csv)
         _log(out)
         log_outputs(files=[layout.fairness, layout.privacy, layout.gates], folders={"audit": layout.audit_plots})
         for v in out.verdicts:
             print(f"[audit] {v.message()}")
-        passed = out.gates["passed"]
-        print(f"[audit] {'all gates passed' if passed else 'gates failed: ' + ', '.join(out.gates['failed'])} "
-              f"({out.fairness['seconds']:.1f}s)")
+        g = out.gates
+        print(f"[audit] {'all gates passed' if g.passed else 'gates failed: ' + ', '.join(g.failed)} "
+              f"({out.fairness.seconds:.1f}s)")
         failed = [v for v in out.verdicts if not v.passed]
         if cfg.audit.fail_on_gate and failed:
             raise GateFailedError("; ".join(v.message() for v in failed))
 
 
-def _log(out) -> None:
+def _log(out: AuditOutcome) -> None:
     """The audit's headline numbers and every gate's verdict, as MLflow metrics and tags."""
     fairness, privacy = out.fairness, out.privacy
     metrics: dict = {
-        "fairness": fairness["headline"],
-        "fairness.fd_l2_corrected": {h: r["corrected"]["fd_l2"]["value"] for h, r in fairness["representation"].items()},
-        "memorized_fraction": {s: m["fraction"] for s, m in privacy["memorization"].items()},
+        "fairness": fairness.headline.dump(),
+        "fairness.fd_l2_corrected": {h: r.corrected.fd_l2.value for h, r in fairness.representation.items()},
+        "memorized_fraction": {s: m.fraction for s, m in privacy.memorization.items()},
         "gate": {v.gate: {"passed": float(v.passed)} | ({} if v.value is None or v.value != v.value else
                                                          {"value": float(v.value)}) for v in out.verdicts},
     }
-    if "mitigation" in fairness:
-        mit = fairness["mitigation"]
-        metrics["mitigation"] = {"fd_l2_before": mit["before"]["fd_l2"]["value"],
-                                 "fd_l2_after": mit["after"]["fd_l2"]["value"],
-                                 "extra_draws": mit["selection"]["extra_draws"]}
+    if (mit := fairness.mitigation) is not None:
+        metrics["mitigation"] = {"fd_l2_before": mit.before.fd_l2.value, "fd_l2_after": mit.after.fd_l2.value,
+                                 "extra_draws": mit.selection.extra_draws}
     tags = {f"gate.{v.gate}": "pass" if v.passed else "fail" for v in out.verdicts}
-    log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates["passed"]).lower()})
+    log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates.passed).lower()})
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from diffaudit.data.store import load_meta, load_split
 from diffaudit.layout import Layout
 from diffaudit.metrics.quality import evaluate_quality
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results import Interval, QualityResult, write_result
+from diffaudit.results.quality import SamplerRun
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
-from diffaudit.utils.io import load_tensors, write_json, write_text
+from diffaudit.utils.io import load_tensors, write_text
 from pipelines._stage import run
 
 
@@ -25,41 +27,36 @@ def main(cfg: Config) -> None:
             cfg.eval, Evaluator.from_pretrained(evaluator_dir, use_safetensors=True), meta, train=train, test=test, val=val,
             gen_images=samples["images"], gen_labels=samples["labels"], seed=cfg.seed,
         )
-        result["sampler"] = cfg.sampler.model_dump()
-        write_json(layout.quality, result)
-        per, floor = result["conditional_accuracy_per_class"], result["conditional_accuracy_floor_per_class"]
-        ci = result["conditional_accuracy_per_class_ci"]
+        result.sampler = SamplerRun(**cfg.sampler.model_dump())
+        write_result(layout.quality, result)
+        per, floor = result.conditional_accuracy_per_class, result.conditional_accuracy_floor_per_class
+        ci = result.conditional_accuracy_per_class_ci
         rows = ["class,conditional_accuracy,low,high,real_test_accuracy"] + [
             f"{c},{v:.4f},{_lo(ci.get(c)):.4f},{_hi(ci.get(c)):.4f},{floor.get(c, float('nan')):.4f}"
             for c, v in per.items()
         ]
         write_text(layout.conditional_accuracy_csv, "\n".join(rows) + "\n")
-        log_outputs(metrics={k: v for k, v in result.items() if k != "sampler"}, files=[layout.quality])
+        log_outputs(metrics=result.dump(exclude={"sampler"}), files=[layout.quality])
         print(summary(result))
 
 
-def _lo(ci: dict | None) -> float:
-    return ci["low"] if ci else float("nan")
+def _lo(ci: Interval | None) -> float:
+    return ci.low if ci else float("nan")
 
 
-def _hi(ci: dict | None) -> float:
-    return ci["high"] if ci else float("nan")
+def _hi(ci: Interval | None) -> float:
+    return ci.high if ci else float("nan")
 
 
-def summary(result: dict) -> str:
+def summary(result: QualityResult) -> str:
     """One line per metric: value [95% interval] (floor), n."""
-    fs = result["feature_space"]
 
-    def line(key: str, n: object) -> str:
-        ci = result.get(f"{key}_ci")
-        interval = f" [{ci['low']:.4g}, {ci['high']:.4g}]" if ci else ""
-        return f"  {key}={result[key]:.4g}{interval} (floor {result[f'{key}_floor']:.4g}), n={n}"
+    def line(key: str, value: float, ci: Interval | None, floor: float, n: object) -> str:
+        interval = f" [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""
+        return f"  {key}={value:.4g}{interval} (floor {floor:.4g}), n={n}"
 
-    keys = [(f"fid_{fs}", result["n_images"]), (f"kid_{fs}", result["n_images"]), ("precision", result["n_images"]),
-            ("recall", result["n_images"]), ("conditional_accuracy", result["n_generated"])]
-    if "cas" in result:
-        keys.append(("cas", result["cas_n_test"]))
-    return "[evaluate] quality (value [95% CI] (real-vs-real floor), n):\n" + "\n".join(line(k, n) for k, n in keys)
+    return "[evaluate] quality (value [95% CI] (real-vs-real floor), n):\n" + "\n".join(
+        line(r.key, r.value, r.ci, r.floor, r.n) for r in result.rows())
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ import mlflow
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.layout import Layout
+from diffaudit.results import EvaluatorResult, write_result
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.training.evaluator_training import held_out_report, train_evaluator
-from diffaudit.utils.io import atomic_path, write_json
+from diffaudit.utils.io import atomic_path
 from pipelines._stage import progress_enabled, run
 
 
@@ -26,7 +27,7 @@ def main(cfg: Config) -> None:
         result = {"split": "test", "n": len(test)} | {
             k: {"accuracy": v["accuracy"], "labels": v["labels"], "confusion": v["confusion"]} for k, v in report.items()
         }
-        write_json(layout.evaluator_metrics, result)
+        write_result(layout.evaluator_metrics, EvaluatorResult.model_validate(result))
         if mlflow.active_run():
             for h in history:  # curves: one metric history per quantity, step = epoch
                 mlflow.log_metrics({"train_loss": h["train_loss"], "val_class_accuracy": h["val_class_accuracy"]},

@@ -15,9 +15,10 @@ from diffaudit.data.store import load_meta, load_split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.layout import Layout
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results import write_result
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_gif
-from diffaudit.utils.io import write_json, write_text, write_with
+from diffaudit.utils.io import write_text, write_with
 from pipelines._stage import run
 
 
@@ -50,16 +51,15 @@ def main(cfg: Config) -> None:
             save_gif(frames, fig_dir / f"{name}.gif", duration_ms=cfg.explain.gif_frame_ms)
         for name, text in result.tables.items():
             write_text(tables[name], text)
-        write_json(layout.explain, result.metrics)
+        write_result(layout.explain, result.metrics)
         _log_step_metrics(result.step_metrics)
-        log_outputs(metrics={k: v for k, v in result.metrics.items() if k != "sampler"}, prefix="explain.",
+        log_outputs(metrics=result.metrics.dump(exclude={"sampler"}), prefix="explain.",
                     files=[layout.explain], folders={"explain": fig_dir})
         log_outputs(files=tables.values(), artifact_path="explain")
         m = result.metrics
-        c = m["commitment"]["per_head"]["class"]
-        print(f"[explain] {m['num_images']} trajectories; class commits at step {c['mean']:.1f}/{cfg.sampler.steps} "
-              f"on average; IG max |delta| {m['attribution']['ig_convergence_delta']['max_abs']:.3g}; "
-              f"{m['seconds']['total']:.0f}s")
+        c, delta = m.commitment.per_head["class"], m.attribution.ig_convergence_delta
+        print(f"[explain] {m.num_images} trajectories; class commits at step {c.mean:.1f}/"
+              f"{cfg.sampler.steps} on average; IG max |delta| {delta.max_abs:.3g}; {m.seconds.total:.0f}s")
 
 
 if __name__ == "__main__":

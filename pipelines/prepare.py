@@ -16,9 +16,10 @@ from diffaudit.data.prepare import (
 )
 from diffaudit.data.store import save_prepared
 from diffaudit.layout import Layout
+from diffaudit.results import DataResult, write_result
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import class_grid, save_png
-from diffaudit.utils.io import atomic_path, write_json
+from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import path_md5
 from pipelines._stage import run
 
@@ -38,7 +39,7 @@ def main(cfg: Config) -> None:
             save_prepared(tmp, splits, cfg.data.image_size)
         card = {"source": ds.source, "image_size": cfg.data.image_size, "data_md5": path_md5(out),
                 "bias": cfg.data.bias.model_dump() if cfg.data.bias else None, "splits": data_card(splits)}
-        write_json(layout.data_card, card)
+        write_result(layout.data_card, DataResult.model_validate(card))
         train = splits["train"]
         real = class_grid(to_model_tensor(train.images, cfg.data.image_size), torch.from_numpy(train.labels),
                           len(train.class_names))

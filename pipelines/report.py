@@ -17,13 +17,15 @@ from mlflow.entities import Run
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config
 from diffaudit.layout import Layout
-from diffaudit.release.promote import ReleaseRecord, register_and_decide
-from diffaudit.report.content import Lineage, RunContent, load_content, metric_value
+from diffaudit.models.export import exported_unet_config
+from diffaudit.release.promote import register_and_decide
+from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
+from diffaudit.results import ReleaseRecord, ReleaseSummary, metric_value, write_result
 from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
-from diffaudit.utils.io import write_json, write_text
+from diffaudit.utils.io import write_text
 from diffaudit.utils.lineage import git_commit, path_md5
 from pipelines._stage import run
 
@@ -46,9 +48,9 @@ def lineage(cfg: Config, content: RunContent, release: ReleaseCfg, active: Run |
             record: ReleaseRecord | None) -> Lineage:
     base = ui_base(cfg, release)
     layout = Layout.of(cfg)
-    data = content.metrics.get("data") or {}
+    data = content.results.data
     lin = Lineage(
-        git_commit=git_commit(), data_md5=data.get("data_md5") if isinstance(data, dict) else None,
+        git_commit=git_commit(), data_md5=data.data_md5 if data else None,
         model_md5=_md5(layout.diffusion),
         samples_md5=_md5(layout.samples),
         tracking_uri=redact_uri(tracking_uri(cfg)),
@@ -73,11 +75,11 @@ def main(cfg: Config) -> None:
     inputs = {"model": model_dir, "samples": layout.samples_dir, "metrics": layout.metrics_dir}
     with stage_run(cfg, "report", inputs) as active:
         content = load_content(cfg, os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
-        candidate = {c.metric: metric_value(content.metrics, c.metric) for c in release.compare}
+        candidate = {c.metric: metric_value(content.results, c.metric) for c in release.compare}
         record: ReleaseRecord | None = None
         if active is not None and release.register_model:
-            if not (model_dir / "unet" / "config.json").is_file():
-                raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
+            if not exported_unet_config(model_dir).is_file():
+                raise FileNotFoundError(f"{model_dir} holds no exported model: run the train stage first")
             info = log_model(cfg, model_dir, content.class_names, release)
             # The evaluator judges conditional accuracy and, by default, spans FID's feature space: a champion
             # measured by another one (new data retrains it) has incomparable numbers.
@@ -90,18 +92,16 @@ def main(cfg: Config) -> None:
         lin = lineage(cfg, content, release, active_run, record)
         write_text(layout.report_html, render_html(content, lin, record, release.max_images_per_section))
         write_text(layout.model_card, render_model_card(content, lin, record))
-        summary = {
-            "promoted": record.promoted if record else False,
-            "registered": record is not None,
-            "gates_ran": content.gates.ran,
-            "gates_passed": content.gates.passed,
-            "candidate_metrics": candidate,
-            **({"record": record.to_json()} if record else {}),
-        }
-        write_json(layout.release, summary)
+        gates_passed = content.gates is not None and content.gates.passed
+        summary = ReleaseSummary(
+            promoted=record.promoted if record else False, registered=record is not None,
+            gates_ran=content.gates is not None, gates_passed=gates_passed, candidate_metrics=candidate,
+            **({"record": record} if record else {}),
+        )
+        write_result(layout.release, summary)
         tags = {"release.decision": "champion" if record.promoted else "refused",
                 "release.model_version": record.candidate_version or ""} if record else None
-        log_outputs(metrics={"promoted": float(summary["promoted"]), "gates_passed": float(content.gates.passed)}
+        log_outputs(metrics={"promoted": float(summary.promoted), "gates_passed": float(gates_passed)}
                     | {k: v for k, v in candidate.items() if v is not None}, prefix="release.",
                     files=[layout.report_html, layout.model_card, layout.release], artifact_path="report", tags=tags)
         written = f"wrote {layout.report_html} and {layout.model_card}"

@@ -20,13 +20,20 @@ from typing import Any
 from diffaudit.config.compose import compose_config, write_params
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config, load_params
-from diffaudit.errors import ConfigError
+from diffaudit.errors import ConfigError, ResultFileError
 from diffaudit.release.policy import Comparison, compare
 from diffaudit.release.promote import revoke
-from diffaudit.report.content import load_content, metric_value
 from diffaudit.report.html import mark_revoked
+from diffaudit.results import (
+    GatesResult,
+    ReleaseSummary,
+    load_results,
+    metric_value,
+    read_result,
+    write_result,
+)
 from diffaudit.tracking.mlflow_tracking import setup
-from diffaudit.utils.io import read_json, write_json, write_text
+from diffaudit.utils.io import write_text
 
 
 def run_pipeline(params: str, overrides: list[str], dvc_args: list[str]) -> int:
@@ -70,55 +77,56 @@ def baseline_metrics(rev: str, release: ReleaseCfg) -> dict[str, float | None] |
 def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool, list[str]]:
     """(released, lines to print) from reports/release.json and, when asked, the baseline revision."""
     release = release_config(cfg)
-    path = Path(cfg.paths.reports) / "release.json"
+    path = Path(cfg.paths.reports) / ReleaseSummary.FILE
     if not path.is_file():
         return False, [f"no {path}: the report stage has not run"]
-    summary = read_json(path)
-    record = summary.get("record") or {}
+    summary = read_result(path, ReleaseSummary)
+    record = summary.record
     lines: list[str] = []
-    if pid and record.get("pipeline_id") not in (None, pid):
-        lines.append(f"nothing changed since pipeline {record.get('pipeline_id')}: its decision stands")
-    if not summary.get("registered"):
+    if pid and record is not None and record.pipeline_id not in (None, pid):
+        lines.append(f"nothing changed since pipeline {record.pipeline_id}: its decision stands")
+    if not summary.registered or record is None:
         lines.append("the model was not registered (release.register_model is false or MLflow was off)")
-    released = bool(summary.get("promoted"))
-    name, version = record.get("model_name"), record.get("candidate_version")
+    released = summary.promoted
+    name, version = (record.model_name, record.candidate_version) if record else (None, None)
+    champion = record.champion_version if record else None
     head = (f"{name} v{version} PROMOTED to champion" if released else
             f"{name} v{version} REFUSED: stays candidate; champion is "
-            f"{'v' + str(record['champion_version']) if record.get('champion_version') else 'unset'}")
+            f"{'v' + champion if champion else 'unset'}")
     lines.append(head)
-    lines += [f"  - {r}" for r in record.get("reasons", [])]
+    lines += [f"  - {r}" for r in (record.reasons if record else [])]
     if baseline_rev:
         old = baseline_metrics(baseline_rev, release)
         if old is None:
             lines.append(f"  - baseline {baseline_rev}: metrics unavailable, not compared")
         else:
-            content = load_content(cfg)
-            new = {s.metric: metric_value(content.metrics, s.metric) for s in release.compare}
+            results = load_results(cfg.paths.metrics)
+            new = {s.metric: metric_value(results, s.metric) for s in release.compare}
             results: list[Comparison] = compare(new, old, release.compare, against=baseline_rev)
             for c in results:
                 lines.append(f"  - {c.note}")
             failed = [c.note for c in results if not c.ok]
             if failed:
-                if released:
+                if released and record is not None:
                     _revoke(cfg, summary, failed)
                     lines.append(f"REVOKED: the champion alias is back on "
-                                 f"{record.get('previous_champion_version') or 'nothing'}")
+                                 f"{record.previous_champion_version or 'nothing'}")
                 released = False
                 lines.append(f"REFUSED: regression against {baseline_rev} beyond tolerance")
     return released, lines
 
 
-def _revoke(cfg: Config, summary: dict[str, Any], reasons: list[str]) -> None:
+def _revoke(cfg: Config, summary: ReleaseSummary, reasons: list[str]) -> None:
     """Keep registry, release.json, report and card consistent when a later check refuses a promoted run."""
-    record = summary["record"]
+    record = summary.record
+    assert record is not None and record.candidate_version is not None, "only a registered run is revoked"
     setup(cfg)
-    revoke(record["model_name"], record["candidate_version"], record.get("previous_champion_version"),
-           "; ".join(reasons))
-    record |= {"promoted": False, "champion_version": record.get("previous_champion_version"),
-               "reasons": record.get("reasons", []) + reasons}
-    summary |= {"promoted": False, "revoked": reasons}
+    revoke(record.model_name, record.candidate_version, record.previous_champion_version, "; ".join(reasons))
+    record.promoted, record.champion_version = False, record.previous_champion_version
+    record.reasons = record.reasons + reasons
+    summary.promoted, summary.revoked = False, reasons
     reports = Path(cfg.paths.reports)
-    write_json(reports / "release.json", summary)
+    write_result(reports / ReleaseSummary.FILE, summary)
     html, card = reports / "audit.html", reports / "MODEL_CARD.md"
     if html.is_file():
         write_text(html, mark_revoked(html.read_text(), reasons))
@@ -144,16 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             pid = os.environ.get("DIFFAUDIT_PIPELINE_ID")
             if rc != 0:
                 cfg = load_params(args.params)
-                gates = Path(cfg.paths.metrics) / "gates.json"
+                gates = Path(cfg.paths.metrics) / GatesResult.FILE
                 why = (" (a release gate failed and audit.fail_on_gate stopped it: see " + str(gates) + ")"
-                       if gates.is_file() and read_json(gates).get("passed") is False else "")
+                       if gates.is_file() and not read_result(gates, GatesResult).passed else "")
                 print(f"[retrain] REFUSED: the pipeline failed (dvc repro exit {rc}){why}", file=sys.stderr)
                 return 1
         cfg = load_params(args.params)
-    except ConfigError as err:
+        released, lines = judge(cfg, pid, args.baseline_rev)
+    except (ConfigError, ResultFileError) as err:
         print(f"[retrain] error: {err}", file=sys.stderr)
         return 1
-    released, lines = judge(cfg, pid, args.baseline_rev)
     for line in lines:
         print(f"[retrain] {line}")
     return 0 if released else 1

@@ -15,8 +15,9 @@ from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import feature_module
 from diffaudit.metrics.sampler_study import StudyPoint, run_study, write_study_outputs
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results import SamplerStudyResult, space_key, write_result
+from diffaudit.results.sampler_study import PointScore
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
-from diffaudit.utils.io import write_json
 from pipelines._stage import progress_enabled, run
 
 
@@ -34,39 +35,41 @@ def main(cfg: Config) -> None:
         torch.manual_seed(cfg.seed)
         verbose = progress_enabled()
 
-        def on_point(p: StudyPoint, m: dict) -> None:
+        def on_point(p: StudyPoint, m: PointScore) -> None:
             if verbose:
-                fs = cache.space
+                fid = space_key("fid", m.space())
                 print(f"[sampler_study] {p.sampler:>10} nfe={p.nfe:<4} w={p.guidance_scale:<4g} "
-                      f"fid_{fs}={m[f'fid_{fs}']:.3f} ({m['fid_over_floor']:.2f}x floor) "
-                      f"acc={m['conditional_accuracy']:.3f} {m['seconds']:.1f}s", flush=True)
+                      f"{fid}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
+                      f"acc={m.conditional_accuracy:.3f} {m.seconds:.1f}s", flush=True)
 
         result = run_study(pipe, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
                            on_point=on_point)
-        write_json(layout.sampler_study, result)
+        write_result(layout.sampler_study, result)
         write_study_outputs(result, layout.sampler_study_plots)
         _log_curves(result)
-        log_outputs(metrics={"floor": result["floor"], "seconds": result["seconds"]}, prefix="study.",
+        log_outputs(metrics={"floor": result.floor.dump(), "seconds": result.seconds}, prefix="study.",
                     files=[layout.sampler_study], folders={"sampler_study": layout.sampler_study_plots})
-        best = result["best"]
-        verdict = (f"{best['sampler']} reaches the target at {best['nfe']} NFE ({best['seconds']:.1f}s)" if best
+        best = result.best
+        verdict = (f"{best.sampler} reaches the target at {best.nfe} NFE ({best.seconds:.1f}s)" if best
                    else "no sampler reaches the target quality")
-        print(f"[sampler_study] {verdict}; whole study {result['seconds']:.1f}s on n={result['n_images']} images/point")
+        print(f"[sampler_study] {verdict}; whole study {result.seconds:.1f}s on n={result.n_images} "
+              "images/point")
 
 
-def _log_curves(result: dict) -> None:
+def _log_curves(result: SamplerStudyResult) -> None:
     """Curves as step-wise MLflow metrics (step = NFE, or guidance x 100)."""
     if not mlflow.active_run():
         return
-    fs = result["feature_space"]
-    for s, pts in result["nfe_sweep"].items():
+    fid = space_key("fid", result.feature_space)
+    for s, pts in result.nfe_sweep.items():
         for m in pts.values():
-            mlflow.log_metrics({f"study.{s}.fid_{fs}": m[f"fid_{fs}"], f"study.{s}.fid_over_floor": m["fid_over_floor"],
-                                f"study.{s}.conditional_accuracy": m["conditional_accuracy"],
-                                f"study.{s}.seconds": m["seconds"]}, step=m["nfe"])
-    for m in result["guidance_sweep"]["points"].values():
-        mlflow.log_metrics({"study.guidance.precision": m["precision"], "study.guidance.recall": m["recall"]},
-                           step=round(m["guidance_scale"] * 100))
+            mlflow.log_metrics({f"study.{s}.{fid}": m.space_value("fid"),
+                                f"study.{s}.fid_over_floor": m.fid_over_floor,
+                                f"study.{s}.conditional_accuracy": m.conditional_accuracy,
+                                f"study.{s}.seconds": m.seconds}, step=m.nfe)
+    for m in result.guidance_sweep.points.values():
+        mlflow.log_metrics({"study.guidance.precision": m.precision, "study.guidance.recall": m.recall},
+                           step=round(m.guidance_scale * 100))
 
 
 if __name__ == "__main__":

@@ -102,17 +102,20 @@ def test_helpers() -> None:
 
 def test_study_verdict_picks_the_cheapest_point_within_ten_percent() -> None:
     from benchmarks.sampling import study_verdict
+    from diffaudit.results import SamplerStudyResult
+    from diffaudit.results.sampler_study import PointScore
 
-    def pt(fid: float, acc: float, seconds: float) -> dict:
-        return {"fid_over_floor": fid, "conditional_accuracy": acc, "seconds": seconds}
+    def pt(fid: float, acc: float, seconds: float, nfe: int) -> PointScore:
+        return PointScore(fid_evaluator=fid, kid_evaluator=0.0, kid_evaluator_std=0.0, precision=0.5,
+                          recall=0.5, conditional_accuracy=acc, fid_over_floor=fid, nfe=nfe, unet_evals=nfe,
+                          guidance_scale=1.0, seconds=seconds, reaches_target=False)
 
-    study = {"nfe_sweep": {
-        "ddpm": {"20": pt(1.5, 0.95, 9.0), "50": pt(1.0, 0.96, 20.0)},
-        "dpm_solver": {"10": pt(1.2, 0.95, 4.0), "20": pt(1.05, 0.95, 8.0)},
-    }}
+    sweep = {"ddpm": {"20": pt(1.5, 0.95, 9.0, 20), "50": pt(1.0, 0.96, 20.0, 50)},
+             "dpm_solver": {"10": pt(1.2, 0.95, 4.0, 10), "20": pt(1.05, 0.95, 8.0, 20)}}
+    study = SamplerStudyResult.model_construct(nfe_sweep=sweep)  # only the sweep is read
     v = study_verdict(study)
     assert v["met"] and v["cheapest_within_tolerance"] == {"sampler": "dpm_solver", "nfe": 20, "seconds": 8.0}
-    study["nfe_sweep"]["dpm_solver"]["20"] = pt(1.2, 0.95, 8.0)
+    sweep["dpm_solver"]["20"] = pt(1.2, 0.95, 8.0, 20)
     assert not study_verdict(study)["met"]
 
 

@@ -16,7 +16,16 @@ from diffaudit.config.audit_schema import AuditCfg, GatesCfg
 from diffaudit.config.compose import compose_config
 from diffaudit.config.schema import Config
 from diffaudit.errors import ConfigError
-from diffaudit.utils.io import read_json
+from diffaudit.results import (
+    FairnessResult,
+    GateEntry,
+    GatesResult,
+    PrivacyResult,
+    QualityResult,
+    read_result,
+)
+from diffaudit.results.fairness import FairnessReport, Headline, HeadlineFigure
+from diffaudit.results.privacy import SpaceMemorization
 from tests.helpers.config import ROOT, TinyRun
 
 
@@ -36,25 +45,35 @@ def test_gates_compare_each_value_with_its_threshold() -> None:
     msg = verdicts["bias_amplification"].message()
     assert "bias_amplification" in msg and "0.35" in msg and "0.2" in msg and "FAILED" in msg
     r = report(list(verdicts.values()))
-    assert not r["passed"] and set(r["failed"]) == {"conditional_accuracy", "bias_amplification",
-                                                      "worst_group_gap", "memorized_fraction"}
-    assert r["gates"]["fairness_discrepancy"] == {"value": 0.1, "threshold": 0.1, "op": "<=", "passed": True,
-                                                  "source": "thickness"}
+    assert isinstance(r, GatesResult)
+    assert not r.passed and set(r.failed) == {"conditional_accuracy", "bias_amplification",
+                                              "worst_group_gap", "memorized_fraction"}
+    assert r.gates["fairness_discrepancy"] == GateEntry(value=0.1, threshold=0.1, op="<=", passed=True,
+                                                        source="thickness")
+    assert list(r.failed_gates()) == r.failed
+    assert "with_mitigation" not in r.dump()  # absent, not null, until the audit stage adds it
 
 
 def test_measurements_read_the_reports() -> None:
-    fairness = {"headline": {"estimate": "corrected", "statistic": "estimate",
-                             "fairness_discrepancy": {"value": 0.3, "where": "thickness"},
-                             "bias_amplification": {"value": 0.1, "where": "thickness"},
-                             "worst_group_gap": {"value": 0.02, "where": "thickness"}}}
-    privacy = {"ratio": 1 / 3, "memorization": {"pixel": {"fraction": 0.01}, "feature": {"fraction": 0.04}}}
-    quality = {"feature_space": "evaluator", "fid_evaluator": 3.0, "fid_evaluator_floor": 1.0,
-               "conditional_accuracy": 0.9}
+    # Only the parts measurements() reads (model_construct: the rest of each file does not matter here).
+    fig = {gate: HeadlineFigure(value=v, where="thickness") for gate, v in
+           (("fairness_discrepancy", 0.3), ("bias_amplification", 0.1), ("worst_group_gap", 0.02))}
+    fairness = FairnessReport.model_construct(headline=Headline(estimate="corrected", statistic="estimate", **fig))
+    privacy = PrivacyResult.model_construct(ratio=1 / 3, memorization={
+        "pixel": SpaceMemorization.model_construct(fraction=0.01),
+        "feature": SpaceMemorization.model_construct(fraction=0.04)})
+    quality = QualityResult.model_construct(feature_space="evaluator", fid_evaluator=3.0, fid_evaluator_floor=1.0,
+                                            conditional_accuracy=0.9)
     m = measurements(fairness, privacy, quality)
-    assert m["fairness_discrepancy"][0] == 0.3 and "thickness" in m["fairness_discrepancy"][1]
+    assert m["fairness_discrepancy"] == (0.3, "thickness, corrected, estimate")
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
-    assert m["fid_over_floor"][0] == pytest.approx(2.0) and m["conditional_accuracy"][0] == 0.9
-    assert "fid_over_floor" not in measurements(fairness, privacy, {})
+    assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
+    assert m["conditional_accuracy"][0] == 0.9
+    inception = QualityResult.model_construct(feature_space="inception", fid_inception=5.0,
+                                              fid_inception_floor=4.0, conditional_accuracy=0.9)
+    assert measurements(fairness, privacy, inception)["fid_over_floor"] == (
+        pytest.approx(1.0), "fid_inception - fid_inception_floor, quality.json")
+    assert "fid_over_floor" not in measurements(fairness, privacy, None)  # no quality file: not measured
 
 
 def test_target_counts_sum_to_n() -> None:
@@ -137,15 +156,17 @@ def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_pa
     cfg = _audit_cfg(tiny_run, tmp_path, fail_on_gate=True, bootstrap=100)
     with pytest.raises(GateFailedError, match=r"gate conditional_accuracy FAILED: value [0-9.]+ \(must be >= 0\.8"):
         audit.main(cfg)
-    gates = read_json(tmp_path / "metrics" / "gates.json")
-    assert not gates["passed"] and "conditional_accuracy" in gates["failed"]
-    assert set(gates["gates"]) >= {"conditional_accuracy", "fairness_discrepancy", "bias_amplification",
-                                   "worst_group_gap", "memorized_fraction"}
-    fairness = read_json(tmp_path / "metrics" / "fairness.json")
-    assert set(fairness["representation"]) == {"class", "thickness"}
-    assert {"before", "after", "selection"} <= set(fairness["mitigation"])
-    privacy = read_json(tmp_path / "metrics" / "privacy.json")
-    assert set(privacy["memorization"]) == {"pixel", "feature"}
+    gates = read_result(tmp_path / "metrics" / "gates.json", GatesResult)
+    assert not gates.passed and "conditional_accuracy" in gates.failed
+    assert set(gates.gates) >= {"conditional_accuracy", "fairness_discrepancy", "bias_amplification",
+                                "worst_group_gap", "memorized_fraction"}
+    assert set(gates.with_mitigation or {}) == {"fairness_discrepancy", "bias_amplification", "worst_group_gap"}
+    fairness = read_result(tmp_path / "metrics" / "fairness.json", FairnessResult)
+    assert set(fairness.representation) == {"class", "thickness"}
+    assert fairness.mitigation is not None and fairness.mitigation.attribute == "thickness"
+    assert fairness.mitigation.selection.per_class  # class ids as the file's string keys
+    privacy = read_result(tmp_path / "metrics" / "privacy.json", PrivacyResult)
+    assert set(privacy.memorization) == {"pixel", "feature"}
     assert (tmp_path / "plots" / "audit" / "memorization_gallery.png").is_file()
     assert (tmp_path / "plots" / "bias_amplification.csv").read_text().startswith("set,attribute,class")
 
@@ -158,5 +179,7 @@ def test_audit_stage_passes_when_gates_are_lenient(tiny_run: TinyRun, tmp_path: 
     cfg = _audit_cfg(tiny_run, tmp_path, fail_on_gate=True, bootstrap=50, gates=lenient,
                      mitigation=tiny_run.cfg.audit.mitigation.model_copy(update={"enabled": False}))
     audit.main(cfg)  # does not raise
-    gates = read_json(tmp_path / "metrics" / "gates.json")
-    assert gates["passed"] and gates["failed"] == [] and "with_mitigation" not in gates
+    gates = read_result(tmp_path / "metrics" / "gates.json", GatesResult)
+    assert gates.passed and gates.failed == [] and "with_mitigation" not in gates.dump()
+    fairness = read_result(tmp_path / "metrics" / "fairness.json", FairnessResult)
+    assert fairness.mitigation is None and "mitigation" not in fairness.dump()

@@ -22,6 +22,7 @@ from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features
 from diffaudit.metrics.precision_recall import precision_recall
 from diffaudit.metrics.quality import cas_score, class_hits, evaluate_quality, feature_module
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results import Interval, QualityResult
 from diffaudit.utils.io import load_tensors, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,11 +115,12 @@ def test_chunking_does_not_change_precision_recall() -> None:
 def test_bootstrap_intervals_cover_the_estimate_and_are_reproducible() -> None:
     hits = (torch.arange(400) % 4 != 0).float()  # 0.75
     ci = mean_ci(hits, reps=300, seed=0)
-    assert ci["low"] < 0.75 < ci["high"] and ci["high"] - ci["low"] < 0.15
+    assert isinstance(ci, Interval)
+    assert ci.low < 0.75 < ci.high and ci.high - ci.low < 0.15
     assert mean_ci(hits, reps=300, seed=0) == ci and mean_ci(hits, reps=0, seed=0) is None
     a, b = gaussian(200, 4, seed=14), gaussian(200, 4, mean=0.5, seed=15)
     fci = bootstrap_ci(fid_features, a, b, reps=50, seed=0)
-    assert fci["low"] < fid_features(a, b) < fci["high"]
+    assert fci is not None and fci.low < fid_features(a, b) < fci.high
 
 
 def test_kid_bootstrap_from_counts_equals_the_resampled_sets() -> None:
@@ -201,6 +203,7 @@ QUALITY_KEYS = [
 def test_evaluate_stage_writes_every_quality_key(tiny_run) -> None:
     q = read_json(Path(tiny_run.cfg.paths.metrics) / "quality.json")
     assert sorted(QUALITY_KEYS) == sorted(q)
+    assert list(q) == [k for k in QualityResult.model_fields if k in q]  # written in the model's order
     assert q["feature_space"] == "evaluator" and q["n_generated"] == 60 and q["n_images"] == 60
     for key in ("fid_evaluator", "kid_evaluator", "precision", "recall", "conditional_accuracy", "cas"):
         for k in (key, f"{key}_floor"):
@@ -237,10 +240,14 @@ def test_cas_of_real_trained_against_real_is_the_classifiers_test_accuracy(tiny_
 def test_metric_keys_name_the_feature_space(tiny_run) -> None:
     meta, s, evaluator, samples = _tiny_inputs(tiny_run)
     cfg = tiny_run.cfg.eval.model_copy(update={"bootstrap": 0, "cas": False})
-    q = evaluate_quality(cfg, evaluator, meta, s["train"], s["test"], samples["images"], samples["labels"], seed=0,
-                         cache=FeatureCache(CountingFeatures("inception")))
+    result = evaluate_quality(cfg, evaluator, meta, s["train"], s["test"], samples["images"], samples["labels"],
+                              seed=0, cache=FeatureCache(CountingFeatures("inception")))
+    assert isinstance(result, QualityResult) and result.space() == "inception"
+    q = result.dump()
     assert q["feature_space"] == "inception" and "fid_inception" in q and "kid_inception_floor" in q
     assert not any("evaluator" in k for k in q) and q["fid_inception_ci"] is None and "cas" not in q
+    assert result.space_value("fid_floor") == q["fid_inception_floor"] and not result.has_cas
+    assert QualityResult.model_validate(q) == result  # what the stage writes reads back
 
 
 def test_inception_features_come_from_the_local_weights_file(tmp_path: Path) -> None:

@@ -56,10 +56,10 @@ def test_privacy_report_has_floor_and_gallery(digits: tuple[torch.Tensor, torch.
     train, fresh = digits
     generated = torch.cat([fresh[:50], train[:3]])
     report, raw = privacy_report({"pixel": generated}, {"pixel": train}, {"pixel": fresh[50:]}, 1 / 3, 4)
-    mem = report["memorization"]["pixel"]
-    assert mem["n_flagged"] == 3 and mem["real_test_floor"]["fraction"] == 0.0
-    assert [p["generated"] for p in mem["closest_pairs"]][:3] == [50, 51, 52]
-    pairs = [(p["generated"], p["train"], p["ratio"]) for p in mem["closest_pairs"]]
+    mem = report.memorization["pixel"]
+    assert mem.n_flagged == 3 and mem.real_test_floor.fraction == 0.0
+    assert [p.generated for p in mem.closest_pairs][:3] == [50, 51, 52]
+    pairs = [(p.generated, p.train, p.ratio) for p in mem.closest_pairs]
     g = gallery(generated, train, pairs)
     assert g.shape == (8, *generated.shape[1:])
     assert torch.equal(g[0], generated[50]) and torch.equal(g[1], train[0])

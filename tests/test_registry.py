@@ -12,15 +12,17 @@ import pytest
 from diffaudit.config.release_schema import CompareMetric, ReleaseCfg, release_config
 from diffaudit.release.policy import compare, decide
 from diffaudit.release.promote import register_and_decide, revoke
-from diffaudit.report.content import GateVerdict, parse_gates
+from diffaudit.results import GatesResult
 from diffaudit.tracking.registry import CANDIDATE, CHAMPION, alias_version, version_metrics
 from tests.helpers.release import ReleaseRun
 
 SPEC = [CompareMetric(metric="quality.acc", mode="max", tolerance=0.02),
         CompareMetric(metric="quality.fid", mode="min", tolerance=0.1, relative=True)]
-PASS = parse_gates({"passed": True, "gates": {"a": {"value": 1, "threshold": 0, "op": ">=", "passed": True}}})
-FAIL = parse_gates({"passed": False, "gates": {"a": {"value": 0, "threshold": 1, "op": ">=", "passed": False}}})
-NONE = GateVerdict(False, False, note="metrics/gates.json not found")
+PASS = GatesResult.model_validate({"passed": True, "failed": [], "gates": {
+    "a": {"value": 1.0, "threshold": 0.0, "op": ">=", "passed": True, "source": "quality.json"}}})
+FAIL = GatesResult.model_validate({"passed": False, "failed": ["a"], "gates": {
+    "a": {"value": 0.0, "threshold": 1.0, "op": ">=", "passed": False, "source": "quality.json"}}})
+NONE = None  # no metrics/gates.json: the audit has not run
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,9 @@ def test_decide_needs_passing_gates_and_no_regression() -> None:
     refused = decide(PASS, bad, "3", rel)
     assert not refused.promote and "quality.acc regressed" in refused.reasons[0]
     failed = decide(FAIL, good, "3", rel)
-    assert not failed.promote and failed.reasons[0].startswith("gate a failed")
+    assert not failed.promote and failed.reasons[0] == ("gate a failed: value 0, threshold 1 "
+                                                        "(must be >= 1; quality.json)")
+    assert "gates not run" in decide(NONE, [], None, rel).reasons[0]
     assert not decide(NONE, [], None, rel).promote  # never release unaudited
     assert decide(NONE, [], None, ReleaseCfg(require_gates=False)).promote
 
@@ -101,7 +105,8 @@ def test_champion_moves_only_under_the_release_rule(run: ReleaseRun, tmp_path: P
     with mlflow.start_run(experiment_id=exp) as active:
         info = log_model(cfg, run.root / "models" / "diffusion", [str(c) for c in range(10)], rel)
 
-    def step(gates: GateVerdict, acc: float, fid: float, space: str | None = None) -> tuple[bool, str | None, str | None]:
+    def step(gates: GatesResult | None, acc: float, fid: float,
+             space: str | None = None) -> tuple[bool, str | None, str | None]:
         rec = register_and_decide(cfg, rel, info, {"quality.conditional_accuracy": acc, "quality.fid_evaluator": fid},
                                   gates, active.info.run_id, "pid", feature_space=space)
         champ = alias_version("m", CHAMPION)

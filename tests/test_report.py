@@ -8,9 +8,11 @@ import re
 
 import pytest
 
-from diffaudit.report.content import SECTIONS, Lineage, load_content, parse_gates, to_tables
+from diffaudit.report.content import SECTIONS, Lineage, load_content, to_tables
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
+from diffaudit.results import Estimate, Interval
+from diffaudit.results.fairness import Discrepancy, PerGroup
 from tests.helpers.release import ReleaseRun, copy_run
 
 
@@ -19,31 +21,28 @@ def run(release_run: ReleaseRun) -> ReleaseRun:
     return release_run
 
 
-def test_parse_gates_reads_the_audit_stage_layout() -> None:
-    v = parse_gates({"passed": False, "failed": ["a"], "gates": {
-        "a": {"value": 0.3, "threshold": 0.8, "op": ">=", "passed": False, "source": "quality.json"},
-        "b": {"value": 0.0, "threshold": 0.05, "op": "<=", "passed": True}}})
-    assert v.ran and not v.passed
-    assert [g.name for g in v.failed] == ["a"]
-    assert "must be >= 0.8" in v.failed[0].detail
-
-
-@pytest.mark.parametrize(("data", "passed"), [
-    ({"gates": [{"name": "x", "pass": True}, {"name": "y", "status": "skipped"}]}, True),
-    ({"x": {"status": "fail", "value": 1}, "y": True}, False),
-    ({"x": {"value": 1, "threshold": 2}}, False),  # no verdict is not a pass
-    ({}, False),  # nothing judged is not a pass
-])
-def test_parse_gates_other_layouts(data: dict, passed: bool) -> None:
-    assert parse_gates(data).passed is passed
-
-
-def test_tables_show_intervals_and_merge_ci_keys() -> None:
-    tables = to_tables({"fd": 0.1, "fd_ci": [0.05, 0.2], "ba": {"value": 0.3, "lo": 0.1, "hi": 0.4},
+def test_tables_render_intervals_by_type() -> None:
+    # Intervals are recognised by their type, whatever their key; a dict that merely looks like one is not.
+    tables = to_tables({"fd": Estimate(value=0.1, ci=[0.05, 0.2]), "fid_ci": Interval(low=1.0, high=2.5),
+                        "lookalike": {"value": 0.3, "lo": 0.1, "hi": 0.4},
                         "by_group": {"a": {"acc": 0.9}, "b": {"acc": 0.8}}})
     cells = {r[0]: r[1] for r in tables[0].rows}
-    assert cells == {"fd": "0.1 [0.05, 0.2]", "ba": "0.3 [0.1, 0.4]"}
-    assert tables[1].title == "by_group" and tables[1].rows == [["a", "0.9"], ["b", "0.8"]]
+    assert cells == {"fd": "0.1 [0.05, 0.2]", "fid_ci": "[1, 2.5]"}
+    assert tables[1].headers == ["", "value", "lo", "hi"]
+    assert tables[1].rows == [["lookalike", "0.3", "0.1", "0.4"]]
+    assert tables[2].title == "by_group" and tables[2].rows == [["a", "0.9"], ["b", "0.8"]]
+
+
+def test_tables_walk_a_model_in_its_keys() -> None:
+    # An estimate with more fields: estimate and interval in one cell, then the rest; only present keys.
+    d = Discrepancy(value=0.2, ci=[0.1, 0.3], null_q95=0.15, exceeds_null=True)
+    (t,) = to_tables({"fd_l2": d, "tv": d})
+    assert t.headers == ["", "value [CI]", "null_q95", "exceeds_null"]
+    assert t.rows[0] == ["fd_l2", "0.2 [0.1, 0.3]", "0.15", "yes"]
+    group = PerGroup.model_validate({"sizes": {"a": 3}, "excluded_small_groups": ["a"], "real_sizes": {},
+                                     "by_group": {}, "overall": {}, "gap": {}})
+    tables = to_tables(group)
+    assert tables[0].rows == [["excluded_small_groups", "[a]"]] and tables[1].rows == [["sizes", "3"]]
 
 
 def test_report_stage_writes_a_self_contained_page(run: ReleaseRun) -> None:
@@ -87,8 +86,9 @@ def test_model_card_has_every_section_and_the_run_numbers(run: ReleaseRun) -> No
         assert f"## {heading}\n" in card
     assert "champion (released)" in card
     assert "`thickness` (thin, thick)" in card  # the audited groups
-    assert "0.55 [0.4, 0.7]" in card  # an interval from the explainability file
-    assert "0.071 [0, 0.25]" in card  # a fairness interval
+    assert "| max_abs | 0.0123 |" in card  # a headline figure of the explainability file
+    assert "| fd_l2 | 0.071 [0, 0.25] |" in card  # a fairness estimate with its interval
+    assert "| FID (evaluator features) | 2 [1.8, 2.2] | 0.5 |" in card  # quality headline: value, interval, floor
 
 
 def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:

@@ -18,6 +18,7 @@ from diffaudit.diffusion.sampling import StepInfo
 from diffaudit.diffusion.schedulers import SAMPLERS, build_noise_scheduler, build_sampler
 from diffaudit.metrics.features import single_thread
 from diffaudit.metrics.sampler_study import StudyPoint, plan
+from diffaudit.results import SamplerStudyResult, read_result
 from diffaudit.utils.io import read_json
 
 
@@ -144,6 +145,10 @@ def test_sampler_study_stage_writes_table_and_plots(tiny_run, tmp_path: Path, mo
     with open(plots / "nfe_ddim.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["nfe"] for r in rows] == ["2", "3"] and "fid_over_floor" in rows[0]
+    assert list(rows[0])[2:5] == ["fid_evaluator", "fid_over_floor", "kid_evaluator"]  # space keys spelled out
+    assert float(rows[0]["fid_evaluator"]) == pytest.approx(point["fid_evaluator"], rel=1e-5)
+    typed = read_result(tmp_path / "metrics" / "sampler_study.json", SamplerStudyResult)
+    assert typed.nfe_sweep["ddim"]["2"].space_value("fid") == point["fid_evaluator"]
     with open(plots / "guidance.csv") as f:
         assert [r["guidance_scale"] for r in csv.DictReader(f)] == ["1", "2"]
     assert len((plots / "nfe_sweep.csv").read_text().splitlines()) == 1 + 5

@@ -38,8 +38,8 @@ def test_export_is_diffusers_format_with_safetensors(tiny_run) -> None:
     sched = DDPMScheduler.from_pretrained(model_dir / "scheduler")
     assert unet.config.num_class_embeds == 11  # 10 digits + the null class
     assert sched.config.prediction_type == tiny_run.cfg.diffusion.prediction_type
-    loaded, cfg = load_exported(model_dir)
-    assert cfg["num_train_timesteps"] == tiny_run.cfg.diffusion.num_train_timesteps
+    loaded, noise_scheduler = load_exported(model_dir)
+    assert noise_scheduler.config.num_train_timesteps == tiny_run.cfg.diffusion.num_train_timesteps
     assert not loaded.training
 
 

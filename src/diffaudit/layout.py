@@ -1,4 +1,5 @@
-"""Where every artifact of a run lives, derived from `cfg.paths` and spelled nowhere else in Python.
+"""Where every artifact of a run lives, derived from `cfg.paths` and spelled nowhere else in Python
+(a result file's name is its model's FILE, in diffaudit.results).
 
 dvc.yaml spells the same paths from params.yaml (`${paths.metrics}/quality.json`), so a `paths.*`
 override reaches both; tests/test_layout.py checks that DVC's resolved stages and this layout agree.
@@ -12,6 +13,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from diffaudit.config.schema import Config, PathsCfg
+from diffaudit.results import (
+    DataResult,
+    EvaluatorResult,
+    ExplainMetrics,
+    FairnessResult,
+    GatesResult,
+    PrivacyResult,
+    QualityResult,
+    ReleaseSummary,
+    SamplerStudyResult,
+)
 
 
 @dataclass(frozen=True)
@@ -65,32 +77,32 @@ class Layout:
         metrics, plots, reports = Path(paths.metrics), Path(paths.plots), Path(paths.reports)
         return cls(
             prepared=data / "prepared",
-            data_card=metrics / "data.json",
+            data_card=metrics / DataResult.FILE,
             real_grid=plots / "real_grid.png",
             evaluator=models / "evaluator",
-            evaluator_metrics=metrics / "evaluator.json",
+            evaluator_metrics=metrics / EvaluatorResult.FILE,
             diffusion=models / "diffusion",
             checkpoints=models / "checkpoints",
             train_loss=plots / "train_loss.csv",
             samples_dir=samples,
             samples=samples / "samples.safetensors",
             samples_grid=samples / "grid.png",
-            quality=metrics / "quality.json",
+            quality=metrics / QualityResult.FILE,
             conditional_accuracy_csv=plots / "conditional_accuracy.csv",
-            sampler_study=metrics / "sampler_study.json",
+            sampler_study=metrics / SamplerStudyResult.FILE,
             sampler_study_plots=plots / "sampler_study",
-            explain=metrics / "explain.json",
+            explain=metrics / ExplainMetrics.FILE,
             explain_plots=plots / "explain",
             explain_emergence_csv=plots / "explain_emergence.csv",
             explain_loss_csv=plots / "explain_loss_by_timestep.csv",
-            fairness=metrics / "fairness.json",
-            privacy=metrics / "privacy.json",
-            gates=metrics / "gates.json",
+            fairness=metrics / FairnessResult.FILE,
+            privacy=metrics / PrivacyResult.FILE,
+            gates=metrics / GatesResult.FILE,
             audit_plots=plots / "audit",
             bias_amplification_csv=plots / "bias_amplification.csv",
             report_html=reports / "audit.html",
             model_card=reports / "MODEL_CARD.md",
-            release=reports / "release.json",
+            release=reports / ReleaseSummary.FILE,
             metrics_dir=metrics,
             plots_dir=plots,
             reports_dir=reports,

@@ -78,11 +78,26 @@ def write_samples(cfg: Config, per_class: int = 3, steps: int = 2) -> None:
     save_png(class_grid(images, labels, meta.num_classes), out / "grid.png")
 
 
+def _iv(v: float) -> dict:
+    return {"low": v * 0.9, "high": v * 1.1}
+
+
 def quality(acc: float = 0.9, fid: float = 2.0) -> dict:
-    return {"feature_space": "evaluator", "n_images": 30, "fid_evaluator": fid, "fid_evaluator_floor": 0.5,
-            "kid_evaluator": 0.01, "kid_evaluator_std": 0.002, "kid_evaluator_floor": 0.001,
-            "conditional_accuracy": acc, "conditional_accuracy_per_class": {str(c): acc for c in range(10)},
-            "n_generated": 30}
+    """metrics/quality.json in the evaluate stage's layout (results.QualityResult; evaluator space, no CAS)."""
+    classes = [str(c) for c in range(10)]
+    sets = {"": (fid, 0.01, 0.002, 0.8, 0.7), "_floor": (0.5, 0.001, 0.0005, 0.9, 0.9)}
+    out: dict = {"feature_space": "evaluator", "n_images": 30, "n_generated": 30, "n_test": 60,
+                 "bootstrap": {"reps": 20, "level": 0.95}, "pr_k": 3}
+    for suffix, (f, k, k_std, p, r) in sets.items():  # test data: keys built here, the model checks them
+        out |= {f"fid_evaluator{suffix}": f, f"kid_evaluator{suffix}": k, f"kid_evaluator{suffix}_std": k_std,
+                f"precision{suffix}": p, f"recall{suffix}": r, f"fid_evaluator{suffix}_ci": _iv(f),
+                f"kid_evaluator{suffix}_ci": _iv(k), f"precision{suffix}_ci": _iv(p), f"recall{suffix}_ci": _iv(r)}
+    for suffix, a in (("", acc), ("_floor", 0.95)):
+        out |= {f"conditional_accuracy{suffix}": a, f"conditional_accuracy{suffix}_ci": _iv(a),
+                f"conditional_accuracy{suffix}_per_class": dict.fromkeys(classes, a),
+                f"conditional_accuracy{suffix}_per_class_ci": {c: _iv(a) for c in classes},
+                f"conditional_accuracy{suffix}_per_class_n": dict.fromkeys(classes, 3)}
+    return out
 
 
 def gates(passed: bool) -> dict:
@@ -98,36 +113,119 @@ def _png(path: Path, color: int) -> None:
     Image.new("L", (32, 32), color).save(path)
 
 
-def write_audit_files(root: Path, passed: bool = True) -> None:
-    """Fairness, privacy, explainability, sampler-study files and figures in their stages' layouts."""
-    m, plots = root / "metrics", root / "plots"
-    fairness = {
-        "n_generated": 30, "reference": "uniform", "corrected": True, "ci_level": 0.95,
-        "representation": {"thickness": {
-            "groups": ["thin", "thick"], "n": 30, "p_ref": [0.5, 0.5], "p_gen_raw": [0.6, 0.4],
-            "p_gen_corrected": [0.55, 0.45], "p_gen_raw_ci": [[0.45, 0.75], [0.25, 0.55]],
-            "p_gen_corrected_ci": [[0.4, 0.7], [0.3, 0.6]],
-            "raw": {"fd_l2": {"value": 0.141, "ci": [0.02, 0.3]}},
-            "corrected": {"fd_l2": {"value": 0.071, "ci": [0.0, 0.25]}}}},
-        "bias_amplification": {"thickness": {"cells": [
-            {"class": "0", "group": "thin", "p_train": 0.5, "p_gen": 0.6, "ba": 0.1, "ci": [-0.1, 0.3]}],
-            "max_abs_ba": {"value": 0.1, "ci": [0.0, 0.3]}}},
-        "per_group": {"thickness": {"by_group": {"thin": {"conditional_accuracy": 0.9},
-                                                 "thick": {"conditional_accuracy": 0.85}},
-                                    "gap": {"conditional_accuracy": {"value": 0.05, "ci": [0.0, 0.2]}}}},
+def _discrepancies(fd: float, ci: list[float]) -> dict:
+    stat = {"value": fd, "ci": ci, "null_q95": 0.2, "exceeds_null": False}
+    return {"fd_l2": stat, "tv": stat | {"value": fd / 2}, "kl": stat | {"value": fd / 4}}
+
+
+def fairness() -> dict:
+    """metrics/fairness.json in the audit stage's layout (results.FairnessResult), one attribute, no mitigation."""
+    rep = {"groups": ["thin", "thick"], "n": 30, "p_ref": [0.5, 0.5], "correction": "pooled",
+           "p_gen_raw": [0.6, 0.4], "p_gen_corrected": [0.55, 0.45], "p_gen_raw_ci": [[0.45, 0.75], [0.25, 0.55]],
+           "p_gen_corrected_ci": [[0.4, 0.7], [0.3, 0.6]], "raw": _discrepancies(0.141, [0.02, 0.3]),
+           "corrected": _discrepancies(0.071, [0.0, 0.25]),
+           "other_reference": {"reference": "train", "p_ref": [0.5, 0.5], "p_gen_corrected": [0.55, 0.45],
+                               "raw": _discrepancies(0.141, [0.02, 0.3]),
+                               "corrected": _discrepancies(0.071, [0.0, 0.25])},
+           "confusion_test": [[30, 0], [2, 28]], "confusion_condition": 1.1}
+    cell = {"class": "0", "group": "thin", "n_gen": 3, "p_train": 0.5, "p_gen_raw": 0.6, "p_gen": 0.6, "ba": 0.1,
+            "ci": [-0.1, 0.3], "clear_of_zero": False, "confusion": "pooled"}
+    metrics = {"conditional_accuracy": 0.9, "confidence": 0.8, "precision": 0.7, "recall": 0.6,
+               "fid": float("nan")}
+    per_group = {"sizes": {"thin": 16, "thick": 14}, "excluded_small_groups": [],
+                 "real_sizes": {"thin": 30, "thick": 30},
+                 "by_group": {"thin": metrics, "thick": metrics | {"conditional_accuracy": 0.85}},
+                 "overall": metrics, "gap": {m: {"value": 0.05, "ci": [0.0, 0.2], "worst_group": "thick"}
+                                             for m in metrics}}
+    too_small = {"sizes": {"0": 3}, "excluded_small_groups": ["0"], "real_sizes": {}, "by_group": {}, "overall": {},
+                 "gap": {}}
+    return {
+        "n_generated": 30, "reference": "uniform", "corrected": True, "ci_level": 0.95, "bootstrap": 20,
+        "evaluator_test_accuracy": {"class": 0.9, "thickness": 0.95}, "representation": {"thickness": rep},
+        "bias_amplification": {"thickness": {
+            "corrected": True, "cells": [cell], "n_cells_clear_of_zero": 0,
+            "max_abs_ba": {"value": 0.1, "ci": [0.0, 0.3], "class": "0", "group": "thin", "cell_ci": [-0.1, 0.3],
+                           "clear_of_zero": False}}},
+        "per_group": {"thickness": per_group, "class": too_small},
+        "attribute_measure": {"thickness": {"measured_by": "evaluator"}},
         "headline": {"estimate": "corrected", "statistic": "estimate",
-                     "fairness_discrepancy": {"value": 0.071, "where": "thickness", "ci": [0.0, 0.25]}},
+                     "fairness_discrepancy": {"value": 0.071, "where": "thickness", "estimate": 0.071,
+                                              "ci": [0.0, 0.25]},
+                     "bias_amplification": {"value": 0.1, "where": "thickness", "estimate": 0.1,
+                                            "ci": [0.0, 0.3]},
+                     "worst_group_gap": {"value": float("nan"), "where": None}},
+        "seconds": 1.5,
     }
-    privacy = {"ratio": 1 / 3, "n_generated": 30, "n_train": 420, "memorization": {
-        "pixel": {"fraction": 0.0, "n_flagged": 0, "n": 30, "ratio_min": 0.8,
-                  "closest_pairs": [{"generated": 0, "train": 3, "ratio": 0.8}]}}}
-    explain = {"commitment_step": {"mean": 0.55, "lo": 0.4, "hi": 0.7},
-               "integrated_gradients": {"convergence_delta": 0.01}, "filmstrip": "plots/explain/filmstrip_0.png"}
-    study = {"floor": 0.5, "points": [{"sampler": "ddim", "nfe": 10, "fid_over_floor": 1.2, "seconds": 0.4},
-                                      {"sampler": "dpm_solver", "nfe": 10, "fid_over_floor": 0.9, "seconds": 0.4}]}
-    for name, data in (("fairness", fairness), ("privacy", privacy), ("explain", explain),
-                       ("sampler_study", study), ("gates", gates(passed))):
-        (m / f"{name}.json").write_text(json.dumps(data))
+
+
+def privacy() -> dict:
+    mem = {"fraction": 0.0, "n_flagged": 0, "n": 30, "ratio_min": 0.8, "ratio_median": 0.9,
+           "ratio_quantiles": {"0.01": 0.8, "0.05": 0.82, "0.25": 0.86},
+           "real_test_floor": {"fraction": 0.0, "n": 60, "ratio_min": 0.5},
+           "closest_pairs": [{"generated": 0, "train": 3, "ratio": 0.8}]}
+    return {"ratio": 1 / 3, "n_generated": 30, "n_train": 420, "memorization": {"pixel": mem}}
+
+
+def explain() -> dict:
+    """metrics/explain.json in the explain stage's layout (results.ExplainMetrics)."""
+    stats = {"mean": 1.25, "median": 1.0, "std": 0.5, "mean_fraction": 0.3125, "never_settled": 0.0}
+    return {
+        "sampler": {"name": "ddpm", "steps": 2, "guidance_scale": 1.0}, "num_images": 20,
+        "commitment": {"per_head": {"class": stats | {"per_class": {"0": stats}}},
+                       "attribute_vs_class": {"thickness": {
+                           "share_attribute_first": 0.5, "share_same_step": 0.25, "share_class_first": 0.25,
+                           "mean_step_difference": -0.5}}},
+        "emergence": {"area_under_curve": {"class": 0.4, "thickness": 0.7}, "final_matches_condition": 0.35},
+        "guidance": {"note": "the sampler recorded no unconditional pass: no guidance maps"},
+        "attribution": {"steps": [1], "timesteps": [500],
+                        "ig_convergence_delta": {"max_abs": 0.0123, "mean_abs": 0.01, "max_relative": 0.2,
+                                                 "mean_relative": 0.1},
+                        "logit_gap_mean": 1.5},
+        "loss_by_timestep": {"t0000_0499": {"loss": 0.2, "x0_mse": 0.05},
+                             "t0500_0999": {"loss": 0.5, "x0_mse": 0.4}},
+        "spectrum": {"settle_step": {"low": 0, "mid": 1, "high": 1}, "coarse_to_fine": True,
+                     "first_step_power_ratio": {"low": 0.9, "mid": 0.5, "high": 0.2},
+                     "high_frequency_share": {"first": 0.3, "middle": 0.2, "last": 0.1}},
+        "seconds": {"sampling": 0.1, "emergence": 0.1, "filmstrips": 0.1, "attribution": 0.1,
+                    "loss_by_timestep": 0.1, "spectrum": 0.1, "total": 0.6},
+    }
+
+
+def sampler_study() -> dict:
+    """metrics/sampler_study.json in the sampler_study stage's layout (results.SamplerStudyResult)."""
+    def point(nfe: int, w: float, fid: float) -> dict:
+        return {"fid_evaluator": fid, "kid_evaluator": 0.01, "kid_evaluator_std": 0.001, "precision": 0.8,
+                "recall": 0.7, "conditional_accuracy": 0.9, "fid_over_floor": fid / 0.5, "nfe": nfe,
+                "unet_evals": nfe * (1 if w == 1.0 else 2), "guidance_scale": w, "seconds": 0.4,
+                "reaches_target": fid / 0.5 <= 3.0}
+
+    return {"feature_space": "evaluator", "n_images": 20, "num_per_class": 2, "guidance_scale": 1.0,
+            "floor": {"fid_evaluator": 0.5, "kid_evaluator": 0.001, "precision": 0.9, "recall": 0.9,
+                      "n_images": 20},
+            "target": {"fid_over_floor_max": 3.0, "conditional_accuracy_min": 0.9},
+            "nfe_sweep": {"ddim": {"10": point(10, 1.0, 0.6)}, "dpm_solver": {"10": point(10, 1.0, 0.45)}},
+            "guidance_sweep": {"sampler": "ddim", "nfe": 10, "points": {"1.0": point(10, 1.0, 0.6),
+                                                                        "2.0": point(10, 2.0, 0.7)}},
+            "fewest_nfe_to_target": {"ddim": 10, "dpm_solver": 10},
+            "best": {"sampler": "ddim", "nfe": 10, "seconds": 0.4}, "seconds": 2.0}
+
+
+def write_audit_files(root: Path, passed: bool = True) -> None:
+    """Fairness, privacy, explainability, sampler-study files (written through their models, so they are
+    valid files of those layouts) and figures."""
+    from diffaudit.results import (
+        ExplainMetrics,
+        FairnessResult,
+        GatesResult,
+        PrivacyResult,
+        SamplerStudyResult,
+        write_result,
+    )
+
+    m, plots = root / "metrics", root / "plots"
+    for model, data in ((FairnessResult, fairness()), (PrivacyResult, privacy()), (ExplainMetrics, explain()),
+                        (SamplerStudyResult, sampler_study()), (GatesResult, gates(passed))):
+        write_result(m / model.FILE, model.model_validate(data))
     _png(plots / "explain" / "filmstrip_0.png", 80)
     frames = [Image.new("L", (16, 16), c) for c in (0, 128, 255)]
     frames[0].save(plots / "explain" / "emergence.gif", save_all=True, append_images=frames[1:], duration=100)
@@ -146,7 +244,9 @@ def build_release_run(root: Path, passed: bool = True) -> ReleaseRun:
         prepare.main(cfg)
         write_untrained_model(cfg)
         write_samples(cfg)
-        (root / "metrics" / "quality.json").write_text(json.dumps(quality()))
+        from diffaudit.results import QualityResult, write_result
+
+        write_result(root / "metrics" / QualityResult.FILE, QualityResult.model_validate(quality()))
         write_audit_files(root, passed)
         report.main(cfg)
         pipeline_run.finish(0)

@@ -1,5 +1,6 @@
-"""Assemble metrics/fairness.json from the evaluator's view of one generated set: representation of the
-class and of every attribute, bias amplification per attribute, and per-group quality.
+"""Assemble metrics/fairness.json (typed: results.fairness.FairnessReport) from the evaluator's view of
+one generated set: representation of the class and of every attribute, bias amplification per
+attribute, and per-group quality.
 
 The evaluator is run once per image set (`judge`); everything else works on its outputs, so the audit
 of the mitigated set reuses the same code and the same held-out reference.
@@ -25,6 +26,7 @@ from diffaudit.audit.per_group import per_group_quality
 from diffaudit.config.audit_schema import AuditCfg
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.fairness import FairnessReport
 
 # Judged key under which an attribute read by its pixel rule (audit/attribute_rules.py) keeps the head's reads.
 EVALUATOR_SUFFIX = ":evaluator"
@@ -61,7 +63,7 @@ def _reference(kind: str, train_labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, test_j: Judged,
-                    gen_labels: torch.Tensor, gen_j: Judged, seed: int) -> dict:
+                    gen_labels: torch.Tensor, gen_j: Judged, seed: int) -> FairnessReport:
     """Representation, bias amplification and per-group quality of one generated set."""
     rng = np.random.default_rng(seed)
     b, lvl = cfg.bootstrap, cfg.ci_level
@@ -112,7 +114,7 @@ def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, te
         **common)
     out["attribute_measure"] = _measures(meta, truth, test_j, gen_j)
     out["headline"] = headline(out, cfg)
-    return out
+    return FairnessReport.model_validate(out)
 
 
 def _measures(meta: DataMeta, truth: dict[str, np.ndarray], test_j: Judged, gen_j: Judged) -> dict:

@@ -7,9 +7,13 @@ quality file) fails, since a release cannot pass on a number nobody took.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from diffaudit.config.audit_schema import GatesCfg
+from diffaudit.results.fairness import FairnessReport
+from diffaudit.results.gates import GateEntry, GatesResult
+from diffaudit.results.privacy import PrivacyResult
+from diffaudit.results.quality import QualityResult, space_key
 
 # gate name -> (threshold key in GatesCfg, direction: the value must be "<=" or ">=" the threshold)
 GATES: dict[str, tuple[str, str]] = {
@@ -52,30 +56,34 @@ def evaluate_gates(cfg: GatesCfg, measured: dict[str, tuple[float | None, str]])
     return verdicts
 
 
-def report(verdicts: list[Verdict]) -> dict:
+def report(verdicts: list[Verdict]) -> GatesResult:
     """gates.json: overall verdict, the failing gates, and every verdict with its value."""
-    return {
-        "passed": all(v.passed for v in verdicts),
-        "failed": [v.gate for v in verdicts if not v.passed],
-        "gates": {v.gate: {k: x for k, x in asdict(v).items() if k != "gate"} for v in verdicts},
+    return GatesResult(
+        passed=all(v.passed for v in verdicts),
+        failed=[v.gate for v in verdicts if not v.passed],
+        gates={v.gate: GateEntry(value=v.value, threshold=v.threshold, op=v.op, passed=v.passed,
+                                 source=v.source) for v in verdicts},
+    )
+
+
+def measurements(fairness: FairnessReport, privacy: PrivacyResult,
+                 quality: QualityResult | None) -> dict[str, tuple[float | None, str]]:
+    """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors
+    (no quality file: the quality gates are not measured, so they fail)."""
+    head = fairness.headline
+    out: dict[str, tuple[float | None, str]] = {
+        gate: (h.value, f"{h.where}, {head.estimate}, {head.statistic}")
+        for gate, h in (("fairness_discrepancy", head.fairness_discrepancy),
+                        ("bias_amplification", head.bias_amplification),
+                        ("worst_group_gap", head.worst_group_gap))
     }
-
-
-def measurements(fairness: dict, privacy: dict, quality: dict) -> dict[str, tuple[float | None, str]]:
-    """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors."""
-    out: dict[str, tuple[float | None, str]] = {}
-    head = fairness.get("headline", {})
-    for gate in ("fairness_discrepancy", "bias_amplification", "worst_group_gap"):
-        h = head.get(gate, {})
-        out[gate] = (h.get("value"), f"{h.get('where')}, {head.get('estimate')}, {head.get('statistic')}")
-    spaces = privacy.get("memorization", {})
+    spaces = privacy.memorization
     if spaces:
-        worst = max(spaces, key=lambda s: spaces[s]["fraction"])
-        out["memorized_fraction"] = (spaces[worst]["fraction"], f"{worst} space, d1/d2 < {privacy.get('ratio'):.3g}")
-    if "conditional_accuracy" in quality:
-        out["conditional_accuracy"] = (float(quality["conditional_accuracy"]), "quality.json")
-    space = quality.get("feature_space", "evaluator")
-    if f"fid_{space}" in quality and f"fid_{space}_floor" in quality:
-        excess = float(quality[f"fid_{space}"]) - float(quality[f"fid_{space}_floor"])
-        out["fid_over_floor"] = (excess, f"fid_{space} - fid_{space}_floor, quality.json")
+        worst = max(spaces, key=lambda s: spaces[s].fraction)
+        out["memorized_fraction"] = (spaces[worst].fraction, f"{worst} space, d1/d2 < {privacy.ratio:.3g}")
+    if quality is not None:
+        out["conditional_accuracy"] = (quality.conditional_accuracy, QualityResult.FILE)
+        fid, floor = (space_key(q, quality.feature_space) for q in ("fid", "fid_floor"))
+        excess = quality.space_value("fid") - quality.space_value("fid_floor")
+        out["fid_over_floor"] = (excess, f"{fid} - {floor}, {QualityResult.FILE}")
     return out

@@ -25,6 +25,8 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.errors import ConfigError
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results import FairnessReport, FairnessResult, GatesResult, PrivacyResult, QualityResult
+from diffaudit.results.fairness import Mitigation, MitigationSide, Selection
 from diffaudit.utils.images import class_grid, grid
 
 Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
@@ -36,9 +38,9 @@ BA_CSV_HEADER = "set,attribute,class,group,p_train,p_gen,ba,ci_low,ci_high"
 
 @dataclass
 class AuditOutcome:
-    fairness: dict  # metrics/fairness.json
-    privacy: dict  # metrics/privacy.json
-    gates: dict  # metrics/gates.json
+    fairness: FairnessResult
+    privacy: PrivacyResult
+    gates: GatesResult
     verdicts: list[gates_mod.Verdict]
     figures: dict = field(default_factory=dict)  # name -> PIL image (plots/audit/<name>.png)
     ba_csv: str = ""  # plots/bias_amplification.csv
@@ -65,7 +67,7 @@ def _drawer(generate: Generate, seeds_after: Callable[[int, int], list[int]], lo
 
 def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Judged, look: Look,
               images: torch.Tensor, labels: torch.Tensor, gen_j: Judged, draw_for: Callable[[str], Draw],
-              before: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+              before: FairnessReport) -> tuple[Mitigation, torch.Tensor, torch.Tensor]:
     """Balanced selection on one attribute, then the fairness audit again on the selected set."""
     m = cfg.audit.mitigation
     attribute = m.attribute or next(iter(meta.attribute_groups), None)
@@ -78,31 +80,31 @@ def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Ju
     sel_images, sel_labels, _, info = balanced_selection(
         images, labels, gen_j.preds[attribute], target, draw_for(attribute), m.oversample, m.max_rounds)
     after = fairness_report(cfg.audit, meta, train, test, test_j, sel_labels, look(sel_images, sel_labels), cfg.seed)
-    rep_b, rep_a = before["representation"][attribute], after["representation"][attribute]
     est = "corrected" if cfg.audit.correct_errors else "raw"
-    summary = {
-        "attribute": attribute, "target": target.tolist(), "seconds": time.perf_counter() - t0, "selection": info,
-        "before": {"p_gen": rep_b[f"p_gen_{est}"], "fd_l2": rep_b[est]["fd_l2"],
-                   "max_abs_ba": before["bias_amplification"][attribute]["max_abs_ba"], "headline": before["headline"]},
-        "after": {"p_gen": rep_a[f"p_gen_{est}"], "fd_l2": rep_a[est]["fd_l2"],
-                  "max_abs_ba": after["bias_amplification"][attribute]["max_abs_ba"], "headline": after["headline"]},
-        "report": after,
-    }
+
+    def side(r: FairnessReport) -> MitigationSide:
+        rep = r.representation[attribute]
+        return MitigationSide(p_gen=rep.p_gen(est), fd_l2=rep.discrepancies(est).fd_l2,
+                              max_abs_ba=r.bias_amplification[attribute].max_abs_ba, headline=r.headline)
+
+    summary = Mitigation(attribute=attribute, target=target.tolist(), seconds=time.perf_counter() - t0,
+                         selection=Selection.model_validate(info), before=side(before), after=side(after),
+                         report=after)
     return summary, sel_images, sel_labels
 
 
-def _ba_rows(fairness: dict, label: str) -> list[str]:
+def _ba_rows(fairness: FairnessReport, label: str) -> list[str]:
     rows = []
-    for attr, r in fairness["bias_amplification"].items():
-        for c in r["cells"]:
-            rows.append(f"{label},{attr},{c['class']},{c['group']},{c['p_train']:.4f},{c['p_gen']:.4f},"
-                        f"{c['ba']:.4f},{c['ci'][0]:.4f},{c['ci'][1]:.4f}")
+    for attr, r in fairness.bias_amplification.items():
+        for c in r.cells:
+            rows.append(f"{label},{attr},{c.class_},{c.group},{c.p_train:.4f},{c.p_gen:.4f},"
+                        f"{c.ba:.4f},{c.ci[0]:.4f},{c.ci[1]:.4f}")
     return rows
 
 
 def audit_model(
     cfg: Config, meta: DataMeta, train: Split, val: Split, test: Split, images: torch.Tensor, labels: torch.Tensor,
-    evaluator: Evaluator, quality: dict, generate: Generate, seeds_after: Callable[[int, int], list[int]],
+    evaluator: Evaluator, quality: QualityResult | None, generate: Generate, seeds_after: Callable[[int, int], list[int]],
 ) -> AuditOutcome:
     """Audit one generated set (`images` for `labels`, the sample stage's); `generate` and `seeds_after`
     (start index, count -> seeds) draw the mitigation's extra candidates with the run's sampler."""
@@ -116,25 +118,24 @@ def audit_model(
     privacy, _ = privacy_report(
         {"pixel": images, "feature": as_t(gen_j.feats)}, {"pixel": train.images, "feature": as_t(train_j.feats)},
         {"pixel": test.images, "feature": as_t(test_j.feats)}, cfg.audit.memorization_ratio, cfg.audit.gallery_size)
-    pairs = [(p["generated"], p["train"], p["ratio"]) for p in privacy["memorization"]["pixel"]["closest_pairs"]]
+    pairs = [(p.generated, p.train, p.ratio) for p in privacy.memorization["pixel"].closest_pairs]
     figures = {"memorization_gallery": grid(gallery(images, train.images, pairs), ncol=8, scale=4)}
 
     verdicts = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(fairness, privacy, quality))
     gates = gates_mod.report(verdicts)
     ba_rows = _ba_rows(fairness, "before")
+    mitigation = None
     if cfg.audit.mitigation.enabled and meta.attribute_groups:
         def draw_for(attribute: str) -> Draw:
             return _drawer(generate, seeds_after, look, attribute, first_index=len(labels))
 
         mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, look, images, labels,
                                                        gen_j, draw_for, fairness)
-        fairness["mitigation"] = mitigation
         figures["mitigated_grid"] = class_grid(sel_images, sel_labels, meta.num_classes)
-        after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation["report"], privacy,
-                                                                                  quality))
+        after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation.report, privacy, quality))
         # Informative only: the release is judged on the model with its plain sampler.
-        gates["with_mitigation"] = {v.gate: v.passed for v in after if v.gate in
-                                    ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
-        ba_rows += _ba_rows(mitigation["report"], "after")
-    fairness["seconds"] = time.perf_counter() - t0
-    return AuditOutcome(fairness, privacy, gates, verdicts, figures, "\n".join([BA_CSV_HEADER, *ba_rows]) + "\n")
+        gates.with_mitigation = {v.gate: v.passed for v in after if v.gate in
+                                 ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
+        ba_rows += _ba_rows(mitigation.report, "after")
+    result = FairnessResult.of(fairness, seconds=time.perf_counter() - t0, mitigation=mitigation)
+    return AuditOutcome(result, privacy, gates, verdicts, figures, "\n".join([BA_CSV_HEADER, *ba_rows]) + "\n")

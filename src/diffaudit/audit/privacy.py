@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffaudit.results.privacy import PrivacyResult
+
 
 def two_nearest(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray,
                                                                                             np.ndarray]:
@@ -66,7 +68,7 @@ def gallery(queries: torch.Tensor, reference: torch.Tensor, pairs: list[tuple[in
 
 
 def privacy_report(gen: dict[str, torch.Tensor], train: dict[str, torch.Tensor], test: dict[str, torch.Tensor],
-                   threshold: float, n_pairs: int) -> tuple[dict, dict[str, dict]]:
+                   threshold: float, n_pairs: int) -> tuple[PrivacyResult, dict[str, dict]]:
     """privacy.json and the raw per-space results. Each dict maps space ("pixel", "feature") to a tensor
     of that set: generated images are compared with training images, real test images give the floor."""
     report: dict = {"ratio": threshold, "n_generated": len(gen["pixel"]), "n_train": len(train["pixel"]),
@@ -81,4 +83,4 @@ def privacy_report(gen: dict[str, torch.Tensor], train: dict[str, torch.Tensor],
                                 "ratio_min": float(floor["ratio"].min()) if len(floor["ratio"]) else float("nan")},
             "closest_pairs": [{"generated": i, "train": j, "ratio": r} for i, j, r in closest_pairs(m, n_pairs)],
         }
-    return report, raw
+    return PrivacyResult.model_validate(report), raw

@@ -12,6 +12,7 @@ from diffaudit.data.types import RawDataset
 from diffaudit.utils.io import load_tensors, read_json, save_tensors, write_json
 
 SPLITS = ("train", "val", "test")
+META_FILE = "meta.json"  # names, sizes and source, beside one safetensors file per split
 
 
 @dataclass
@@ -47,7 +48,7 @@ def save_prepared(out_dir: str | Path, splits: dict[str, RawDataset], image_size
         tensors = {"images": to_model_tensor(ds.images, image_size), "labels": torch.from_numpy(ds.labels)}
         tensors |= {f"attr.{a}": torch.from_numpy(v) for a, v in ds.attributes.items()}
         save_tensors(out_dir / f"{name}.safetensors", tensors)
-    write_json(out_dir / "meta.json", {
+    write_json(out_dir / META_FILE, {
         "class_names": first.class_names,
         "attribute_groups": first.attribute_groups,
         "image_size": image_size,
@@ -58,7 +59,7 @@ def save_prepared(out_dir: str | Path, splits: dict[str, RawDataset], image_size
 
 
 def load_meta(data_dir: str | Path) -> DataMeta:
-    path = Path(data_dir) / "meta.json"
+    path = Path(data_dir) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
     return DataMeta(**read_json(path))

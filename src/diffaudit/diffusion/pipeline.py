@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from diffaudit.diffusion.parameterization import eps_from_x0, to_x0_eps
 from diffaudit.diffusion.sampling import StepInfo, guided_output, initial_noise
 from diffaudit.diffusion.schedulers import SAMPLERS, build_sampler
-from diffaudit.models.unet import null_class
+from diffaudit.models.unet import load_exported, null_class
 
 
 @dataclass
@@ -107,11 +107,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
-        model_dir = Path(model_dir)
-        if not (model_dir / "unet" / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
-        unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True).eval()
-        return cls.from_unet(unet, DDPMScheduler.from_pretrained(model_dir / "scheduler"), sampler)
+        unet, noise_scheduler = load_exported(model_dir)
+        return cls.from_unet(unet, noise_scheduler, sampler)
 
     def with_sampler(self, sampler: str) -> ClassConditionalPipeline:
         r"""

@@ -2,7 +2,7 @@
 
 Two forms: `mean_ci` resamples per-item values (accuracy hits, manifold memberships) in one
 vectorised draw; `bootstrap_ci` resamples whole sets and recomputes a statistic (FID, KID).
-Intervals are written as {"low": ..., "high": ...} so DVC and MLflow show both ends.
+Intervals are `results.Interval`, written as {"low": ..., "high": ...} so DVC and MLflow show both ends.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from collections.abc import Callable
 
 import torch
 
+from diffaudit.results.intervals import Interval
+
 LEVEL = 0.95
 
 
-def interval(values: torch.Tensor, level: float = LEVEL) -> dict[str, float]:
+def interval(values: torch.Tensor, level: float = LEVEL) -> Interval:
     lo, hi = torch.quantile(values.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return {"low": float(lo), "high": float(hi)}
+    return Interval(low=float(lo), high=float(hi))
 
 
-def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) -> dict[str, float] | None:
+def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) -> Interval | None:
     """Interval of the mean of per-item values; None when reps is 0 or there is nothing to resample."""
     if reps <= 0 or len(values) == 0:
         return None
@@ -31,7 +33,7 @@ def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) ->
 
 
 def bootstrap_ci(statistic: Callable[..., float], *samples: torch.Tensor, reps: int, seed: int,
-                 level: float = LEVEL) -> dict[str, float] | None:
+                 level: float = LEVEL) -> Interval | None:
     """Interval of statistic(*samples) with every sample resampled (with replacement) independently."""
     if reps <= 0:
         return None

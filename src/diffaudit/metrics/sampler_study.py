@@ -27,6 +27,15 @@ from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import class_hits, set_metrics
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.quality import FeatureSpace, is_space_quantity, space_key, space_keys
+from diffaudit.results.sampler_study import (
+    BestPoint,
+    GuidanceSweep,
+    PointScore,
+    SamplerStudyResult,
+    StudyFloor,
+    StudyTarget,
+)
 from diffaudit.utils.io import atomic_path
 
 
@@ -49,15 +58,15 @@ def plan(study: StudyCfg, sampler: SamplerCfg) -> tuple[list[StudyPoint], list[S
     return nfe_points, guidance_points
 
 
-def _reaches(m: dict, study: StudyCfg) -> bool:
-    return m["fid_over_floor"] <= study.target_fid_over_floor and m["conditional_accuracy"] >= study.target_conditional_accuracy
+def _reaches(fid_over_floor: float, accuracy: float, study: StudyCfg) -> bool:
+    return fid_over_floor <= study.target_fid_over_floor and accuracy >= study.target_conditional_accuracy
 
 
 def run_study(
     pipe: ClassConditionalPipeline, evaluator: Evaluator, cache: FeatureCache, meta: DataMeta, train: Split,
     test: Split, cfg: EvalCfg, sampler: SamplerCfg, seed: int,
-    on_point: Callable[[StudyPoint, dict], None] | None = None,
-) -> dict:
+    on_point: Callable[[StudyPoint, PointScore], None] | None = None,
+) -> SamplerStudyResult:
     """Sample and score every study point once (points shared by both sweeps are sampled once).
 
     Every point samples with a fresh scheduler of its sampler over `pipe`'s UNet (`pipe.with_sampler`).
@@ -74,79 +83,84 @@ def run_study(
     pick_gen = torch.randperm(len(labels), generator=gen)[:n]
     pick_train = torch.randperm(len(train), generator=gen)[:n]
     ref = cache(test.images)[:n]
-    floor = set_metrics(ref, cache(train.images)[pick_train], space, cfg, seed, with_ci=False)
+    floor = set_metrics(ref, cache(train.images)[pick_train], cfg, seed, with_ci=False)
     nfe_points, guidance_points = plan(study, sampler)
-    scored: dict[StudyPoint, dict] = {}
+    scored: dict[StudyPoint, PointScore] = {}
     for p in dict.fromkeys(nfe_points + guidance_points):
         t0 = time.perf_counter()
         images = pipe.with_sampler(p.sampler)(labels=labels, seeds=seeds, num_inference_steps=p.nfe,
                                               guidance_scale=p.guidance_scale, batch_size=sampler.batch_size).images
         seconds = time.perf_counter() - t0
-        m = set_metrics(ref, cache(images)[pick_gen], space, cfg, seed, with_ci=False)
-        m["conditional_accuracy"] = float(class_hits(evaluator, images, labels).double().mean())
-        fid_floor = floor[f"fid_{space}"]
-        m["fid_over_floor"] = m[f"fid_{space}"] / fid_floor if fid_floor > 0 else math.inf
-        m |= {"nfe": p.nfe, "unet_evals": p.nfe * (1 if p.guidance_scale == 1.0 else 2),
-              "guidance_scale": p.guidance_scale, "seconds": seconds}
-        m["reaches_target"] = _reaches(m, study)
-        scored[p] = m
+        m = set_metrics(ref, cache(images)[pick_gen], cfg, seed, with_ci=False)
+        accuracy = float(class_hits(evaluator, images, labels).double().mean())
+        over = m.fid / floor.fid if floor.fid > 0 else math.inf
+        scored[p] = PointScore(
+            **space_keys(space, fid=m.fid, kid=m.kid, kid_std=m.kid_std), precision=m.precision,
+            recall=m.recall, conditional_accuracy=accuracy, fid_over_floor=over, nfe=p.nfe,
+            unet_evals=p.nfe * (1 if p.guidance_scale == 1.0 else 2), guidance_scale=p.guidance_scale,
+            seconds=seconds, reaches_target=_reaches(over, accuracy, study))
         if on_point is not None:
-            on_point(p, m)
-    nfe_sweep: dict[str, dict[str, dict]] = {}
+            on_point(p, scored[p])
+    nfe_sweep: dict[str, dict[str, PointScore]] = {}
     for p in nfe_points:
         nfe_sweep.setdefault(p.sampler, {})[str(p.nfe)] = scored[p]
-    fewest = {s: next((int(k) for k, m in pts.items() if m["reaches_target"]), None) for s, pts in nfe_sweep.items()}
-    reached = [(n_, nfe_sweep[s][str(n_)]["seconds"], s) for s, n_ in fewest.items() if n_ is not None]
+    fewest = {s: next((int(k) for k, m in pts.items() if m.reaches_target), None)
+              for s, pts in nfe_sweep.items()}
+    reached = [(n_, nfe_sweep[s][str(n_)].seconds, s) for s, n_ in fewest.items() if n_ is not None]
     best = min(reached, default=None)
     g0 = guidance_points[0]
-    return {
-        "feature_space": space,
-        "n_images": n,
-        "num_per_class": study.num_per_class,
-        "guidance_scale": nfe_points[0].guidance_scale if nfe_points else None,
-        "floor": {k: v for k, v in floor.items() if not k.endswith("_std")} | {"n_images": n},
-        "target": {"fid_over_floor_max": study.target_fid_over_floor,
-                   "conditional_accuracy_min": study.target_conditional_accuracy},
-        "nfe_sweep": nfe_sweep,
-        "guidance_sweep": {"sampler": g0.sampler, "nfe": g0.nfe,
-                           "points": {str(p.guidance_scale): scored[p] for p in guidance_points}},
-        "fewest_nfe_to_target": fewest,
-        "best": None if best is None else {"sampler": best[2], "nfe": best[0], "seconds": best[1]},
-        "seconds": time.perf_counter() - t_start,
-    }
+    return SamplerStudyResult(
+        feature_space=space,
+        n_images=n,
+        num_per_class=study.num_per_class,
+        guidance_scale=nfe_points[0].guidance_scale if nfe_points else None,
+        floor=StudyFloor(**space_keys(space, fid=floor.fid, kid=floor.kid), precision=floor.precision,
+                         recall=floor.recall, n_images=n),
+        target=StudyTarget(fid_over_floor_max=study.target_fid_over_floor,
+                           conditional_accuracy_min=study.target_conditional_accuracy),
+        nfe_sweep=nfe_sweep,
+        guidance_sweep=GuidanceSweep(sampler=g0.sampler, nfe=g0.nfe,
+                                     points={str(p.guidance_scale): scored[p] for p in guidance_points}),
+        fewest_nfe_to_target=fewest,
+        best=None if best is None else BestPoint(sampler=best[2], nfe=best[0], seconds=best[1]),
+        seconds=time.perf_counter() - t_start,
+    )
 
 
-NFE_COLUMNS = ("nfe", "unet_evals", "fid_{s}", "fid_over_floor", "kid_{s}", "precision", "recall",
+# Table columns: fields of a study point; "fid"/"kid" are the study's feature-space keys (results.quality).
+NFE_COLUMNS = ("nfe", "unet_evals", "fid", "fid_over_floor", "kid", "precision", "recall",
                "conditional_accuracy", "seconds")
-GUIDANCE_COLUMNS = ("guidance_scale", "precision", "recall", "fid_{s}", "fid_over_floor", "kid_{s}",
+GUIDANCE_COLUMNS = ("guidance_scale", "precision", "recall", "fid", "fid_over_floor", "kid",
                     "conditional_accuracy")
 
 
-def _csv(rows: list[dict], columns: tuple[str, ...], space: str, lead: dict | None = None) -> str:
-    cols = [c.format(s=space) for c in columns]
+def _csv(rows: list[PointScore], columns: tuple[str, ...], space: FeatureSpace,
+         lead: dict | None = None) -> str:
+    cols = [space_key(c, space) if is_space_quantity(c) else c for c in columns]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(list(lead or {}) + cols)
     for r in rows:
-        w.writerow(list((lead or {}).values()) + [f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in cols])
+        values = [getattr(r, c) for c in cols]
+        w.writerow(list((lead or {}).values()) + [f"{v:.6g}" if isinstance(v, float) else v for v in values])
     return buf.getvalue()
 
 
-def write_study_outputs(result: dict, out_dir: str | Path) -> list[Path]:
+def write_study_outputs(result: SamplerStudyResult, out_dir: str | Path) -> list[Path]:
     """CSV tables (one per sampler for DVC plots, one long table) and the two PNG plots, as one directory
     replaced atomically (no stale file from an earlier study survives); returns the final paths."""
     out = Path(out_dir)
-    space = result["feature_space"]
+    space = result.feature_space
     files: dict[str, str | Figure] = {}
     long_header, long_body = "", []
-    for s, pts in result["nfe_sweep"].items():
+    for s, pts in result.nfe_sweep.items():
         table = _csv(list(pts.values()), NFE_COLUMNS, space)
         files[f"nfe_{s}.csv"] = table
         long_header, body = _csv(list(pts.values()), NFE_COLUMNS, space, {"sampler": s}).split("\n", 1)
         long_body.append(body)
     if long_body:
         files["nfe_sweep.csv"] = long_header + "\n" + "".join(long_body)
-    files["guidance.csv"] = _csv(list(result["guidance_sweep"]["points"].values()), GUIDANCE_COLUMNS, space)
+    files["guidance.csv"] = _csv(list(result.guidance_sweep.points.values()), GUIDANCE_COLUMNS, space)
     files["quality_vs_nfe.png"] = _nfe_figure(result)
     files["precision_recall_guidance.png"] = _guidance_figure(result)
     with atomic_path(out) as tmp:
@@ -159,23 +173,23 @@ def write_study_outputs(result: dict, out_dir: str | Path) -> list[Path]:
     return [out / name for name in files]
 
 
-def _nfe_figure(result: dict) -> Figure:
+def _nfe_figure(result: SamplerStudyResult) -> Figure:
 
-    space = result["feature_space"]
-    target = result["target"]
+    space = result.feature_space
+    target = result.target
     fig = Figure(figsize=(14, 4), layout="constrained")
     axes = fig.subplots(1, 3)
-    for s, pts in result["nfe_sweep"].items():
-        x = [m["nfe"] for m in pts.values()]
-        axes[0].plot(x, [m["fid_over_floor"] for m in pts.values()], "o-", label=s)
-        axes[1].plot(x, [m[f"kid_{space}"] for m in pts.values()], "o-", label=s)
-        axes[2].plot(x, [m["conditional_accuracy"] for m in pts.values()], "o-", label=s)
-    axes[0].axhline(target["fid_over_floor_max"], color="grey", ls="--", lw=1, label="target")
+    for s, pts in result.nfe_sweep.items():
+        x = [m.nfe for m in pts.values()]
+        axes[0].plot(x, [m.fid_over_floor for m in pts.values()], "o-", label=s)
+        axes[1].plot(x, [m.space_value("kid") for m in pts.values()], "o-", label=s)
+        axes[2].plot(x, [m.conditional_accuracy for m in pts.values()], "o-", label=s)
+    axes[0].axhline(target.fid_over_floor_max, color="grey", ls="--", lw=1, label="target")
     axes[0].axhline(1.0, color="black", ls=":", lw=1, label="floor")
-    axes[1].axhline(result["floor"][f"kid_{space}"], color="black", ls=":", lw=1, label="floor")
-    axes[2].axhline(target["conditional_accuracy_min"], color="grey", ls="--", lw=1, label="target")
+    axes[1].axhline(result.floor.space_value("kid"), color="black", ls=":", lw=1, label="floor")
+    axes[2].axhline(target.conditional_accuracy_min, color="grey", ls="--", lw=1, label="target")
     titles = (f"FID ({space}) / real-vs-real floor", f"KID ({space})", "conditional accuracy")
-    ticks = sorted({m["nfe"] for pts in result["nfe_sweep"].values() for m in pts.values()})
+    ticks = sorted({m.nfe for pts in result.nfe_sweep.values() for m in pts.values()})
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -187,27 +201,26 @@ def _nfe_figure(result: dict) -> Figure:
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     axes[2].set_ylim(0, 1.02)
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"Sampler study: n={result['n_images']} images per point, guidance {result['guidance_scale']}")
+    fig.suptitle(f"Sampler study: n={result.n_images} images per point, guidance {result.guidance_scale}")
     return fig
 
 
-def _guidance_figure(result: dict) -> Figure:
+def _guidance_figure(result: SamplerStudyResult) -> Figure:
 
-    g = result["guidance_sweep"]
-    pts = list(g["points"].values())
+    g = result.guidance_sweep
+    pts = list(g.points.values())
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot([m["recall"] for m in pts], [m["precision"] for m in pts], "o-", label="generated")
+    ax.plot([m.recall for m in pts], [m.precision for m in pts], "o-", label="generated")
     for m in pts:
-        ax.annotate(f"w={m['guidance_scale']:g}", (m["recall"], m["precision"]), textcoords="offset points",
+        ax.annotate(f"w={m.guidance_scale:g}", (m.recall, m.precision), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
-    ax.plot([result["floor"]["recall"]], [result["floor"]["precision"]], "k*", ms=10,
-            label="real train (floor)")
+    ax.plot([result.floor.recall], [result.floor.precision], "k*", ms=10, label="real train (floor)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall (coverage of real images)")
     ax.set_ylabel("precision (fidelity)")
-    ax.set_title(f"Guidance sweep: {g['sampler']} at {g['nfe']} steps ({result['feature_space']} features)")
+    ax.set_title(f"Guidance sweep: {g.sampler} at {g.nfe} steps ({result.feature_space} features)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return fig

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from diffusers import UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.config.schema import ModelCfg
+from diffaudit.models.export import SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, exported_unet_config
 
 
 def build_unet(cfg: ModelCfg, image_size: int, channels: int, num_classes: int) -> UNet2DModel:
@@ -34,12 +34,16 @@ def null_class(unet: UNet2DModel) -> int:
     return int(unet.config.num_class_embeds) - 1
 
 
-def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The exported UNet (eval mode) and its scheduler config."""
-    from diffusers import DDPMScheduler
+def save_exported(unet: UNet2DModel, noise_scheduler: DDPMScheduler, out_dir: str | Path) -> None:
+    """Write the UNet (safetensors) and its training noise schedule in diffusers format under `out_dir`."""
+    unet.save_pretrained(Path(out_dir) / UNET_SUBFOLDER, safe_serialization=True)
+    noise_scheduler.save_pretrained(Path(out_dir) / SCHEDULER_SUBFOLDER)
 
+
+def load_exported(model_dir: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
+    """The exported UNet (eval mode) and its training noise schedule."""
     model_dir = Path(model_dir)
-    if not (model_dir / "unet" / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}/unet not found: run the train stage first")
-    unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True).eval()
-    return unet, dict(DDPMScheduler.from_pretrained(model_dir / "scheduler").config)
+    if not exported_unet_config(model_dir).is_file():
+        raise FileNotFoundError(f"{model_dir / UNET_SUBFOLDER} not found: run the train stage first")
+    unet = UNet2DModel.from_pretrained(model_dir / UNET_SUBFOLDER, use_safetensors=True).eval()
+    return unet, DDPMScheduler.from_pretrained(model_dir / SCHEDULER_SUBFOLDER)

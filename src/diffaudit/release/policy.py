@@ -10,22 +10,12 @@ import math
 from dataclasses import dataclass, field
 
 from diffaudit.config.release_schema import CompareMetric, ReleaseCfg
-from diffaudit.report.content import GateVerdict
+from diffaudit.results.files import measured_by_evaluator
+from diffaudit.results.gates import GatesResult
+from diffaudit.results.release import Comparison
 from diffaudit.utils.format import fmt_num
 
-
-@dataclass
-class Comparison:
-    """One configured metric of the candidate against a reference (the champion, or a baseline)."""
-
-    metric: str
-    mode: str
-    tolerance: float
-    relative: bool
-    candidate: float | None
-    reference: float | None
-    ok: bool
-    note: str
+__all__ = ["Comparison", "Decision", "allowed_bound", "compare", "decide"]
 
 
 @dataclass
@@ -45,57 +35,54 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
             spec: list[CompareMetric], against: str = "champion", same_space: bool = True) -> list[Comparison]:
     """Judge each configured metric. A candidate without a configured metric fails it (we cannot show
     it is no worse); a reference without it passes with a note (nothing to be worse than), and so does
-    a reference measured by another evaluator (`same_space=False`) on every metric the evaluator
-    produces (all but the inception-space ones): those numbers live in another feature space, so a
-    difference would say nothing about the models. The gates still judge the candidate on its own."""
+    a reference measured by another evaluator (`same_space=False`) on every metric that depends on the
+    evaluator (results.files.measured_by_evaluator: all but the inception-space quality keys): those
+    numbers live in another feature space, so a difference would say nothing about the models. The
+    gates still judge the candidate on its own."""
     out = []
     for s in spec:
         c, r = candidate.get(s.metric), reference.get(s.metric)
         tol = f"{s.tolerance:g}{' relative' if s.relative else ''}"
+
+        def judged(ok: bool, note: str, s: CompareMetric = s, c: float | None = c,
+                   r: float | None = r) -> Comparison:
+            return Comparison(metric=s.metric, mode=s.mode, tolerance=s.tolerance, relative=s.relative,
+                              candidate=c, reference=r, ok=ok, note=note)
+
         if c is None or not math.isfinite(c):
-            out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, False,
-                                  f"{s.metric}: the candidate has no value"))
+            out.append(judged(False, f"{s.metric}: the candidate has no value"))
             continue
-        if not same_space and "inception" not in s.metric:  # all but inception-space numbers are the evaluator's
-            out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, True,
-                                  f"{s.metric}: not compared: {against} was measured by another evaluator "
-                                  "(another feature space)"))
+        if not same_space and measured_by_evaluator(s.metric):
+            out.append(judged(True, f"{s.metric}: not compared: {against} was measured by another evaluator "
+                                    "(another feature space)"))
             continue
         if r is None or not math.isfinite(r):
-            out.append(Comparison(s.metric, s.mode, s.tolerance, s.relative, c, r, True,
-                                  f"{s.metric}: {against} has no value, not compared"))
+            out.append(judged(True, f"{s.metric}: {against} has no value, not compared"))
             continue
         bound = allowed_bound(s, r)
         ok = c >= bound if s.mode == "max" else c <= bound
         word = "higher" if s.mode == "max" else "lower"
         verdict = "within tolerance" if ok else "regressed"
-        out.append(Comparison(
-            s.metric, s.mode, s.tolerance, s.relative, c, r, ok,
-            f"{s.metric} {verdict}: {fmt_num(c)} vs {against} {fmt_num(r)} ({word} is better; "
-            f"worst allowed {fmt_num(bound)}, tolerance {tol})",
-        ))
+        out.append(judged(ok, f"{s.metric} {verdict}: {fmt_num(c)} vs {against} {fmt_num(r)} "
+                              f"({word} is better; worst allowed {fmt_num(bound)}, tolerance {tol})"))
     return out
 
 
-def decide(gates: GateVerdict, comparisons: list[Comparison], champion_version: str | None,
+def decide(gates: GatesResult | None, comparisons: list[Comparison], champion_version: str | None,
            release: ReleaseCfg) -> Decision:
-    """Promote only when the gates pass (or are not required and absent) and nothing regressed."""
+    """Promote only when the gates pass (or are not required and absent: `gates` None, the audit has not
+    run) and nothing regressed."""
     reasons: list[str] = []
-    if not gates.ran:
+    if gates is None:
         if release.require_gates:
-            reasons.append(f"gates not run: {gates.note or 'no metrics/gates.json'} (release.require_gates)")
+            reasons.append(f"gates not run: no metrics/{GatesResult.FILE} (release.require_gates)")
     elif not gates.passed:
-        failed = gates.failed
-        if failed:
-            reasons += [f"gate {g.name} failed: value {fmt_num(g.value)}, threshold {fmt_num(g.threshold)}"
-                        + (f" ({g.detail})" if g.detail else "") for g in failed]
-        else:
-            reasons.append("the gates file does not say every gate passed" + (f": {gates.note}" if gates.note else ""))
+        reasons += [entry.describe(name) for name, entry in gates.failed_gates().items()]
     regressions = [c.note for c in comparisons if not c.ok]
     reasons += regressions
     if reasons:
         return Decision(False, reasons, comparisons)
-    gate_text = (f"all {len(gates.gates)} gates pass" if gates.ran else "gates not required")
+    gate_text = (f"all {len(gates.gates)} gates pass" if gates is not None else "gates not required")
     if champion_version is None:
         return Decision(True, [f"{gate_text}; no champion yet"], comparisons)
     return Decision(True, [f"{gate_text}; no regression beyond tolerance against champion "

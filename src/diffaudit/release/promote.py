@@ -6,7 +6,6 @@ released.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
@@ -15,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from diffaudit.config.release_schema import ReleaseCfg
 from diffaudit.config.schema import Config
 from diffaudit.release.policy import compare, decide
-from diffaudit.report.content import GateVerdict
+from diffaudit.results.gates import GatesResult
+from diffaudit.results.release import ReleaseRecord
 from diffaudit.tracking.registry import (
     CANDIDATE,
     CHAMPION,
@@ -25,35 +25,18 @@ from diffaudit.tracking.registry import (
     version_metrics,
 )
 
-
-@dataclass
-class ReleaseRecord:
-    """What the report stage did in the registry; written to reports/release.json."""
-
-    model_name: str
-    candidate_version: str | None
-    champion_version: str | None  # after the decision
-    previous_champion_version: str | None
-    promoted: bool
-    reasons: list[str]
-    comparisons: list[dict[str, Any]]
-    gates_ran: bool
-    gates_passed: bool
-    model_uri: str | None = None
-    run_id: str | None = None
-    pipeline_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+# ReleaseRecord (the `record` of reports/release.json) is typed in results.release; re-exported here.
+__all__ = ["ReleaseRecord", "register_and_decide", "revoke"]
 
 
 def register_and_decide(
     cfg: Config, release: ReleaseCfg, model_info: Any, candidate_metrics: dict[str, float | None],
-    gates: GateVerdict, run_id: str | None, pipeline_id: str | None, feature_space: str | None = None,
+    gates: GatesResult | None, run_id: str | None, pipeline_id: str | None, feature_space: str | None = None,
 ) -> ReleaseRecord:
-    """Register the logged model, alias it `candidate`, and move `champion` when the rule allows.
-    `feature_space` names the evaluator that measured the candidate (its md5); the champion's metrics
-    are compared only when it was measured by the same one (or says nothing about it)."""
+    """Register the logged model, alias it `candidate`, and move `champion` when the rule allows (`gates`
+    None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its
+    md5); the champion's metrics are compared only when it was measured by the same one (or says nothing
+    about it)."""
     client = MlflowClient()
     name = cfg.tracking.registered_model_name
     champion = alias_version(name, CHAMPION, client)
@@ -64,7 +47,7 @@ def register_and_decide(
     champion_version = str(champion.version) if champion else None
     decision = decide(gates, comparisons, champion_version, release)
     tags = {f"{METRIC_TAG}{k}": repr(v) for k, v in candidate_metrics.items() if v is not None}
-    tags |= {"diffaudit.gates_passed": str(gates.passed if gates.ran else "not run"),
+    tags |= {"diffaudit.gates_passed": str(gates.passed if gates is not None else "not run"),
              "diffaudit.decision": "champion" if decision.promote else "refused",
              "diffaudit.reasons": "; ".join(decision.reasons)[:4900]}
     if pipeline_id:
@@ -79,9 +62,9 @@ def register_and_decide(
         model_name=name, candidate_version=str(mv.version),
         champion_version=str(mv.version) if decision.promote else champion_version,
         previous_champion_version=champion_version,
-        promoted=decision.promote, reasons=decision.reasons,
-        comparisons=[asdict(c) for c in decision.comparisons],
-        gates_ran=gates.ran, gates_passed=gates.passed, model_uri=f"models:/{name}/{mv.version}",
+        promoted=decision.promote, reasons=decision.reasons, comparisons=decision.comparisons,
+        gates_ran=gates is not None, gates_passed=gates is not None and gates.passed,
+        model_uri=f"models:/{name}/{mv.version}",
         run_id=run_id, pipeline_id=pipeline_id,
     )
 

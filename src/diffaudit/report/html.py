@@ -12,16 +12,19 @@ from typing import Any
 
 from PIL import Image
 
-from diffaudit.release.promote import ReleaseRecord
+from diffaudit.layout import Layout
 from diffaudit.report.content import (
     SECTIONS,
     Lineage,
     RunContent,
     Section,
     Table,
+    fmt_cell,
     headline_of,
+    quality_label,
     to_tables,
 )
+from diffaudit.results import FairnessResult, PrivacyResult, QualityResult, ReleaseRecord, ResultFile
 from diffaudit.utils.format import fmt_num
 from diffaudit.utils.images import grid
 
@@ -92,7 +95,7 @@ def _images_html(paths: list[Path], root: Path, limit: int) -> str:
 
 
 def _not_run(sec: Section, content: RunContent) -> str:
-    where = Path(content.cfg.paths.metrics) / (sec.metrics_file or "")
+    where = Layout.of(content.cfg).metrics_dir / (sec.metrics_file or "")
     what = f"{where} not found" if sec.metrics_file else "no samples found"
     return (f'<div class="notrun-box" data-status="not-run"><strong>Not run.</strong> {escape(what)}: '
             f"the <code>{escape(sec.stage)}</code> stage has not produced it for this run.</div>")
@@ -105,34 +108,37 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
     elif record is not None:
         keep = f"champion stays v{record.champion_version}" if record.champion_version else "no champion"
         banner = ("fail", f"REFUSED: {record.model_name} v{record.candidate_version} stays candidate ({keep})")
-    elif not g.ran:
+    elif g is None:
         banner = ("warn", "NOT AUDITED: gates not run, model not registered")
     else:
         banner = ("pass" if g.passed else "fail", "GATES PASS" if g.passed else "GATES FAIL")
     parts = [f'<div class="banner {banner[0]}" id="verdict-banner">{escape(banner[1])}</div>']
     if record is not None:
         parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in record.reasons) + "</ul>")
-    if g.ran:
-        summary = f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass" if g.gates else "no gate entries"
+    if g is not None:
+        summary = (f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass" if g.gates
+                   else "no gates configured")
         rows = []
-        for gate in g.gates:
-            cls, word = ("warn", "skipped") if gate.skipped else (
-                ("pass", "pass") if gate.passed else ("fail", "FAIL" if gate.passed is False else "no verdict"))
-            rows.append(f"<tr><td>{escape(gate.name)}</td><td>{escape(fmt_num(gate.value))}</td>"
+        for name, gate in g.gates.items():
+            cls, word = ("pass", "pass") if gate.passed else ("fail", "FAIL")
+            mitigated = g.with_mitigation.get(name) if g.with_mitigation else None
+            after = "" if mitigated is None else f"; with mitigation: {'pass' if mitigated else 'FAIL'}"
+            detail = f"must be {gate.op} {fmt_num(gate.threshold)}; {gate.source}{after}"
+            rows.append(f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(gate.value))}</td>"
                         f"<td>{escape(fmt_num(gate.threshold))}</td><td class='{cls}'>{word}</td>"
-                        f"<td>{escape(gate.detail)}</td></tr>")
+                        f"<td>{escape(detail)}</td></tr>")
         parts.append(f"<h3>Gates ({escape(summary)})</h3><table id='gates'><thead><tr><th>gate</th><th>value</th>"
                      f"<th>threshold</th><th>verdict</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
                      "</tbody></table>")
     else:
         parts.append(f'<div class="notrun-box" data-status="not-run"><strong>Gates not run.</strong> '
-                     f"{escape(g.note)}</div>")
+                     f"{escape(content.gates_missing_note())}</div>")
     if record is not None and record.comparisons:
         rows = "".join(
-            f"<tr><td>{escape(c['metric'])}</td><td>{escape(fmt_num(c['candidate']))}</td>"
-            f"<td>{escape(fmt_num(c['reference']))}</td><td>{escape(c['mode'])}</td>"
-            f"<td>{c['tolerance']:g}{' (relative)' if c['relative'] else ''}</td>"
-            f"<td class='{'pass' if c['ok'] else 'fail'}'>{'ok' if c['ok'] else 'REGRESSED'}</td></tr>"
+            f"<tr><td>{escape(c.metric)}</td><td>{escape(fmt_num(c.candidate))}</td>"
+            f"<td>{escape(fmt_num(c.reference))}</td><td>{escape(c.mode)}</td>"
+            f"<td>{c.tolerance:g}{' (relative)' if c.relative else ''}</td>"
+            f"<td class='{'pass' if c.ok else 'fail'}'>{'ok' if c.ok else 'REGRESSED'}</td></tr>"
             for c in record.comparisons)
         parts.append(f"<h3>Against the champion (v{escape(str(record.previous_champion_version))})</h3>"
                      "<table id='comparison'><thead><tr><th>metric</th><th>candidate</th><th>champion</th>"
@@ -143,7 +149,8 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
 def _samples(content: RunContent) -> str:
     s = content.samples or {}
     images, labels = s["images"], s["labels"]
-    per_class = (content.metrics.get("quality") or {}).get("conditional_accuracy_per_class", {})
+    quality = content.results.quality
+    per_class = quality.conditional_accuracy_per_class if quality else {}
     names = content.class_names or [str(c) for c in range(int(labels.max()) + 1)]
     rows = []
     for c, name in enumerate(names):
@@ -157,8 +164,8 @@ def _samples(content: RunContent) -> str:
     cfg = content.cfg.sampler
     head = (f"<p>{len(labels)} images, {escape(cfg.name)} sampler, {cfg.steps} steps, guidance scale "
             f"{cfg.guidance_scale:g}; each row: the first 10 images conditioned on that class.</p>")
-    real = Path(content.cfg.paths.plots) / "real_grid.png"
-    real_html = (f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), 'plots/real_grid.png', 420)}"
+    real = Layout.of(content.cfg).real_grid
+    real_html = (f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), str(real), 420)}"
                  if real.is_file() else "")
     return f"{head}<table class='strip'><tbody>{''.join(rows)}</tbody></table>{real_html}"
 
@@ -188,32 +195,24 @@ def _bar_chart(values: dict[str, float], title: str) -> str:
     return _figure(_fig_uri(fig), title)
 
 
-def _quality(q: dict[str, Any]) -> str:
-    fs = q.get("feature_space", "evaluator")
+def _quality(q: QualityResult) -> str:
     rows = []
-
-    def row(name: str, value: Any, floor: Any = None, note: str = "") -> None:
-        rows.append(f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(value))}</td>"
-                    f"<td>{escape(fmt_num(floor))}</td><td>{escape(note)}</td></tr>")
-
-    fid, fid_floor = q.get(f"fid_{fs}"), q.get(f"fid_{fs}_floor")
-    if fid is not None:
-        gap = f"{fid - fid_floor:+.4g} over the floor" if isinstance(fid_floor, (int, float)) else ""
-        row(f"FID ({fs} features)", fid, fid_floor, gap)
-    if q.get(f"kid_{fs}") is not None:
-        std = q.get(f"kid_{fs}_std")
-        row(f"KID ({fs} features)", q[f"kid_{fs}"], q.get(f"kid_{fs}_floor"),
-            f"± {fmt_num(std)} (std over subsets)" if std is not None else "")
-    if q.get("conditional_accuracy") is not None:
-        row("conditional accuracy", q["conditional_accuracy"], None, "evaluator agrees with the conditioning label")
+    for r in q.rows():
+        gap = "" if r.value is None or r.floor is None else f"{r.value - r.floor:+.4g} over the floor"
+        spread = "" if r.spread is None else f"± {fmt_num(r.spread)} (std over subsets)"
+        note = {"fid": gap, "kid": spread,
+                "conditional_accuracy": "evaluator agrees with the conditioning label"}.get(r.quantity, "")
+        ci = f" {fmt_cell(r.ci)}" if r.ci is not None else ""
+        rows.append(f"<tr><td>{escape(quality_label(r.quantity, q.feature_space))}</td>"
+                    f"<td>{escape(fmt_num(r.value) + ci)}</td><td>{escape(fmt_num(r.floor))}</td>"
+                    f"<td>{escape(fmt_num(r.n))}</td><td>{escape(note)}</td></tr>")
     head = ("<p>Floor: the same metric between real training and real test images of the same count, "
             "the best a generator can expect in this feature space.</p>"
-            "<table id='quality-headline'><thead><tr><th>metric</th><th>value</th><th>real-vs-real floor</th>"
-            f"<th>note</th></tr></thead><tbody>{''.join(rows)}</tbody></table>") if rows else ""
-    chart = ""
-    per_class = q.get("conditional_accuracy_per_class")
-    if isinstance(per_class, dict) and per_class:
-        chart = _bar_chart({str(k): float(v) for k, v in per_class.items()}, "conditional accuracy per class")
+            "<table id='quality-headline'><thead><tr><th>metric</th><th>value [95% CI]</th>"
+            "<th>real-vs-real floor</th><th>n</th><th>note</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+    per_class = q.conditional_accuracy_per_class
+    chart = _bar_chart(dict(per_class), "conditional accuracy per class") if per_class else ""
     return head + chart
 
 
@@ -236,7 +235,7 @@ def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
         ("generated", escape(lin.generated_at)),
     ]
     body = "".join(f"<tr><th>{k}</th><td id='lineage-{i}'>{v}</td></tr>" for i, (k, v) in enumerate(rows))
-    data = content.metrics.get("data")
+    data = content.results.data
     data_html = f"<h3>Data card</h3>{tables_html(data)}" if data else ""
     return (f"<table id='lineage'><tbody>{body}</tbody></table>{data_html}"
             f"<details><summary>Composed config (params.yaml)</summary><pre>{escape(content.params_text)}</pre>"
@@ -268,67 +267,42 @@ def _error_bar_chart(groups: list[str], series: dict[str, tuple[list[float], lis
     return _figure(_fig_uri(fig), title)
 
 
-def _stat(x: Any) -> str:
-    """A {value, ci: [lo, hi], ...} statistic as "v [lo, hi]" (extra keys ignored)."""
-    if isinstance(x, dict) and "value" in x:
-        ci = x.get("ci")
-        return fmt_num(x["value"]) + (f" [{fmt_num(ci[0])}, {fmt_num(ci[1])}]" if isinstance(ci, list) and len(ci) == 2
-                                      else "")
-    return fmt_num(x)
-
-
-def _fairness_distributions(f: dict[str, Any]) -> str:
+def _fairness_distributions(f: FairnessResult) -> str:
     """Per attribute: reference vs generated shares (raw and error-corrected) with their intervals."""
     out = []
-    for attr, rep in (f.get("representation") or {}).items():
-        groups = [str(g) for g in rep.get("groups", [])]
-        if not groups or not isinstance(rep.get("p_ref"), list):
-            continue
-        series: dict[str, tuple[list[float], list[list[float]] | None]] = {"reference": (rep["p_ref"], None)}
-        cols = ["group", "p_ref"]
-        for est in ("raw", "corrected"):
-            if isinstance(rep.get(f"p_gen_{est}"), list):
-                series[f"generated ({est})"] = (rep[f"p_gen_{est}"], rep.get(f"p_gen_{est}_ci"))
-                cols.append(f"p_gen {est} [CI]")
-        rows = []
-        for i, g in enumerate(groups):
-            row = [g, fmt_num(rep["p_ref"][i])]
-            for est in ("raw", "corrected"):
-                vals, ci = rep.get(f"p_gen_{est}"), rep.get(f"p_gen_{est}_ci")
-                if isinstance(vals, list):
-                    iv = f" [{fmt_num(ci[i][0])}, {fmt_num(ci[i][1])}]" if isinstance(ci, list) else ""
-                    row.append(fmt_num(vals[i]) + iv)
-            rows.append(row)
-        fd = {est: rep[est]["fd_l2"] for est in ("raw", "corrected") if isinstance(rep.get(est), dict)
-              and "fd_l2" in rep[est]}
-        fd_txt = "; ".join(f"FD ({k}) {_stat(v)}" for k, v in fd.items())
-        out.append(_table_html(Table(f"{attr}: generated vs reference shares ({fd_txt})" if fd_txt else attr,
-                                     cols, rows)))
-        out.append(_error_bar_chart(groups, series, f"{attr}: group shares with intervals"))
+    estimates = ("raw", "corrected")
+    for attr, rep in f.representation.items():
+        series: dict[str, tuple[list[float], list[list[float]] | None]] = {"reference": (rep.p_ref, None)}
+        series |= {f"generated ({est})": (rep.p_gen(est), rep.p_gen_ci(est)) for est in estimates}
+        cols = ["group", "p_ref", *(f"p_gen {est} [CI]" for est in estimates)]
+        rows = [[g, fmt_num(rep.p_ref[i]),
+                 *(f"{fmt_num(rep.p_gen(est)[i])} {fmt_cell(rep.p_gen_ci(est)[i])}" for est in estimates)]
+                for i, g in enumerate(rep.groups)]
+        fd_txt = "; ".join(f"FD ({est}) {fmt_cell(rep.discrepancies(est).fd_l2.estimate())}"
+                           for est in estimates)
+        out.append(_table_html(Table(f"{attr}: generated vs reference shares ({fd_txt})", cols, rows)))
+        out.append(_error_bar_chart(rep.groups, series, f"{attr}: group shares with intervals"))
     return "".join(out)
 
 
-def _section_body(sec: Section, data: dict[str, Any] | None, content: RunContent, max_images: int) -> str:
+def _section_body(sec: Section, data: ResultFile | None, content: RunContent, max_images: int) -> str:
     root = Path(content.cfg.paths.metrics).parent
     body = ""
     if data is None:
         body += f'<p class="muted">{escape(sec.metrics_file or "")} not found; figures only.</p>'
-    elif sec.key == "quality":
+    elif isinstance(data, QualityResult):
         body += _quality(data)
     else:
-        head = headline_of(sec.key, data) if isinstance(data, dict) else None
-        if sec.key == "privacy" and isinstance(data, dict) and isinstance(data.get("memorization"), dict):
-            head = {space: {k: v for k, v in m.items() if k != "closest_pairs"}
-                    for space, m in data["memorization"].items() if isinstance(m, dict)}
+        head = headline_of(data)
+        if isinstance(data, PrivacyResult):
+            head = {space: {k: v for k, v in m.entries() if k != "closest_pairs"}
+                    for space, m in data.memorization.items()}
             body += (f"<p>Memorized: generated images whose nearest training image is much closer than the "
-                     f"second nearest (d1/d2 &lt; {fmt_num(data.get('ratio'))}).</p>")
+                     f"second nearest (d1/d2 &lt; {fmt_num(data.ratio)}).</p>")
         if head:
             body += f"<h3>Headline</h3>{tables_html(head, max_depth=2)}"
-        if sec.key == "fairness" and isinstance(data, dict):
-            try:
-                body += "<h3>Distributions</h3>" + _fairness_distributions(data)
-            except (KeyError, TypeError, ValueError, IndexError):
-                body += '<p class="muted">distributions in an unexpected layout: see all numbers below</p>'
+        if isinstance(data, FairnessResult):
+            body += "<h3>Distributions</h3>" + _fairness_distributions(data)
     imgs = content.images.get(sec.key, [])
     if imgs:
         body += f"<h3>Figures</h3>{_images_html(imgs, root, max_images)}"
@@ -350,8 +324,7 @@ def render_html(content: RunContent, lineage: Lineage, record: ReleaseRecord | N
         elif sec.key == "samples":
             body = _samples(content)
         else:
-            body = _section_body(sec, content.metrics.get((sec.metrics_file or "").removesuffix(".json")),
-                                 content, max_images)
+            body = _section_body(sec, content.section_data(sec.key), content, max_images)
         sections.append((sec.key, sec.title, ran, body))
     sections.append(("lineage", "Config and lineage", True, _lineage(content, lineage, record)))
     nav = "".join(f"<a href='#{k}' class='{'' if ran else 'notrun'}'>{escape(t)}{'' if ran else ' (not run)'}</a>"

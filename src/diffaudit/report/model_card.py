@@ -7,8 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffaudit.release.promote import ReleaseRecord
-from diffaudit.report.content import SECTIONS, Lineage, RunContent, Table, headline_of, to_tables
+from diffaudit.layout import Layout
+from diffaudit.models.export import exported_unet_weights
+from diffaudit.report.content import (
+    SECTIONS,
+    Lineage,
+    RunContent,
+    Table,
+    fmt_cell,
+    headline_of,
+    quality_label,
+    to_tables,
+)
+from diffaudit.results import ReleaseRecord
 from diffaudit.utils.format import fmt_num
 
 
@@ -32,12 +43,12 @@ def md_tables(obj: Any, skip: tuple[str, ...] = (), max_depth: int = 5) -> str:
 
 def _not_run(content: RunContent, key: str) -> str:
     sec = next(s for s in SECTIONS if s.key == key)
-    return (f"_Not measured for this run: `{Path(content.cfg.paths.metrics) / (sec.metrics_file or '')}` "
+    return (f"_Not measured for this run: `{Layout.of(content.cfg).metrics_dir / (sec.metrics_file or '')}` "
             f"was not produced (by the `{sec.stage}` stage)._\n")
 
 
 def _param_count(model_dir: Path) -> int | None:
-    path = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    path = exported_unet_weights(model_dir)
     if not path.is_file():
         return None
     from math import prod
@@ -51,7 +62,7 @@ def _param_count(model_dir: Path) -> int | None:
 def _details(content: RunContent, lin: Lineage, record: ReleaseRecord | None) -> str:
     cfg = content.cfg
     u = content.unet_config
-    n_params = _param_count(Path(cfg.paths.models) / "diffusion")
+    n_params = _param_count(Layout.of(cfg).diffusion)
     status = "not registered"
     if record is not None:
         status = (f"version {record.candidate_version}: "
@@ -80,40 +91,36 @@ def _details(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
 
 
 def _headline(content: RunContent) -> str:
-    q = content.metrics.get("quality")
-    if not q:
+    q = content.results.quality
+    if q is None:
         return _not_run(content, "quality")
-    fs = q.get("feature_space", "evaluator")
-    rows = []
-    for key, label in ((f"fid_{fs}", f"FID ({fs} features)"), (f"kid_{fs}", f"KID ({fs} features)")):
-        if key in q:
-            rows.append([label, fmt_num(q[key]), fmt_num(q.get(f"{key}_floor")),
-                         f"± {fmt_num(q[key + '_std'])} (std)" if f"{key}_std" in q else ""])
-    if "conditional_accuracy" in q:
-        rows.append(["conditional accuracy", fmt_num(q["conditional_accuracy"]), "", ""])
-    return md_table(Table("", ["metric", "value", "real-vs-real floor", "spread"], rows))
+    rows = [[quality_label(r.quantity, q.feature_space),
+             fmt_num(r.value) + (f" {fmt_cell(r.ci)}" if r.ci else ""),
+             fmt_num(r.floor), f"± {fmt_num(r.spread)} (std)" if r.spread is not None else ""]
+            for r in q.rows() if r.quantity in ("fid", "kid", "conditional_accuracy")]
+    return md_table(Table("", ["metric", "value [95% CI]", "real-vs-real floor", "spread"], rows))
 
 
 def _caveats(content: RunContent, record: ReleaseRecord | None) -> list[str]:
     out = []
     g = content.gates
-    if not g.ran:
+    if g is None:
         out.append("The release gates were not evaluated for this run: do not deploy it.")
     elif g.failed:
-        out.append("Failed gates: " + ", ".join(f"{x.name} ({fmt_num(x.value)} vs {fmt_num(x.threshold)})"
-                                                for x in g.failed) + ".")
+        out.append("Failed gates: " + ", ".join(f"{name} ({fmt_num(x.value)} vs {fmt_num(x.threshold)})"
+                                                for name, x in g.failed_gates().items()) + ".")
     missing = [s.title for s in SECTIONS if not content.section_ran(s.key)]
     if missing:
         out.append("Not measured for this run: " + ", ".join(missing) + ".")
-    q = content.metrics.get("quality") or {}
-    if q.get("feature_space", "evaluator") == "evaluator":
+    q = content.results.quality
+    if q is not None and q.feature_space == "evaluator":
         out.append("FID/KID are measured in the project's own evaluator feature space (not InceptionV3): compare "
                    "them only with runs that share the evaluator, never with published FID numbers.")
-    if isinstance(q.get("n_images"), int) and q["n_images"] < 1000:
-        out.append(f"FID/KID use {q['n_images']} images per side: biased upward at this size; read them against "
+    if q is not None and q.n_images < 1000:
+        out.append(f"FID/KID use {q.n_images} images per side: biased upward at this size; read them against "
                    "the real-vs-real floor of the same size.")
-    ev = content.metrics.get("evaluator") or {}
-    accs = {k: v["accuracy"] for k, v in ev.items() if isinstance(v, dict) and isinstance(v.get("accuracy"), float)}
+    ev = content.results.evaluator
+    accs = {k: v.accuracy for k, v in ev.heads.items()} if ev else {}
     if accs:
         out.append("Fairness and conditional accuracy are judged by an evaluator classifier with its own errors "
                    f"(held-out accuracy: {', '.join(f'{k} {fmt_num(v)}' for k, v in accs.items())}); the audit "
@@ -126,8 +133,8 @@ def _caveats(content: RunContent, record: ReleaseRecord | None) -> list[str]:
 def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseRecord | None = None) -> str:
     """The card as Markdown, every number read from this run's files."""
     cfg = content.cfg
-    data = content.metrics.get("data") or {}
-    splits = data.get("splits", {}) if isinstance(data, dict) else {}
+    data = content.results.data
+    splits = data.splits if data else {}
     groups = content.attribute_groups
     classes = ", ".join(content.class_names) or "–"
     parts = [f"# Model card: {cfg.tracking.registered_model_name}\n",
@@ -144,9 +151,9 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
         "- Training a production model on its samples without auditing that model in turn.\n"
         "- Deployment of a version that is not the registry's `champion` (its gates did not all pass).\n",
         "## Training data\n",
-        f"Source: `{data.get('source', cfg.data.name)}`, image size {data.get('image_size', cfg.data.image_size)}, "
-        f"data md5 `{lineage.data_md5 or '–'}`."
-        + (f" Deliberately skewed: `{data['bias']}`." if data.get("bias") else "") + "\n",
+        f"Source: `{data.source if data else cfg.data.name}`, image size "
+        f"{data.image_size if data else cfg.data.image_size}, data md5 `{lineage.data_md5 or '–'}`."
+        + (f" Deliberately skewed: `{data.bias.model_dump()}`." if data and data.bias else "") + "\n",
     ]
     train = splits.get("train")
     if train:
@@ -154,7 +161,7 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
     parts += ["## Evaluation data\n"]
     parts.append(
         "Held-out splits of the same source: "
-        + ", ".join(f"{k} {v.get('n', '–')} images" for k, v in splits.items() if k != "train" and isinstance(v, dict))
+        + ", ".join(f"{k} {v.n} images" for k, v in splits.items() if k != "train")
         + ". Samples are judged by an evaluator classifier trained on the training split "
         "(`metrics/evaluator.json`).\n" if splits else "_No data card (metrics/data.json) found._\n")
     parts += ["## Factors\n",
@@ -170,24 +177,21 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
               "- Memorization: share of samples much closer to one training image than to any other.\n",
               _headline(content)]
     parts += ["## Quantitative analyses\n", "### Quality\n"]
-    q = content.metrics.get("quality")
-    parts.append(md_tables(q, skip=("sampler",)) if q else _not_run(content, "quality"))
+    r = content.results
+    parts.append(md_tables(r.quality, skip=("sampler",)) if r.quality else _not_run(content, "quality"))
     parts.append("### Sampler study\n")
-    s = content.metrics.get("sampler_study")
-    parts.append(md_tables(s) if s else _not_run(content, "sampler_study"))
+    parts.append(md_tables(r.sampler_study) if r.sampler_study else _not_run(content, "sampler_study"))
     parts.append("### Disaggregated by group (fairness)\n")
-    f = content.metrics.get("fairness")
-    parts.append(md_tables(f) if f else _not_run(content, "fairness"))
+    parts.append(md_tables(r.fairness) if r.fairness else _not_run(content, "fairness"))
     parts += ["## Model examination\n"]
-    e = content.metrics.get("explain")
-    parts.append(md_tables(headline_of("explain", e), max_depth=2) + "\nAll numbers and figures: the Explainability section of "
-                 "`reports/audit.html` and `metrics/explain.json`.\n" if e else _not_run(content, "explain"))
+    parts.append(md_tables(headline_of(r.explain), max_depth=2) + "\nAll numbers and figures: the "
+                 "Explainability section of `reports/audit.html` and `metrics/explain.json`.\n" if r.explain
+                 else _not_run(content, "explain"))
     parts += ["## Ethical considerations\n",
               "The model reproduces its training distribution, including its skews; the fairness section measures "
               "how far generated group shares drift from it. Memorization (below) measures copying of training "
               "images, which matters as soon as the training data is personal.\n\n"]
-    p = content.metrics.get("privacy")
-    parts.append(md_tables(p) if p else _not_run(content, "privacy"))
+    parts.append(md_tables(r.privacy) if r.privacy else _not_run(content, "privacy"))
     parts += ["## Caveats and recommendations\n"]
     parts.append("".join(f"- {c}\n" for c in _caveats(content, record)) or "- None recorded.\n")
     parts.append("\nThe full audit with figures: `reports/audit.html`.\n")

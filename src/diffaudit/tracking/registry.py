@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from diffaudit.config.release_schema import ReleaseCfg
 from diffaudit.config.schema import Config
+from diffaudit.models.export import exported_unet_config
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -64,7 +65,7 @@ def log_model(cfg: Config, model_dir: str | Path, class_names: list[str], releas
 
     from diffaudit.tracking import pyfunc_model
 
-    unet_cfg = json.loads((Path(model_dir) / "unet" / "config.json").read_text())
+    unet_cfg = json.loads(exported_unet_config(model_dir).read_text())
     steps = release.serve_steps or cfg.sampler.steps
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,

@@ -15,6 +15,7 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.lit_module import DiffusionModule
 from diffaudit.errors import CheckpointMismatchError
+from diffaudit.models.unet import save_exported
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
 
@@ -136,5 +137,4 @@ def train_diffusion(
 def export_ema(module: DiffusionModule, out_dir: str | Path) -> None:
     """Write the EMA UNet and the noise scheduler in diffusers format (safetensors), atomically."""
     with atomic_path(out_dir) as tmp, module.ema_weights():
-        module.unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        module.noise_scheduler.save_pretrained(tmp / "scheduler")
+        save_exported(module.unet, module.noise_scheduler, tmp)

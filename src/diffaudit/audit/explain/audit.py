@@ -27,11 +27,12 @@ from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import balanced_labels
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.explain import ExplainMetrics
 
 
 @dataclass
 class ExplainResult:
-    metrics: dict  # metrics/explain.json
+    metrics: ExplainMetrics = field(init=False)  # metrics/explain.json (set last, when all is measured)
     figures: dict[str, Figure] = field(default_factory=dict)  # name -> PNG
     gifs: dict[str, list[Image.Image]] = field(default_factory=dict)  # name -> GIF frames
     tables: dict[str, str] = field(default_factory=dict)  # name -> CSV text (DVC plots)
@@ -85,7 +86,7 @@ def explain_model(
         "commitment": commitment_summary(em, labels, traj.num_steps),
         "emergence": emergence_summary(em, labels),
     }
-    res = ExplainResult(metrics)
+    res = ExplainResult()
     res.figures["emergence"] = figures.emergence_figure(curves, names, band)
     res.figures["commitment"] = figures.commitment_figure(em, traj.num_steps)
     for head, prob in em.prob_final.items():
@@ -136,4 +137,5 @@ def explain_model(
          for i in range(traj.num_steps)],
     )
     metrics["seconds"] = timings | {"total": round(float(np.sum(list(timings.values()))), 3)}
+    res.metrics = ExplainMetrics.model_validate(metrics)
     return res

@@ -1,0 +1,50 @@
+"""metrics/gates.json (audit/gates.py `report`; `with_mitigation` added by the audit stage)."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+from pydantic import model_validator
+
+from diffaudit.results.base import ResultFile, ResultModel
+from diffaudit.utils.format import fmt_num
+
+
+class GateEntry(ResultModel):
+    value: float | None  # null or NaN: not measured (fails)
+    threshold: float
+    op: Literal["<=", ">="]
+    passed: bool
+    source: str  # what was measured (e.g. "thickness, corrected, estimate")
+
+    @property
+    def measured(self) -> bool:
+        return self.value is not None and not math.isnan(self.value)
+
+    def describe(self, name: str) -> str:
+        value = fmt_num(self.value) if self.measured else "not measured"
+        return (f"gate {name} {'passed' if self.passed else 'failed'}: value {value}, threshold "
+                f"{fmt_num(self.threshold)} (must be {self.op} {fmt_num(self.threshold)}; {self.source})")
+
+
+class GatesResult(ResultFile):
+    FILE: ClassVar[str] = "gates.json"
+
+    passed: bool
+    failed: list[str]
+    gates: dict[str, GateEntry]  # gate name -> verdict, in the order they were judged
+    # Fairness gates re-judged on the balanced-selection set (informative only); absent without mitigation.
+    with_mitigation: dict[str, bool] | None = None
+
+    @model_validator(mode="after")
+    def _agrees(self) -> GatesResult:
+        failing = [name for name, g in self.gates.items() if not g.passed]
+        if self.failed != failing:
+            raise ValueError(f"`failed` lists {self.failed} but the failing gates are {failing}")
+        if self.passed != (not failing):
+            raise ValueError(f"`passed` is {self.passed} but {len(failing)} gate(s) failed")
+        return self
+
+    def failed_gates(self) -> dict[str, GateEntry]:
+        return {name: self.gates[name] for name in self.failed}
