@@ -30,16 +30,29 @@ def load_config(overrides: list[str] | None = None) -> Config:
     return validate_config(compose_config(list(overrides or []), ROOT / "conf"))
 
 
-def load_data(cfg: Config, n_synthetic: int = 640, prefer_prepared: bool = True) -> tuple[Split, Split, DataMeta, str]:
-    """(train, val, meta, source): the prepared data when it matches the config, else random images of its shape."""
+def load_data(
+    cfg: Config, n_synthetic: int = 640, prefer_prepared: bool = True
+) -> tuple[Split, Split, DataMeta, str]:
+    """(train, val, meta, source): the prepared data when it matches the config, else random images of its
+    shape."""
     prepared = ROOT / Layout.of(cfg).prepared
     if prefer_prepared and (prepared / META_FILE).is_file():
         meta = load_meta(prepared)
         if meta.image_size == cfg.data.image_size and meta.channels == cfg.data.channels:
             return load_split(prepared, "train"), load_split(prepared, "val"), meta, "prepared"
-    meta = DataMeta(class_names=[str(i) for i in range(10)], attribute_groups={}, image_size=cfg.data.image_size,
-                    channels=cfg.data.channels, source="synthetic")
-    return synthetic_split(n_synthetic, meta, 0), synthetic_split(max(8, n_synthetic // 8), meta, 1), meta, "synthetic"
+    meta = DataMeta(
+        class_names=[str(i) for i in range(10)],
+        attribute_groups={},
+        image_size=cfg.data.image_size,
+        channels=cfg.data.channels,
+        source="synthetic",
+    )
+    return (
+        synthetic_split(n_synthetic, meta, 0),
+        synthetic_split(max(8, n_synthetic // 8), meta, 1),
+        meta,
+        "synthetic",
+    )
 
 
 def synthetic_split(n: int, meta: DataMeta, seed: int) -> Split:
@@ -150,8 +163,14 @@ class Figure:
     note: str = ""
 
     def row(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "unit": self.unit, "target": self.target,
-                "ok": self.ok, "note": self.note}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "target": self.target,
+            "ok": self.ok,
+            "note": self.note,
+        }
 
 
 def fmt(v: float | str | None) -> str:

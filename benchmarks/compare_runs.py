@@ -34,7 +34,9 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{where}: {len(a)} items != {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")
+        ]
     same = (type(a) is type(b) and a == b) or (
         isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
     )

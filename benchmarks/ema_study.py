@@ -56,7 +56,9 @@ class Snapshots(Callback):
             names = [n for n, _ in module.unet.named_parameters()]
             snap = {"raw": raw}
             for d, ema in self.emas.items():
-                snap[f"ema{d:g}"] = raw | {n: p.detach().clone() for n, p in zip(names, ema.shadow_params, strict=True)}
+                snap[f"ema{d:g}"] = raw | {
+                    n: p.detach().clone() for n, p in zip(names, ema.shadow_params, strict=True)
+                }
             self.saved[trainer.global_step] = snap
 
 
@@ -76,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     snaps = Snapshots(args.decays, set(args.at))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        module, _ = train_diffusion(cfg, train, val, meta, Path(tmp) / "checkpoints", progress=True,
-                                    extra_callbacks=[snaps])
+        module, _ = train_diffusion(
+            cfg, train, val, meta, Path(tmp) / "checkpoints", progress=True, extra_callbacks=[snaps]
+        )
     train_s = time.perf_counter() - t0
-    pipe = ClassConditionalPipeline.from_unet(module.unet.eval(), build_noise_scheduler(cfg.diffusion), cfg.sampler.name)
+    pipe = ClassConditionalPipeline.from_unet(
+        module.unet.eval(), build_noise_scheduler(cfg.diffusion), cfg.sampler.name
+    )
     evaluator = Evaluator.from_pretrained(args.evaluator, use_safetensors=True)
     rule = fit_rules(meta, [train, val]).get("thickness")
     real = torch.from_numpy(judge(evaluator, test.images).feats)
@@ -89,22 +94,45 @@ def main(argv: list[str] | None = None) -> int:
     for step in sorted(snaps.saved):
         for weights, state in snaps.saved[step].items():
             pipe.unet.load_state_dict(state)
-            x = pipe(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
-                     guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size).images
+            x = pipe(
+                labels=labels,
+                seeds=seeds,
+                num_inference_steps=cfg.sampler.steps,
+                guidance_scale=cfg.sampler.guidance_scale,
+                batch_size=cfg.sampler.batch_size,
+            ).images
             j = judge(evaluator, x)
-            row: dict[str, Any] = {"step": step, "weights": weights,
-                                   "fid_evaluator": fid_features(real, torch.from_numpy(j.feats)),
-                                   "conditional_accuracy": float((j.preds["class"] == labels.numpy()).mean())}
+            row: dict[str, Any] = {
+                "step": step,
+                "weights": weights,
+                "fid_evaluator": fid_features(real, torch.from_numpy(j.feats)),
+                "conditional_accuracy": float((j.preds["class"] == labels.numpy()).mean()),
+            }
             if rule is not None:
                 thick = rule.predict(x, labels)
                 per_class = [thick[(labels == c).numpy()].mean() for c in range(meta.num_classes)]
-                row |= {"thick_share": float(thick.mean()),
-                        "max_abs_class_share_minus_half": float(np.max(np.abs(np.asarray(per_class) - 0.5)))}
+                row |= {
+                    "thick_share": float(thick.mean()),
+                    "max_abs_class_share_minus_half": float(np.max(np.abs(np.asarray(per_class) - 0.5))),
+                }
             rows.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            print(
+                json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"overrides": args.overrides, "train_seconds": train_s,
-                                    "per_class": args.per_class, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "overrides": args.overrides,
+                "train_seconds": train_s,
+                "per_class": args.per_class,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""End to end: per-stage wall time of the last `make repro` (from MLflow) and DVC's cache on a threshold change.
+"""End to end: per-stage wall time of the last `make repro` (from MLflow) and DVC's cache on a threshold
+change.
 
 1. MLflow: the latest pipeline parent run (tag diffaudit.stage=pipeline) closed by `make repro`
    (tag dvc_repro_exit_code) and its stage runs; per stage its wall time (run end - start) and, when
@@ -32,7 +33,8 @@ from benchmarks.common import ROOT, Figure, max_rss_children_mib
 STAGE_TAG, PIPELINE_TAG = "diffaudit.stage", "diffaudit.pipeline_id"
 TARGET_SECONDS, TARGET_MIB = 600.0, 4096.0
 THRESHOLD = "audit.gates.min_conditional_accuracy"
-# Config sections that set the pipeline's cost: a timed run that differs from the default here is another workload.
+# Config sections that set the pipeline's cost: a timed run that differs from the default here is another
+# workload.
 COST_KEYS = ("data.", "model.", "diffusion.", "train.", "trainer.", "sampler.", "eval.")
 
 
@@ -47,9 +49,13 @@ def last_repro(db: Path, experiment: str = "diffaudit") -> dict[str, Any] | None
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STAGE_TAG}` != ''", max_results=5000)
-    parents = sorted((r for r in runs if r.data.tags.get(STAGE_TAG) == "pipeline"),
-                     key=lambda r: ("dvc_repro_exit_code" in r.data.tags, r.info.start_time))
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{STAGE_TAG}` != ''", max_results=5000
+    )
+    parents = sorted(
+        (r for r in runs if r.data.tags.get(STAGE_TAG) == "pipeline"),
+        key=lambda r: ("dvc_repro_exit_code" in r.data.tags, r.info.start_time),
+    )
     if not parents:
         return None
     parent = parents[-1]  # the latest closed by `make repro`, else the latest at all (an interrupted run)
@@ -66,38 +72,57 @@ def last_repro(db: Path, experiment: str = "diffaudit") -> dict[str, Any] | None
     for stage, r in latest.items():
         stages.setdefault(stage, _stage_row(r, in_pipeline=False))
     # The train run timed in this pipeline (else, if DVC found it cached, the latest one).
-    train = next((r for r in runs if r.data.tags.get(STAGE_TAG) == "train" and r.data.tags.get(PIPELINE_TAG) == pid
-                  and r.info.status == "FINISHED"), None) or latest.get("train")
+    train = next(
+        (
+            r
+            for r in runs
+            if r.data.tags.get(STAGE_TAG) == "train"
+            and r.data.tags.get(PIPELINE_TAG) == pid
+            and r.info.status == "FINISHED"
+        ),
+        None,
+    ) or latest.get("train")
     peaks = [s["peak_rss_mib"] for s in stages.values() if s["peak_rss_mib"] is not None]
     ends = [r.info.end_time for r in runs if r.data.tags.get(PIPELINE_TAG) == pid and r.info.end_time]
     end = parent.info.end_time if closed else max(ends, default=parent.info.start_time)
     return {
-        "pipeline_id": pid, "closed_by_make_repro": closed,
+        "pipeline_id": pid,
+        "closed_by_make_repro": closed,
         "exit_code": int(parent.data.tags["dvc_repro_exit_code"]) if closed else None,
         "pipeline_seconds": (end - parent.info.start_time) / 1000,
         "stages": stages,
         "sum_stage_seconds": sum(s["seconds"] for s in stages.values()),
         "peak_rss_mib": max(peaks) if peaks else None,
         "stages_without_peak": sorted(k for k, s in stages.items() if s["peak_rss_mib"] is None),
-        "stages_never_finished": sorted(set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) - set(stages)),
+        "stages_never_finished": sorted(
+            set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) - set(stages)
+        ),
         "differs_from_default": _differs_from_default(dict(train.data.params)) if train else {},
     }
 
 
 def _differs_from_default(logged: dict[str, str]) -> dict[str, list[str | None]]:
-    """Cost-setting params of a logged train run that differ from the default config: key -> [run, default]."""
+    """Cost-setting params of a logged train run that differ from the default config: key -> [run,
+    default]."""
     from benchmarks.common import load_config
     from diffaudit.tracking.mlflow_tracking import config_params
 
     default = config_params(load_config([]))
-    return {k: [logged.get(k), v] for k, v in sorted(default.items())
-            if k.startswith(COST_KEYS) and k in logged and logged[k] != v}  # absent: an older schema
+    return {
+        k: [logged.get(k), v]
+        for k, v in sorted(default.items())
+        if k.startswith(COST_KEYS) and k in logged and logged[k] != v
+    }  # absent: an older schema
 
 
 def _stage_row(run: Any, in_pipeline: bool) -> dict[str, Any]:
     peak = run.data.metrics.get("peak_rss_mib")
-    return {"seconds": (run.info.end_time - run.info.start_time) / 1000, "in_last_repro": in_pipeline,
-            "pipeline_id": run.data.tags.get(PIPELINE_TAG), "peak_rss_mib": peak}
+    return {
+        "seconds": (run.info.end_time - run.info.start_time) / 1000,
+        "in_last_repro": in_pipeline,
+        "pipeline_id": run.data.tags.get(PIPELINE_TAG),
+        "peak_rss_mib": peak,
+    }
 
 
 # -- 2. DVC's cache -----------------------------------------------------------------------------
@@ -122,10 +147,15 @@ def _under(a: str, b: str) -> bool:
 def expected_reruns(dvc: dict[str, Any], key: str) -> set[str]:
     """Stages whose params include `key` (or a parent of it), plus every stage downstream of them."""
     stages = dvc.get("stages", {})
-    hit = {name for name, s in stages.items()
-           if any(key == p or key.startswith(p + ".") for p in _entries(s.get("params")))}
-    outs = {name: _entries(s.get("outs")) + _entries(s.get("metrics")) + _entries(s.get("plots"))
-            for name, s in stages.items()}
+    hit = {
+        name
+        for name, s in stages.items()
+        if any(key == p or key.startswith(p + ".") for p in _entries(s.get("params")))
+    }
+    outs = {
+        name: _entries(s.get("outs")) + _entries(s.get("metrics")) + _entries(s.get("plots"))
+        for name, s in stages.items()
+    }
     changed = True
     while changed:
         changed = False
@@ -146,14 +176,22 @@ def ran_stages(dvc_output: str) -> set[str]:
 def _sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     return proc.stdout + proc.stderr
 
 
 def copy_repo(dest: Path) -> dict[str, str]:
-    """The working tree's tracked and unignored files as a fresh git repo with the smoke experiment; its env."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    """The working tree's tracked and unignored files as a fresh git repo with the smoke experiment; its
+    env."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file() and not f.startswith("benchmarks/results"):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -162,9 +200,15 @@ def copy_repo(dest: Path) -> dict[str, str]:
     config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: smoke"))
     venv = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_", "DVC_"))}
-    env |= {"PATH": f"{venv}:{env.get('PATH', '')}", "PYTHONPATH": str(dest / "src"), "DIFFAUDIT_PROGRESS": "0",
-            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    env |= {
+        "PATH": f"{venv}:{env.get('PATH', '')}",
+        "PYTHONPATH": str(dest / "src"),
+        "DIFFAUDIT_PROGRESS": "0",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@localhost",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@localhost",
+    }
     _sh(["git", "init", "-q", "-b", "main"], dest, env, 60)
     if not (dest / ".dvc").is_dir():
         _sh(["dvc", "init", "-q"], dest, env, 120)
@@ -194,7 +238,11 @@ def cache_check(key: str = THRESHOLD, timeout: int = 1200) -> dict[str, Any]:
         first = _sh(["dvc", "repro"], repo, env | {"DIFFAUDIT_PIPELINE_ID": "bench-1"}, timeout)
         full_s = time.perf_counter() - t0
         value = _get(yaml.safe_load((repo / "params.yaml").read_text()), key)
-        new = round(value * 0.9, 6) if isinstance(value, float) else (value + 1 if isinstance(value, int) else value)
+        new = (
+            round(value * 0.9, 6)
+            if isinstance(value, float)
+            else (value + 1 if isinstance(value, int) else value)
+        )
         _sh([sys.executable, "-m", "pipelines.compose", f"{key}={new}"], repo, env, 300)
         t0 = time.perf_counter()
         second = _sh(["dvc", "repro"], repo, env | {"DIFFAUDIT_PIPELINE_ID": "bench-2"}, timeout)
@@ -202,9 +250,15 @@ def cache_check(key: str = THRESHOLD, timeout: int = 1200) -> dict[str, Any]:
         peak = max_rss_children_mib()
     ran = ran_stages(second)
     return {
-        "key": key, "from": value, "to": new, "expected": sorted(expected), "ran": sorted(ran),
-        "ran_first": sorted(ran_stages(first)), "only_expected_reran": ran == expected,
-        "full_smoke_repro_seconds": full_s, "rerun_seconds": rerun_s,
+        "key": key,
+        "from": value,
+        "to": new,
+        "expected": sorted(expected),
+        "ran": sorted(ran),
+        "ran_first": sorted(ran_stages(first)),
+        "only_expected_reran": ran == expected,
+        "full_smoke_repro_seconds": full_s,
+        "rerun_seconds": rerun_s,
         # ru_maxrss of the largest child: comparable across calls only if it grew past what ran before
         "smoke_peak_child_rss_mib": peak if peak > rss_before else None,
         "rusage_children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -221,36 +275,95 @@ def figures(r: dict[str, Any]) -> list[Figure]:
     out: list[Figure] = []
     rep = r["last_repro"]
     if rep is None:
-        out.append(Figure("make repro wall time", None, "s", f"< {TARGET_SECONDS:.0f}", None,
-                          "no `make repro` pipeline run in mlflow.db"))
+        out.append(
+            Figure(
+                "make repro wall time",
+                None,
+                "s",
+                f"< {TARGET_SECONDS:.0f}",
+                None,
+                "no `make repro` pipeline run in mlflow.db",
+            )
+        )
     else:
         full = rep["closed_by_make_repro"] and all(s["in_last_repro"] for s in rep["stages"].values())
         total = rep["pipeline_seconds"] if full else rep["sum_stage_seconds"]
-        note = ("parent run span" if full else "sum of the latest run of each stage (last repro partial or "
-                "interrupted)") + f"; pipeline {rep['pipeline_id']}, exit {rep['exit_code']}"
+        note = (
+            "parent run span"
+            if full
+            else "sum of the latest run of each stage (last repro partial or interrupted)"
+        ) + f"; pipeline {rep['pipeline_id']}, exit {rep['exit_code']}"
         missing, other = rep["stages_never_finished"], rep.get("differs_from_default", {})
         if missing:
             note += f"; no finished run of {', '.join(missing)}"
         if other:
-            note += "; NOT the default config (" + ", ".join(f"{k}={a} vs {b}" for k, (a, b) in list(other.items())[:3]) \
-                + (", ..." if len(other) > 3 else "") + "): not judged"
-        out.append(Figure("make repro wall time", total, "s", f"< {TARGET_SECONDS:.0f}",
-                          None if missing or other else total < TARGET_SECONDS, note))
+            note += (
+                "; NOT the default config ("
+                + ", ".join(f"{k}={a} vs {b}" for k, (a, b) in list(other.items())[:3])
+                + (", ..." if len(other) > 3 else "")
+                + "): not judged"
+            )
+        out.append(
+            Figure(
+                "make repro wall time",
+                total,
+                "s",
+                f"< {TARGET_SECONDS:.0f}",
+                None if missing or other else total < TARGET_SECONDS,
+                note,
+            )
+        )
         for stage, s in rep["stages"].items():
-            out.append(Figure(f"stage {stage}", s["seconds"], "s",
-                              note="" if s["in_last_repro"] else f"cached; from pipeline {s['pipeline_id']}"))
+            out.append(
+                Figure(
+                    f"stage {stage}",
+                    s["seconds"],
+                    "s",
+                    note="" if s["in_last_repro"] else f"cached; from pipeline {s['pipeline_id']}",
+                )
+            )
         peak = rep["peak_rss_mib"]
-        out.append(Figure("make repro peak memory", peak, "MiB", f"< {TARGET_MIB:.0f}",
-                          None if peak is None else peak < TARGET_MIB,
-                          "" if peak is not None else "stages do not log peak_rss_mib"))
+        out.append(
+            Figure(
+                "make repro peak memory",
+                peak,
+                "MiB",
+                f"< {TARGET_MIB:.0f}",
+                None if peak is None else peak < TARGET_MIB,
+                "" if peak is not None else "stages do not log peak_rss_mib",
+            )
+        )
     c = r["cache"]
     if "skipped" in c:
-        out.append(Figure("threshold change reruns only audit+downstream", None, "", "yes", None,
-                          f"skipped: {c['skipped']}"))
+        out.append(
+            Figure(
+                "threshold change reruns only audit+downstream",
+                None,
+                "",
+                "yes",
+                None,
+                f"skipped: {c['skipped']}",
+            )
+        )
     else:
-        out.append(Figure("threshold change reruns only audit+downstream", "yes" if c["only_expected_reran"] else
-                          "no", "", "yes", c["only_expected_reran"], f"ran {c['ran']}, expected {c['expected']}"))
-        out.append(Figure("rerun after threshold change", c["rerun_seconds"], "s", note=f"{c['key']} {c['from']}->{c['to']}"))
+        out.append(
+            Figure(
+                "threshold change reruns only audit+downstream",
+                "yes" if c["only_expected_reran"] else "no",
+                "",
+                "yes",
+                c["only_expected_reran"],
+                f"ran {c['ran']}, expected {c['expected']}",
+            )
+        )
+        out.append(
+            Figure(
+                "rerun after threshold change",
+                c["rerun_seconds"],
+                "s",
+                note=f"{c['key']} {c['from']}->{c['to']}",
+            )
+        )
         out.append(Figure("smoke repro (full, temp copy)", c["full_smoke_repro_seconds"], "s"))
         out.append(Figure("smoke repro peak child RSS", c["smoke_peak_child_rss_mib"], "MiB"))
     return out

@@ -54,7 +54,9 @@ def _measure(fn: Callable[[], Any]) -> tuple[float, float | None, Any]:
     return seconds, mem.delta_mib, out
 
 
-def one_size(module: EvaluatorFeatures, cfg: Config, n: int, reps: int, seed: int) -> dict[str, dict[str, Any]]:
+def one_size(
+    module: EvaluatorFeatures, cfg: Config, n: int, reps: int, seed: int
+) -> dict[str, dict[str, Any]]:
     """Every component at one N (real and generated sets of n images each)."""
     gen = torch.Generator().manual_seed(seed + n)
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
@@ -88,8 +90,12 @@ def growth(xs: list[int], ys: list[float | None]) -> float | None:
     return math.log(ys[-1] / ys[0]) / math.log(xs[-1] / xs[0])
 
 
-def run(quick: bool = False, sizes: tuple[int, ...] | None = None, reps: int | None = None,
-        model_dir: Path | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    sizes: tuple[int, ...] | None = None,
+    reps: int | None = None,
+    model_dir: Path | None = None,
+) -> dict[str, Any]:
     cfg = load_config(["experiment=smoke"] if quick else [])
     sizes = tuple(sizes or ((48, 96) if quick else SIZES))
     reps = reps or (2 if quick else 1)
@@ -110,8 +116,16 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None, reps: int | N
         peaks = [row[c]["peak_mib"] for c in COMPONENTS]
         row["peak_mib"] = None if None in peaks else max(peaks)
         ci = row["set_metrics_ci"]
-        per_rep = max(0.0, ci["seconds"] - row["fid"]["seconds"] - row["kid"]["seconds"]
-                      - row["precision_recall"]["seconds"]) / reps
+        per_rep = (
+            max(
+                0.0,
+                ci["seconds"]
+                - row["fid"]["seconds"]
+                - row["kid"]["seconds"]
+                - row["precision_recall"]["seconds"],
+            )
+            / reps
+        )
         ci["reps"] = reps
         ci["seconds_per_rep"] = per_rep
         ci["extrapolated_seconds"] = ci["seconds"] + per_rep * (cfg.eval.bootstrap - reps)
@@ -119,14 +133,23 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None, reps: int | N
     ns = list(sizes)
     rows = [per_size[str(n)] for n in ns]
     result: dict[str, Any] = {
-        "sizes": ns, "evaluator": source, "feature_dim": module.num_features, "bootstrap_configured": cfg.eval.bootstrap,
-        "kid_subset_size": cfg.eval.kid_subset_size, "kid_subsets": cfg.eval.kid_subsets, "pr_k": cfg.eval.pr_k,
+        "sizes": ns,
+        "evaluator": source,
+        "feature_dim": module.num_features,
+        "bootstrap_configured": cfg.eval.bootstrap,
+        "kid_subset_size": cfg.eval.kid_subset_size,
+        "kid_subsets": cfg.eval.kid_subsets,
+        "pr_k": cfg.eval.pr_k,
         "per_size": per_size,
         "time_growth_exponent": growth(ns, [r["total_seconds"] for r in rows]),
         "memory_growth_exponent": growth(ns, [r["peak_mib"] for r in rows]),
-        "component_growth": {c: {"time": growth(ns, [r[c]["seconds"] for r in rows]),
-                                 "memory": growth(ns, [r[c]["peak_mib"] for r in rows])}
-                             for c in (*COMPONENTS, "set_metrics_ci")},
+        "component_growth": {
+            c: {
+                "time": growth(ns, [r[c]["seconds"] for r in rows]),
+                "memory": growth(ns, [r[c]["peak_mib"] for r in rows]),
+            }
+            for c in (*COMPONENTS, "set_metrics_ci")
+        },
         "nxn_float64_mib_at_max": ns[-1] ** 2 * 8 / 2**20,
     }
     return result
@@ -136,21 +159,55 @@ def figures(r: dict[str, Any]) -> list[Figure]:
     out = []
     for n in r["sizes"]:
         row = r["per_size"][str(n)]
-        out.append(Figure(f"eval N={n}: time", row["total_seconds"], "s",
-                          note=" ".join(f"{c}={row[c]['seconds']:.2f}" for c in COMPONENTS)))
-        out.append(Figure(f"eval N={n}: peak memory", row["peak_mib"], "MiB",
-                          note=" ".join(f"{c}={row[c]['peak_mib'] or 0:.0f}" for c in COMPONENTS)))
+        out.append(
+            Figure(
+                f"eval N={n}: time",
+                row["total_seconds"],
+                "s",
+                note=" ".join(f"{c}={row[c]['seconds']:.2f}" for c in COMPONENTS),
+            )
+        )
+        out.append(
+            Figure(
+                f"eval N={n}: peak memory",
+                row["peak_mib"],
+                "MiB",
+                note=" ".join(f"{c}={row[c]['peak_mib'] or 0:.0f}" for c in COMPONENTS),
+            )
+        )
     mem = r["memory_growth_exponent"]
-    out.append(Figure("eval time growth exponent", r["time_growth_exponent"], "", note="log-log slope, 1 = linear"))
-    out.append(Figure("eval memory growth exponent", mem, "", f"<= {MAX_MEMORY_EXPONENT}",
-                      None if mem is None else mem <= MAX_MEMORY_EXPONENT,
-                      f"largest N x N float64 would be {r['nxn_float64_mib_at_max']:.0f} MiB"))
+    out.append(
+        Figure("eval time growth exponent", r["time_growth_exponent"], "", note="log-log slope, 1 = linear")
+    )
+    out.append(
+        Figure(
+            "eval memory growth exponent",
+            mem,
+            "",
+            f"<= {MAX_MEMORY_EXPONENT}",
+            None if mem is None else mem <= MAX_MEMORY_EXPONENT,
+            f"largest N x N float64 would be {r['nxn_float64_mib_at_max']:.0f} MiB",
+        )
+    )
     big = r["per_size"][str(r["sizes"][-1])]["set_metrics_ci"]
     ci_mem = r["component_growth"]["set_metrics_ci"]["memory"]
-    out.append(Figure(f"evaluate with bootstrap CI, N={r['sizes'][-1]}", big["extrapolated_seconds"], "s",
-                      note=f"{r['bootstrap_configured']} reps extrapolated from {big['reps']}; "
-                           f"{big['seconds_per_rep']:.2f} s/rep"))
+    out.append(
+        Figure(
+            f"evaluate with bootstrap CI, N={r['sizes'][-1]}",
+            big["extrapolated_seconds"],
+            "s",
+            note=f"{r['bootstrap_configured']} reps extrapolated from {big['reps']}; "
+            f"{big['seconds_per_rep']:.2f} s/rep",
+        )
+    )
     out.append(Figure(f"evaluate with bootstrap CI, N={r['sizes'][-1]}: peak", big["peak_mib"], "MiB"))
-    out.append(Figure("evaluate with bootstrap CI: memory growth", ci_mem, "", f"<= {MAX_MEMORY_EXPONENT}",
-                      None if ci_mem is None else ci_mem <= MAX_MEMORY_EXPONENT))
+    out.append(
+        Figure(
+            "evaluate with bootstrap CI: memory growth",
+            ci_mem,
+            "",
+            f"<= {MAX_MEMORY_EXPONENT}",
+            None if ci_mem is None else ci_mem <= MAX_MEMORY_EXPONENT,
+        )
+    )
     return out

@@ -43,7 +43,9 @@ VARIANTS = ("fp32", "fp32_tf32", "bf16", "bf16_channels_last", "bf16_compile")
 class Variant:
     """One UNet + AdamW training step configuration on the GPU."""
 
-    def __init__(self, name: str, batch: int, device: torch.device, model: str = "unet_cifar", size: int = 32) -> None:
+    def __init__(
+        self, name: str, batch: int, device: torch.device, model: str = "unet_cifar", size: int = 32
+    ) -> None:
         cfg = load_config([f"model={model}"])
         self.name, self.batch, self.device = name, batch, device
         self.bf16 = name.startswith("bf16")
@@ -88,8 +90,15 @@ class Variant:
         return int(counter.get_total_flops())
 
 
-def cifar_throughput(device: torch.device, batch: int, steps: int, rounds: int, compile_: bool,
-                     model: str = "unet_cifar", size: int = 32) -> dict[str, Any]:
+def cifar_throughput(
+    device: torch.device,
+    batch: int,
+    steps: int,
+    rounds: int,
+    compile_: bool,
+    model: str = "unet_cifar",
+    size: int = 32,
+) -> dict[str, Any]:
     """Round-robin images/s of every variant (warm-up, compile included, outside the timing)."""
     names = [v for v in VARIANTS if compile_ or "compile" not in v]
     cuda = device.type == "cuda"
@@ -116,22 +125,40 @@ def cifar_throughput(device: torch.device, batch: int, steps: int, rounds: int, 
             torch.cuda.reset_peak_memory_stats(device)
         v.steps(1)
         best = min(out[name]["times"]) / steps
-        out[name] |= {"s_per_step": best, "images_per_s": batch / best, "tflops": flops / best / 1e12,
-                      "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0}
+        out[name] |= {
+            "s_per_step": best,
+            "images_per_s": batch / best,
+            "tflops": flops / best / 1e12,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0,
+        }
     base = out.get("fp32", {}).get("images_per_s")
     for r in out.values():
         if base and "images_per_s" in r:
             r["speedup_vs_fp32"] = r["images_per_s"] / base
-    return {"model": model, "image_size": size, "batch": batch, "steps": steps, "rounds": rounds, "step_flops": flops,
-            "matmul_tflops_bf16": peak_bf16 / 1e12, "matmul_tflops_fp32": peak_fp32 / 1e12, "variants": out}
+    return {
+        "model": model,
+        "image_size": size,
+        "batch": batch,
+        "steps": steps,
+        "rounds": rounds,
+        "step_flops": flops,
+        "matmul_tflops_bf16": peak_bf16 / 1e12,
+        "matmul_tflops_fp32": peak_fp32 / 1e12,
+        "variants": out,
+    }
 
 
-def pipeline_on_gpu(steps: int, segment: int, image_size: int, batch: int, cuda: bool = True) -> dict[str, Any]:
+def pipeline_on_gpu(
+    steps: int, segment: int, image_size: int, batch: int, cuda: bool = True
+) -> dict[str, Any]:
     """The pipeline's Lightning step (trainer=gpu, bf16-mixed) against the bare loop, interleaved."""
     trainer = ["trainer=gpu"] if cuda else ["trainer.precision=bf16-mixed"]
     cfg = load_config([*trainer, f"data.image_size={image_size}", f"train.batch_size={batch}"])
     meta = DataMeta([str(i) for i in range(10)], {}, image_size, cfg.data.channels, "synthetic")
-    train, val = synthetic_split(batch * 20, meta, 0), synthetic_split(min(512, batch * (16 if cuda else 2)), meta, 1)
+    train, val = (
+        synthetic_split(batch * 20, meta, 0),
+        synthetic_split(min(512, batch * (16 if cuda else 2)), meta, 1),
+    )
     return measure(cfg, train, val, meta, steps, segment, mlflow_logger=True)
 
 
@@ -140,30 +167,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (compiling takes minutes)")
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile variant (compiling takes minutes)"
+    )
     p.add_argument("--pipeline-steps", type=int, default=60, help="Lightning steps of part 2 (0 skips it)")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or Path(__file__).parent / "out"))
     p.add_argument("--model", default="unet_cifar", help="conf/model entry of part 1")
     p.add_argument("--image-size", type=int, default=32, help="image size of part 1 (3 channels)")
     p.add_argument("--pipeline-batch", type=int, default=256, help="batch of part 2 (the default model)")
     p.add_argument("--pipeline-image-size", type=int, default=32, help="image size of part 2")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU anyway (tests the script on tiny sizes)")
+    p.add_argument(
+        "--cpu", action="store_true", help="run on the CPU anyway (tests the script on tiny sizes)"
+    )
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.cpu:
-        print(f"[gpu_check] no CUDA device (torch {torch.__version__}, built with CUDA {torch.version.cuda}): "
-              "nothing to measure. Run it on a GPU machine with a CUDA build of torch.")
+        print(
+            f"[gpu_check] no CUDA device (torch {torch.__version__}, built with CUDA {torch.version.cuda}): "
+            "nothing to measure. Run it on a GPU machine with a CUDA build of torch."
+        )
         return 0
     device = torch.device("cuda" if cuda else "cpu")
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                              "torch": torch.__version__, "cuda": torch.version.cuda}
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
     print(f"[gpu_check] {result['device']}, torch {torch.__version__}", flush=True)
-    result["cifar"] = cifar_throughput(device, args.batch, args.steps, args.rounds, not args.no_compile,
-                                       args.model, args.image_size)
+    result["cifar"] = cifar_throughput(
+        device, args.batch, args.steps, args.rounds, not args.no_compile, args.model, args.image_size
+    )
     if args.pipeline_steps:
         try:
-            result["pipeline"] = pipeline_on_gpu(args.pipeline_steps, min(10, max(1, args.pipeline_steps // 4)),
-                                                 args.pipeline_image_size, args.pipeline_batch, cuda)
+            result["pipeline"] = pipeline_on_gpu(
+                args.pipeline_steps,
+                min(10, max(1, args.pipeline_steps // 4)),
+                args.pipeline_image_size,
+                args.pipeline_batch,
+                cuda,
+            )
         except Exception as err:  # keep part 1's figures
             result["pipeline"] = {"error": f"{type(err).__name__}: {err}"}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -174,15 +216,28 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             figs.append(Figure(f"cifar {name}", None, note=r["error"][:80]))
         else:
-            figs.append(Figure(f"cifar {name} images/s", r["images_per_s"], "img/s",
-                               note=f"x{r.get('speedup_vs_fp32', 0):.2f} vs fp32, {r['tflops']:.1f} TFLOP/s, "
-                                    f"{r['peak_mem_gib']:.1f} GiB"))
+            figs.append(
+                Figure(
+                    f"cifar {name} images/s",
+                    r["images_per_s"],
+                    "img/s",
+                    note=f"x{r.get('speedup_vs_fp32', 0):.2f} vs fp32, {r['tflops']:.1f} TFLOP/s, "
+                    f"{r['peak_mem_gib']:.1f} GiB",
+                )
+            )
     figs.append(Figure("bf16 matmul peak", c["matmul_tflops_bf16"], "TFLOP/s"))
     pl = result.get("pipeline", {})
     if "training_overhead_ratio" in pl:
-        figs.append(Figure("gpu training_overhead_ratio (bf16)", pl["training_overhead_ratio"], "x", "<= 1.05",
-                           pl["training_overhead_ratio"] <= 1.05,
-                           f"default model {pl['image_size']}x{pl['image_size']}, batch {pl['batch_size']}"))
+        figs.append(
+            Figure(
+                "gpu training_overhead_ratio (bf16)",
+                pl["training_overhead_ratio"],
+                "x",
+                "<= 1.05",
+                pl["training_overhead_ratio"] <= 1.05,
+                f"default model {pl['image_size']}x{pl['image_size']}, batch {pl['batch_size']}",
+            )
+        )
         figs.append(Figure("gpu pipeline images/s", pl["lightning_images_per_s"], "img/s"))
     elif pl:
         figs.append(Figure("gpu pipeline", None, note=pl.get("error", "")[:80]))

@@ -35,7 +35,9 @@ def load_model(cfg: Config, model_dir: Path | None) -> tuple[ClassConditionalPip
         return ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name), "trained"
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.model, cfg.data.image_size, cfg.data.channels, 10).eval()
-    return ClassConditionalPipeline.from_unet(unet, build_noise_scheduler(cfg.diffusion), cfg.sampler.name), "random"
+    return ClassConditionalPipeline.from_unet(
+        unet, build_noise_scheduler(cfg.diffusion), cfg.sampler.name
+    ), "random"
 
 
 class ForwardCounter:
@@ -49,8 +51,9 @@ class ForwardCounter:
         self._handle.remove()
 
 
-def cfg_check(pipe: ClassConditionalPipeline, n: int, steps: int, guidance: float,
-              samplers: list[str]) -> dict[str, Any]:
+def cfg_check(
+    pipe: ClassConditionalPipeline, n: int, steps: int, guidance: float, samplers: list[str]
+) -> dict[str, Any]:
     """Forward calls per sampling run with guidance != 1: expected `steps` calls of 2n images each."""
     labels = torch.arange(n) % pipe.null_class
     seeds = sample_seeds(0, n)
@@ -58,18 +61,27 @@ def cfg_check(pipe: ClassConditionalPipeline, n: int, steps: int, guidance: floa
     for name in samplers:
         counter = ForwardCounter(pipe.unet)
         try:
-            pipe.with_sampler(name)(labels=labels, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance)
+            pipe.with_sampler(name)(
+                labels=labels, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance
+            )
         finally:
             counter.close()
-        out[name] = {"steps": steps, "forward_calls": len(counter.batches), "batch_sizes": sorted(set(counter.batches)),
-                     "one_batched_forward": len(counter.batches) == steps and set(counter.batches) == {2 * n}}
+        out[name] = {
+            "steps": steps,
+            "forward_calls": len(counter.batches),
+            "batch_sizes": sorted(set(counter.batches)),
+            "one_batched_forward": len(counter.batches) == steps and set(counter.batches) == {2 * n},
+        }
     return out
 
 
 @torch.no_grad()
 def batched_vs_split(unet: torch.nn.Module, n: int, guidance: float, reps: int) -> dict[str, float]:
-    """Seconds per CFG evaluation: one forward of 2n images (the library) against two forwards of n, interleaved."""
-    x = initial_noise(sample_seeds(1, n), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
+    """Seconds per CFG evaluation: one forward of 2n images (the library) against two forwards of n,
+    interleaved."""
+    x = initial_noise(
+        sample_seeds(1, n), (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    )
     labels = torch.arange(n) % null_class(unet)
     t = torch.tensor(500)
     null = torch.full_like(labels, null_class(unet))
@@ -88,12 +100,16 @@ def batched_vs_split(unet: torch.nn.Module, n: int, guidance: float, reps: int) 
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {"batched_s": median(times["batched"]), "split_s": median(times["split"]),
-            "speedup": median(times["split"]) / median(times["batched"])}
+    return {
+        "batched_s": median(times["batched"]),
+        "split_s": median(times["split"]),
+        "speedup": median(times["split"]) / median(times["batched"]),
+    }
 
 
-def time_points(pipe: ClassConditionalPipeline, points: list[tuple[str, int]], n: int,
-                guidance: float, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
+def time_points(
+    pipe: ClassConditionalPipeline, points: list[tuple[str, int]], n: int, guidance: float, rounds: int
+) -> dict[str, dict[str, dict[str, float]]]:
     """Median seconds of sampling n images at each (sampler, steps), points visited round-robin."""
     labels = torch.arange(n) % pipe.null_class
     seeds = sample_seeds(0, n)
@@ -120,17 +136,30 @@ def study_verdict(study: SamplerStudyResult) -> dict[str, Any]:
     pts = [(s, int(k), m) for s, d in study.nfe_sweep.items() for k, m in d.items()]
     best_fid = min(m.fid_over_floor for *_, m in pts)
     best_acc = max(m.conditional_accuracy for *_, m in pts)
-    ok = [(m.seconds, s, n) for s, n, m in pts if n <= MAX_NFE
-          and m.fid_over_floor <= (1 + QUALITY_TOLERANCE) * best_fid
-          and m.conditional_accuracy >= (1 - QUALITY_TOLERANCE) * best_acc]
+    ok = [
+        (m.seconds, s, n)
+        for s, n, m in pts
+        if n <= MAX_NFE
+        and m.fid_over_floor <= (1 + QUALITY_TOLERANCE) * best_fid
+        and m.conditional_accuracy >= (1 - QUALITY_TOLERANCE) * best_acc
+    ]
     pick = min(ok, default=None)
-    return {"best_fid_over_floor": best_fid, "best_conditional_accuracy": best_acc,
-            "cheapest_within_tolerance": None if pick is None else {"sampler": pick[1], "nfe": pick[2], "seconds": pick[0]},
-            "met": pick is not None}
+    return {
+        "best_fid_over_floor": best_fid,
+        "best_conditional_accuracy": best_acc,
+        "cheapest_within_tolerance": None
+        if pick is None
+        else {"sampler": pick[1], "nfe": pick[2], "seconds": pick[0]},
+        "met": pick is not None,
+    }
 
 
-def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | None = None,
-        measure: bool | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    study_path: Path | None = None,
+    model_dir: Path | None = None,
+    measure: bool | None = None,
+) -> dict[str, Any]:
     """CFG check always; study figures when its JSON exists; timing of the study's points when it does not."""
     cfg = load_config(["experiment=smoke"] if quick else [])
     layout = Layout.of(cfg)
@@ -142,14 +171,19 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
     samplers = ["ddpm", "ddim", "dpm_solver", "euler"]
     result: dict[str, Any] = {"model": source, "guidance_scale": guidance}
     result["cfg_forward"] = cfg_check(pipe, n, 3, guidance, samplers)
-    result["cfg_batched_vs_split"] = batched_vs_split(pipe.unet, 2 if quick else cfg.sampler.batch_size // 10,
-                                                      guidance, 2 if quick else 5)
+    result["cfg_batched_vs_split"] = batched_vs_split(
+        pipe.unet, 2 if quick else cfg.sampler.batch_size // 10, guidance, 2 if quick else 5
+    )
     study = read_result(study_path, SamplerStudyResult) if study_path.is_file() else None
     if study is not None:
         result["study"] = {
-            "source": str(study_path), "n_images": study.n_images, "floor": study.floor.dump(),
-            "points": {s: {k: m.model_dump(include=STUDY_FIELDS) for k, m in d.items()}
-                       for s, d in study.nfe_sweep.items()},
+            "source": str(study_path),
+            "n_images": study.n_images,
+            "floor": study.floor.dump(),
+            "points": {
+                s: {k: m.model_dump(include=STUDY_FIELDS) for k, m in d.items()}
+                for s, d in study.nfe_sweep.items()
+            },
         } | study_verdict(study)
     if measure or (measure is None and study is None):
         nfe = {"ddim": [2, 3]} if quick else (cfg.eval.study.nfe if cfg.eval.study else {"dpm_solver": [20]})
@@ -161,24 +195,52 @@ def run(quick: bool = False, study_path: Path | None = None, model_dir: Path | N
 def figures(r: dict[str, Any]) -> list[Figure]:
     one = all(v["one_batched_forward"] for v in r["cfg_forward"].values())
     calls = ", ".join(f"{k} {v['forward_calls']}x{v['batch_sizes']}" for k, v in r["cfg_forward"].items())
-    out = [Figure("cfg: one batched forward per step", "yes" if one else "no", "", "yes", one,
-                  f"3 steps: {calls}"),
-           Figure("cfg batched vs two forwards", r["cfg_batched_vs_split"]["speedup"], "x faster")]
+    out = [
+        Figure(
+            "cfg: one batched forward per step", "yes" if one else "no", "", "yes", one, f"3 steps: {calls}"
+        ),
+        Figure("cfg batched vs two forwards", r["cfg_batched_vs_split"]["speedup"], "x faster"),
+    ]
     if "study" in r:
         st = r["study"]
         pick = st["cheapest_within_tolerance"]
-        out.append(Figure("sampler <= 20 NFE within 10% of best", "none" if pick is None else
-                          f"{pick['sampler']}@{pick['nfe']}", "", "exists", st["met"],
-                          f"best fid/floor {st['best_fid_over_floor']:.3g}, acc {st['best_conditional_accuracy']:.3g}; "
-                          f"n={st['n_images']} per point"))
+        out.append(
+            Figure(
+                "sampler <= 20 NFE within 10% of best",
+                "none" if pick is None else f"{pick['sampler']}@{pick['nfe']}",
+                "",
+                "exists",
+                st["met"],
+                f"best fid/floor {st['best_fid_over_floor']:.3g}, acc {st['best_conditional_accuracy']:.3g}; "
+                f"n={st['n_images']} per point",
+            )
+        )
         for s, d in st["points"].items():
             for k, m in d.items():
-                out.append(Figure(f"study {s}@{k}", m["seconds"], "s",
-                                  note=f"fid/floor {m['fid_over_floor']:.3g} acc {m['conditional_accuracy']:.3g}"))
+                out.append(
+                    Figure(
+                        f"study {s}@{k}",
+                        m["seconds"],
+                        "s",
+                        note=f"fid/floor {m['fid_over_floor']:.3g} acc {m['conditional_accuracy']:.3g}",
+                    )
+                )
     else:
-        out.append(Figure("sampler <= 20 NFE within 10% of best", None, "", "exists", None,
-                          "needs metrics/sampler_study.json (the sampler_study stage)"))
+        out.append(
+            Figure(
+                "sampler <= 20 NFE within 10% of best",
+                None,
+                "",
+                "exists",
+                None,
+                "needs metrics/sampler_study.json (the sampler_study stage)",
+            )
+        )
     for s, d in r.get("timing", {}).items():
         for k, m in d.items():
-            out.append(Figure(f"sample {s}@{k}", m["seconds"], "s", note=f"{m['n_images']} images, {r['model']} model"))
+            out.append(
+                Figure(
+                    f"sample {s}@{k}", m["seconds"], "s", note=f"{m['n_images']} images, {r['model']} model"
+                )
+            )
     return out

@@ -69,8 +69,15 @@ class BareLoop:
     bf16 autocast around the forward when the trainer config asks for bf16-mixed (the loss in fp32).
     """
 
-    def __init__(self, cfg: Config, meta: DataMeta, train: Split, val: Split, init: torch.nn.Module,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        meta: DataMeta,
+        train: Split,
+        val: Split,
+        init: torch.nn.Module,
+        device: torch.device | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device = device or torch.device("cpu")
         self.bf16 = cfg.trainer.precision == "bf16-mixed"
@@ -111,7 +118,8 @@ class BareLoop:
         self.sched.step()
 
     def run(self, n: int) -> tuple[float, float]:
-        """(wall seconds, process CPU seconds) of n steps, with torch's default (non-deterministic) algorithms."""
+        """(wall seconds, process CPU seconds) of n steps, with torch's default (non-deterministic)
+        algorithms."""
         with torch_defaults():
             sync(self.device)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -154,7 +162,8 @@ class HookTimers:
 
 
 def instrument(trainer: L.Trainer, module: DiffusionModule, timers: HookTimers) -> None:
-    """Time what Lightning adds around the step: EMA, self.log, validation, checkpoints, logger, progress bar."""
+    """Time what Lightning adds around the step: EMA, self.log, validation, checkpoints, logger, progress
+    bar."""
     ema = getattr(module, "ema", None)  # diffusers' EMAModel today; skipped if the module drops it
     if ema is not None and hasattr(ema, "step"):
         timers.wrap(ema, "step", "ema")
@@ -170,8 +179,13 @@ def instrument(trainer: L.Trainer, module: DiffusionModule, timers: HookTimers) 
 class Interleaver(L.Callback):
     """Pauses the Lightning fit every `segment` steps to run as many bare steps; records both times."""
 
-    def __init__(self, segment: int, bare: Callable[[int], tuple[float, float]],
-                 device: torch.device | None = None, timers: HookTimers | None = None) -> None:
+    def __init__(
+        self,
+        segment: int,
+        bare: Callable[[int], tuple[float, float]],
+        device: torch.device | None = None,
+        timers: HookTimers | None = None,
+    ) -> None:
         self.segment, self.bare = segment, bare
         self.device = device or torch.device("cpu")
         self.timers = timers or HookTimers()
@@ -188,8 +202,9 @@ class Interleaver(L.Callback):
         self.train_start = self.t = time.perf_counter()
         self.c = time.process_time()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step % self.segment == 0 and step < (trainer.max_steps or 0):
             self._pair()
@@ -210,8 +225,13 @@ class Interleaver(L.Callback):
         self.t, self.c = time.perf_counter(), time.process_time()
 
 
-def matmul_flops(n: int = 1024, reps: int = 5, tries: int = 3, device: torch.device | None = None,
-                 dtype: torch.dtype = torch.float32) -> float:
+def matmul_flops(
+    n: int = 1024,
+    reps: int = 5,
+    tries: int = 3,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> float:
     """Matmul FLOP/s of this machine (best of `tries`: the least disturbed by background load)."""
     device = device or torch.device("cpu")
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -227,14 +247,26 @@ def matmul_flops(n: int = 1024, reps: int = 5, tries: int = 3, device: torch.dev
     return 2 * n**3 / best
 
 
-def measure(cfg: Config, train: Split, val: Split, meta: DataMeta, steps: int, segment: int,
-            mlflow_logger: bool = True) -> dict[str, Any]:
+def measure(
+    cfg: Config,
+    train: Split,
+    val: Split,
+    meta: DataMeta,
+    steps: int,
+    segment: int,
+    mlflow_logger: bool = True,
+) -> dict[str, Any]:
     """Interleaved Lightning vs bare timings over `steps` steps in segments of `segment`."""
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
     torch.manual_seed(cfg.seed)
     module = DiffusionModule(
-        model=cfg.model.model_dump(), diffusion=cfg.diffusion.model_dump(), train=cfg.train.model_dump(),
-        image_size=meta.image_size, channels=meta.channels, num_classes=meta.num_classes, config_hash="bench",
+        model=cfg.model.model_dump(),
+        diffusion=cfg.diffusion.model_dump(),
+        train=cfg.train.model_dump(),
+        image_size=meta.image_size,
+        channels=meta.channels,
+        num_classes=meta.num_classes,
+        config_hash="bench",
     )
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
     bare = BareLoop(cfg, meta, train, val, module.unet, device)
@@ -251,8 +283,12 @@ def measure(cfg: Config, train: Split, val: Split, meta: DataMeta, steps: int, s
         if mlflow_logger:
             from lightning.pytorch.loggers import MLFlowLogger
 
-            logger = MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-        trainer = build_trainer(cfg, Path(tmp) / "checkpoints", logger, progress=True, extra_callbacks=[inter])
+            logger = MLFlowLogger(
+                experiment_name="bench", tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+            )
+        trainer = build_trainer(
+            cfg, Path(tmp) / "checkpoints", logger, progress=True, extra_callbacks=[inter]
+        )
         instrument(trainer, module, timers)
         train_dl, val_dl = make_loaders(train, val, cfg)
         sink = io.StringIO()
@@ -271,31 +307,47 @@ def measure(cfg: Config, train: Split, val: Split, meta: DataMeta, steps: int, s
         raise ValueError(f"steps={steps} with segment={segment} leaves no measured segment after warm-up")
     n_steps = segment * len(lit)
     lit_step, bare_step = sum(lit) / n_steps, sum(bar) / n_steps
-    hooks = {k: {"ms_per_step_wall": 1e3 * timers.wall[k] / n_steps, "ms_per_step_cpu": 1e3 * timers.cpu[k] / n_steps}
-             for k in sorted(timers.wall)}
+    hooks = {
+        k: {
+            "ms_per_step_wall": 1e3 * timers.wall[k] / n_steps,
+            "ms_per_step_cpu": 1e3 * timers.cpu[k] / n_steps,
+        }
+        for k in sorted(timers.wall)
+    }
     lit_cpu, bare_cpu = sum(inter.lightning_cpu[1:]) / n_steps, sum(inter.bare_cpu[1:]) / n_steps
     mm = matmul_flops(device=device) if device.type == "cpu" else matmul_flops(8192, device=device)
     startup = fit_total - sum(inter.lightning) - sum(inter.bare_times)
     return {
-        "model": cfg.model.model_dump(), "batch_size": cfg.train.batch_size, "image_size": meta.image_size,
-        "channels": meta.channels, "steps": steps, "segment": segment, "measured_steps_each": n_steps,
-        "checkpoint_every_n_steps": cfg.train.checkpoint_every_n_steps, "checkpoints_written": checkpoints,
+        "model": cfg.model.model_dump(),
+        "batch_size": cfg.train.batch_size,
+        "image_size": meta.image_size,
+        "channels": meta.channels,
+        "steps": steps,
+        "segment": segment,
+        "measured_steps_each": n_steps,
+        "checkpoint_every_n_steps": cfg.train.checkpoint_every_n_steps,
+        "checkpoints_written": checkpoints,
         "mlflow_logger": mlflow_logger,
-        "lightning_segments_s": inter.lightning, "bare_segments_s": inter.bare_times,
-        "lightning_cpu_segments_s": inter.lightning_cpu, "bare_cpu_segments_s": inter.bare_cpu,
-        "lightning_s_per_step": lit_step, "bare_s_per_step": bare_step,
+        "lightning_segments_s": inter.lightning,
+        "bare_segments_s": inter.bare_times,
+        "lightning_cpu_segments_s": inter.lightning_cpu,
+        "bare_cpu_segments_s": inter.bare_cpu,
+        "lightning_s_per_step": lit_step,
+        "bare_s_per_step": bare_step,
         "lightning_images_per_s": cfg.train.batch_size / lit_step,
         "bare_images_per_s": cfg.train.batch_size / bare_step,
         "training_overhead_ratio": lit_step / bare_step,
         "median_paired_ratio": median([a / b for a, b in zip(lit, bar, strict=True)]),
         # CPU time of this process: the work done, whatever the background load (exact with 1 thread)
         "cpu_time_ratio": lit_cpu / bare_cpu,
-        "lightning_cpu_s_per_step": lit_cpu, "bare_cpu_s_per_step": bare_cpu,
+        "lightning_cpu_s_per_step": lit_cpu,
+        "bare_cpu_s_per_step": bare_cpu,
         # where the difference goes: time inside each piece of the machinery, per measured step
         "overhead_ms_per_step_wall": 1e3 * (lit_step - bare_step),
         "overhead_ms_per_step_cpu": 1e3 * (lit_cpu - bare_cpu),
         "hooks": hooks,
-        "unattributed_ms_per_step_cpu": 1e3 * (lit_cpu - bare_cpu) - sum(h["ms_per_step_cpu"] for h in hooks.values()),
+        "unattributed_ms_per_step_cpu": 1e3 * (lit_cpu - bare_cpu)
+        - sum(h["ms_per_step_cpu"] for h in hooks.values()),
         "lightning_startup_s": startup,
         "startup_amortised_ratio": (lit_step + startup / cfg.train.max_steps) / bare_step,
         "step_flops": flops,
@@ -303,26 +355,40 @@ def measure(cfg: Config, train: Split, val: Split, meta: DataMeta, steps: int, s
         "achieved_flops_per_s_lightning": flops / lit_step,
         "matmul_flops_per_s": mm,
         "hardware_fraction": flops / bare_step / mm,
-        "torch_threads": torch.get_num_threads(), "device": str(device), "precision": cfg.trainer.precision,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": cfg.trainer.precision,
     }
 
 
 def figures(r: dict[str, Any]) -> list[Figure]:
     ratio = r["training_overhead_ratio"]
     return [
-        Figure("training_overhead_ratio", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO,
-               f"median paired {r['median_paired_ratio']:.3f}, CPU-time {r['cpu_time_ratio']:.3f}; "
-               f"{r['measured_steps_each']} steps each"),
+        Figure(
+            "training_overhead_ratio",
+            ratio,
+            "x",
+            f"<= {TARGET_RATIO}",
+            ratio <= TARGET_RATIO,
+            f"median paired {r['median_paired_ratio']:.3f}, CPU-time {r['cpu_time_ratio']:.3f}; "
+            f"{r['measured_steps_each']} steps each",
+        ),
         Figure("train images/s (lightning)", r["lightning_images_per_s"], "img/s"),
         Figure("train images/s (bare)", r["bare_images_per_s"], "img/s"),
-        Figure("overhead per step (CPU time)", r["overhead_ms_per_step_cpu"], "ms",
-               note=", ".join(f"{k} {v['ms_per_step_cpu']:.1f}" for k, v in r["hooks"].items())
-               + f", rest {r['unattributed_ms_per_step_cpu']:.1f}"),
+        Figure(
+            "overhead per step (CPU time)",
+            r["overhead_ms_per_step_cpu"],
+            "ms",
+            note=", ".join(f"{k} {v['ms_per_step_cpu']:.1f}" for k, v in r["hooks"].items())
+            + f", rest {r['unattributed_ms_per_step_cpu']:.1f}",
+        ),
         Figure("lightning startup", r["lightning_startup_s"], "s", note="once per fit, not in the ratio"),
         Figure("train step GFLOP", r["step_flops"] / 1e9, "GFLOP"),
         Figure("achieved GFLOP/s (bare)", r["achieved_flops_per_s_bare"] / 1e9, "GFLOP/s"),
         Figure("matmul GFLOP/s (fp32)", r["matmul_flops_per_s"] / 1e9, "GFLOP/s"),
-        Figure("train step / matmul peak", r["hardware_fraction"], "", note="share of measured matmul FLOP/s"),
+        Figure(
+            "train step / matmul peak", r["hardware_fraction"], "", note="share of measured matmul FLOP/s"
+        ),
     ]
 
 

@@ -34,9 +34,14 @@ def _generator(cfg: Config, layout: Layout) -> Generate:
         return ClassConditionalPipeline.from_exported(layout.diffusion, cfg.sampler.name)
 
     def draw(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        return pipe()(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
-                      guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size,
-                      progress=progress_enabled()).images
+        return pipe()(
+            labels=labels,
+            seeds=seeds,
+            num_inference_steps=cfg.sampler.steps,
+            guidance_scale=cfg.sampler.guidance_scale,
+            batch_size=cfg.sampler.batch_size,
+            progress=progress_enabled(),
+        ).images
 
     return draw
 
@@ -45,16 +50,31 @@ def main(cfg: Config) -> None:
     from diffaudit.diffusion.sampling import sample_seeds
 
     layout = Layout.of(cfg)
-    inputs = {"samples": layout.samples, "evaluator": layout.evaluator, "data": layout.prepared,
-              "model": layout.diffusion}
+    inputs = {
+        "samples": layout.samples,
+        "evaluator": layout.evaluator,
+        "data": layout.prepared,
+        "model": layout.diffusion,
+    }
     with stage_run(cfg, "audit", inputs):
         meta = load_meta(layout.prepared)
         train, val, test = (load_split(layout.prepared, s) for s in ("train", "val", "test"))
         samples = load_tensors(layout.samples)
         quality = read_result(layout.quality, QualityResult) if layout.quality.is_file() else None
         evaluator = Evaluator.from_pretrained(layout.evaluator, use_safetensors=True)
-        out = audit_model(cfg, meta, train, val, test, samples["images"], samples["labels"], evaluator, quality,
-                          _generator(cfg, layout), seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:])
+        out = audit_model(
+            cfg,
+            meta,
+            train,
+            val,
+            test,
+            samples["images"],
+            samples["labels"],
+            evaluator,
+            quality,
+            _generator(cfg, layout),
+            seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:],
+        )
         for name, image in out.figures.items():
             save_png(image, layout.audit_plots / f"{name}.png")
         write_result(layout.fairness, out.fairness)
@@ -62,12 +82,16 @@ def main(cfg: Config) -> None:
         write_result(layout.gates, out.gates)
         write_text(layout.bias_amplification_csv, out.ba_csv)
         _log(out)
-        log_outputs(files=[layout.fairness, layout.privacy, layout.gates], folders={"audit": layout.audit_plots})
+        log_outputs(
+            files=[layout.fairness, layout.privacy, layout.gates], folders={"audit": layout.audit_plots}
+        )
         for v in out.verdicts:
             print(f"[audit] {v.message()}")
         g = out.gates
-        print(f"[audit] {'all gates passed' if g.passed else 'gates failed: ' + ', '.join(g.failed)} "
-              f"({out.fairness.seconds:.1f}s)")
+        print(
+            f"[audit] {'all gates passed' if g.passed else 'gates failed: ' + ', '.join(g.failed)} "
+            f"({out.fairness.seconds:.1f}s)"
+        )
         failed = [v for v in out.verdicts if not v.passed]
         if cfg.audit.fail_on_gate and failed:
             raise GateFailedError("; ".join(v.message() for v in failed))
@@ -80,12 +104,18 @@ def _log(out: AuditOutcome) -> None:
         "fairness": fairness.headline.dump(),
         "fairness.fd_l2_corrected": {h: r.corrected.fd_l2.value for h, r in fairness.representation.items()},
         "memorized_fraction": {s: m.fraction for s, m in privacy.memorization.items()},
-        "gate": {v.gate: {"passed": float(v.passed)} | ({} if v.value is None or v.value != v.value else
-                                                         {"value": float(v.value)}) for v in out.verdicts},
+        "gate": {
+            v.gate: {"passed": float(v.passed)}
+            | ({} if v.value is None or v.value != v.value else {"value": float(v.value)})
+            for v in out.verdicts
+        },
     }
     if (mit := fairness.mitigation) is not None:
-        metrics["mitigation"] = {"fd_l2_before": mit.before.fd_l2.value, "fd_l2_after": mit.after.fd_l2.value,
-                                 "extra_draws": mit.selection.extra_draws}
+        metrics["mitigation"] = {
+            "fd_l2_before": mit.before.fd_l2.value,
+            "fd_l2_after": mit.after.fd_l2.value,
+            "extra_draws": mit.selection.extra_draws,
+        }
     tags = {f"gate.{v.gate}": "pass" if v.passed else "fail" for v in out.verdicts}
     log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates.passed).lower()})
 

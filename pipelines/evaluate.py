@@ -24,8 +24,15 @@ def main(cfg: Config) -> None:
         samples = load_tensors(samples_path)
         train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
         result = evaluate_quality(
-            cfg.eval, Evaluator.from_pretrained(evaluator_dir, use_safetensors=True), meta, train=train, test=test, val=val,
-            gen_images=samples["images"], gen_labels=samples["labels"], seed=cfg.seed,
+            cfg.eval,
+            Evaluator.from_pretrained(evaluator_dir, use_safetensors=True),
+            meta,
+            train=train,
+            test=test,
+            val=val,
+            gen_images=samples["images"],
+            gen_labels=samples["labels"],
+            seed=cfg.seed,
         )
         result.sampler = SamplerRun(**cfg.sampler.model_dump())
         write_result(layout.quality, result)
@@ -56,7 +63,8 @@ def summary(result: QualityResult) -> str:
         return f"  {key}={value:.4g}{interval} (floor {floor:.4g}), n={n}"
 
     return "[evaluate] quality (value [95% CI] (real-vs-real floor), n):\n" + "\n".join(
-        line(r.key, r.value, r.ci, r.floor, r.n) for r in result.rows())
+        line(r.key, r.value, r.ci, r.floor, r.n) for r in result.rows()
+    )
 
 
 if __name__ == "__main__":

@@ -25,16 +25,26 @@ def main(cfg: Config) -> None:
         with atomic_path(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
         result = {"split": "test", "n": len(test)} | {
-            k: {"accuracy": v["accuracy"], "labels": v["labels"], "confusion": v["confusion"]} for k, v in report.items()
+            k: {"accuracy": v["accuracy"], "labels": v["labels"], "confusion": v["confusion"]}
+            for k, v in report.items()
         }
         write_result(layout.evaluator_metrics, EvaluatorResult.model_validate(result))
         if mlflow.active_run():
             for h in history:  # curves: one metric history per quantity, step = epoch
-                mlflow.log_metrics({"train_loss": h["train_loss"], "val_class_accuracy": h["val_class_accuracy"]},
-                                   step=h["epoch"])
-        log_outputs(metrics={k: v["accuracy"] for k, v in report.items()}, prefix="test_accuracy.",
-                    files=[layout.evaluator_metrics], folders={"evaluator": out})
-        print("[evaluator] held-out accuracy: " + ", ".join(f"{k}={v['accuracy']:.3f}" for k, v in report.items()))
+                mlflow.log_metrics(
+                    {"train_loss": h["train_loss"], "val_class_accuracy": h["val_class_accuracy"]},
+                    step=h["epoch"],
+                )
+        log_outputs(
+            metrics={k: v["accuracy"] for k, v in report.items()},
+            prefix="test_accuracy.",
+            files=[layout.evaluator_metrics],
+            folders={"evaluator": out},
+        )
+        print(
+            "[evaluator] held-out accuracy: "
+            + ", ".join(f"{k}={v['accuracy']:.3f}" for k, v in report.items())
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ def _log_step_metrics(series: dict[str, list[float]]) -> None:
     if not mlflow.active_run():
         return
     now = int(time.time() * 1000)
-    metrics = [Metric(f"explain.step.{name}", float(v), now, i) for name, values in series.items()
-               for i, v in enumerate(values)]
+    metrics = [
+        Metric(f"explain.step.{name}", float(v), now, i)
+        for name, values in series.items()
+        for i, v in enumerate(values)
+    ]
     client, run_id = MlflowClient(), mlflow.active_run().info.run_id
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
@@ -43,8 +46,15 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "explain", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
         meta = load_meta(data_dir)
         pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
-        result = explain_model(cfg.explain, cfg.sampler, cfg.seed, pipe, Evaluator.from_pretrained(evaluator_dir, use_safetensors=True),
-                               meta, load_split(data_dir, "val"))
+        result = explain_model(
+            cfg.explain,
+            cfg.sampler,
+            cfg.seed,
+            pipe,
+            Evaluator.from_pretrained(evaluator_dir, use_safetensors=True),
+            meta,
+            load_split(data_dir, "val"),
+        )
         for name, fig in result.figures.items():
             write_with(fig_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         for name, frames in result.gifs.items():
@@ -53,13 +63,19 @@ def main(cfg: Config) -> None:
             write_text(tables[name], text)
         write_result(layout.explain, result.metrics)
         _log_step_metrics(result.step_metrics)
-        log_outputs(metrics=result.metrics.dump(exclude={"sampler"}), prefix="explain.",
-                    files=[layout.explain], folders={"explain": fig_dir})
+        log_outputs(
+            metrics=result.metrics.dump(exclude={"sampler"}),
+            prefix="explain.",
+            files=[layout.explain],
+            folders={"explain": fig_dir},
+        )
         log_outputs(files=tables.values(), artifact_path="explain")
         m = result.metrics
         c, delta = m.commitment.per_head["class"], m.attribution.ig_convergence_delta
-        print(f"[explain] {m.num_images} trajectories; class commits at step {c.mean:.1f}/"
-              f"{cfg.sampler.steps} on average; IG max |delta| {delta.max_abs:.3g}; {m.seconds.total:.0f}s")
+        print(
+            f"[explain] {m.num_images} trajectories; class commits at step {c.mean:.1f}/"
+            f"{cfg.sampler.steps} on average; IG max |delta| {delta.max_abs:.3g}; {m.seconds.total:.0f}s"
+        )
 
 
 if __name__ == "__main__":

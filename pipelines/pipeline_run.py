@@ -21,7 +21,8 @@ def finish(returncode: int) -> None:
     cfg = load_params(os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
     experiment_id = setup(cfg)
     runs = MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{STAGE_TAG}` = 'pipeline'",
         max_results=1,
     )
     if not runs:

@@ -37,15 +37,27 @@ def main(cfg: Config) -> None:
             validate(splits["train"], cfg.data.channels)
         with atomic_path(out) as tmp:
             save_prepared(tmp, splits, cfg.data.image_size)
-        card = {"source": ds.source, "image_size": cfg.data.image_size, "data_md5": path_md5(out),
-                "bias": cfg.data.bias.model_dump() if cfg.data.bias else None, "splits": data_card(splits)}
+        card = {
+            "source": ds.source,
+            "image_size": cfg.data.image_size,
+            "data_md5": path_md5(out),
+            "bias": cfg.data.bias.model_dump() if cfg.data.bias else None,
+            "splits": data_card(splits),
+        }
         write_result(layout.data_card, DataResult.model_validate(card))
         train = splits["train"]
-        real = class_grid(to_model_tensor(train.images, cfg.data.image_size), torch.from_numpy(train.labels),
-                          len(train.class_names))
+        real = class_grid(
+            to_model_tensor(train.images, cfg.data.image_size),
+            torch.from_numpy(train.labels),
+            len(train.class_names),
+        )
         save_png(real, layout.real_grid)
-        log_outputs(metrics={k: v["n"] for k, v in card["splits"].items()}, prefix="n_",
-                    files=[layout.data_card, layout.real_grid], tags={"data_md5": card["data_md5"]})
+        log_outputs(
+            metrics={k: v["n"] for k, v in card["splits"].items()},
+            prefix="n_",
+            files=[layout.data_card, layout.real_grid],
+            tags={"data_md5": card["data_md5"]},
+        )
         print(f"[prepare] {ds.source}: " + ", ".join(f"{k}={v['n']}" for k, v in card["splits"].items()))
 
 

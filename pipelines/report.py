@@ -37,20 +37,26 @@ def ui_base(cfg: Config, release: ReleaseCfg) -> str:
     if release.ui_url:
         return release.ui_url.rstrip("/")
     uri = tracking_uri(cfg)
-    return redact_uri(uri).replace("//***@", "//").rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+    return (
+        redact_uri(uri).replace("//***@", "//").rstrip("/")
+        if uri.startswith(("http://", "https://"))
+        else DEFAULT_UI
+    )
 
 
 def _md5(path: Path) -> str | None:
     return path_md5(path) if path.exists() else None
 
 
-def lineage(cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None,
-            record: ReleaseRecord | None) -> Lineage:
+def lineage(
+    cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None, record: ReleaseRecord | None
+) -> Lineage:
     base = ui_base(cfg, release)
     layout = Layout.of(cfg)
     data = content.results.data
     lin = Lineage(
-        git_commit=git_commit(), data_md5=data.data_md5 if data else None,
+        git_commit=git_commit(),
+        data_md5=data.data_md5 if data else None,
         model_md5=_md5(layout.diffusion),
         samples_md5=_md5(layout.samples),
         tracking_uri=redact_uri(tracking_uri(cfg)),
@@ -85,8 +91,16 @@ def main(cfg: Config) -> None:
             # measured by another one (new data retrains it) has incomparable numbers.
             evaluator = layout.evaluator
             space = f"{cfg.eval.feature}+evaluator:{path_md5(evaluator)}" if evaluator.is_dir() else None
-            record = register_and_decide(cfg, release, info, candidate, content.gates,
-                                         active.info.run_id, pipeline_id(cfg), feature_space=space)
+            record = register_and_decide(
+                cfg,
+                release,
+                info,
+                candidate,
+                content.gates,
+                active.info.run_id,
+                pipeline_id(cfg),
+                feature_space=space,
+            )
         # Re-read the run so the parent tag set at start is visible.
         active_run = mlflow.get_run(active.info.run_id) if active is not None else None
         lin = lineage(cfg, content, release, active_run, record)
@@ -94,16 +108,30 @@ def main(cfg: Config) -> None:
         write_text(layout.model_card, render_model_card(content, lin, record))
         gates_passed = content.gates is not None and content.gates.passed
         summary = ReleaseSummary(
-            promoted=record.promoted if record else False, registered=record is not None,
-            gates_ran=content.gates is not None, gates_passed=gates_passed, candidate_metrics=candidate,
+            promoted=record.promoted if record else False,
+            registered=record is not None,
+            gates_ran=content.gates is not None,
+            gates_passed=gates_passed,
+            candidate_metrics=candidate,
             **({"record": record} if record else {}),
         )
         write_result(layout.release, summary)
-        tags = {"release.decision": "champion" if record.promoted else "refused",
-                "release.model_version": record.candidate_version or ""} if record else None
-        log_outputs(metrics={"promoted": float(summary.promoted), "gates_passed": float(gates_passed)}
-                    | {k: v for k, v in candidate.items() if v is not None}, prefix="release.",
-                    files=[layout.report_html, layout.model_card, layout.release], artifact_path="report", tags=tags)
+        tags = (
+            {
+                "release.decision": "champion" if record.promoted else "refused",
+                "release.model_version": record.candidate_version or "",
+            }
+            if record
+            else None
+        )
+        log_outputs(
+            metrics={"promoted": float(summary.promoted), "gates_passed": float(gates_passed)}
+            | {k: v for k, v in candidate.items() if v is not None},
+            prefix="release.",
+            files=[layout.report_html, layout.model_card, layout.release],
+            artifact_path="report",
+            tags=tags,
+        )
         written = f"wrote {layout.report_html} and {layout.model_card}"
         if record is None:
             print(f"[report] {written} (model not registered)")

@@ -55,8 +55,11 @@ def run_pipeline(params: str, overrides: list[str], dvc_args: list[str]) -> int:
 def baseline_metrics(rev: str, release: ReleaseCfg) -> dict[str, float | None] | None:
     """The configured metrics at git revision `rev`, from `dvc metrics diff <rev> --json` (None when
     DVC cannot tell, e.g. no cache or remote holds that revision's metrics)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", rev, "--json", "--all"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "diff", rev, "--json", "--all"],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         print(f"[retrain] dvc metrics diff {rev} failed: {proc.stderr.strip()[:300]}", file=sys.stderr)
         return None
@@ -90,9 +93,12 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
     released = summary.promoted
     name, version = (record.model_name, record.candidate_version) if record else (None, None)
     champion = record.champion_version if record else None
-    head = (f"{name} v{version} PROMOTED to champion" if released else
-            f"{name} v{version} REFUSED: stays candidate; champion is "
-            f"{'v' + champion if champion else 'unset'}")
+    head = (
+        f"{name} v{version} PROMOTED to champion"
+        if released
+        else f"{name} v{version} REFUSED: stays candidate; champion is "
+        f"{'v' + champion if champion else 'unset'}"
+    )
     lines.append(head)
     lines += [f"  - {r}" for r in (record.reasons if record else [])]
     if baseline_rev:
@@ -109,8 +115,10 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
             if failed:
                 if released and record is not None:
                     _revoke(cfg, summary, failed)
-                    lines.append(f"REVOKED: the champion alias is back on "
-                                 f"{record.previous_champion_version or 'nothing'}")
+                    lines.append(
+                        f"REVOKED: the champion alias is back on "
+                        f"{record.previous_champion_version or 'nothing'}"
+                    )
                 released = False
                 lines.append(f"REFUSED: regression against {baseline_rev} beyond tolerance")
     return released, lines
@@ -153,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 cfg = load_params(args.params)
                 gates = Path(cfg.paths.metrics) / GatesResult.FILE
-                why = (" (a release gate failed and audit.fail_on_gate stopped it: see " + str(gates) + ")"
-                       if gates.is_file() and not read_result(gates, GatesResult).passed else "")
+                why = (
+                    " (a release gate failed and audit.fail_on_gate stopped it: see " + str(gates) + ")"
+                    if gates.is_file() and not read_result(gates, GatesResult).passed
+                    else ""
+                )
                 print(f"[retrain] REFUSED: the pipeline failed (dvc repro exit {rc}){why}", file=sys.stderr)
                 return 1
         cfg = load_params(args.params)

@@ -26,16 +26,29 @@ def main(cfg: Config) -> None:
         seeds = sample_seeds(cfg.seed, len(labels))
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        images = pipe(labels=labels, seeds=seeds, num_inference_steps=cfg.sampler.steps,
-                      guidance_scale=cfg.sampler.guidance_scale, batch_size=cfg.sampler.batch_size,
-                      progress=progress_enabled()).images
+        images = pipe(
+            labels=labels,
+            seeds=seeds,
+            num_inference_steps=cfg.sampler.steps,
+            guidance_scale=cfg.sampler.guidance_scale,
+            batch_size=cfg.sampler.batch_size,
+            progress=progress_enabled(),
+        ).images
         seconds = time.perf_counter() - t0
-        save_tensors(layout.samples, {"images": images, "labels": labels, "seeds": torch.tensor(seeds)},
-                     metadata={"sampler": cfg.sampler.name, "steps": str(cfg.sampler.steps),
-                               "guidance_scale": str(cfg.sampler.guidance_scale)})
+        save_tensors(
+            layout.samples,
+            {"images": images, "labels": labels, "seeds": torch.tensor(seeds)},
+            metadata={
+                "sampler": cfg.sampler.name,
+                "steps": str(cfg.sampler.steps),
+                "guidance_scale": str(cfg.sampler.guidance_scale),
+            },
+        )
         save_png(class_grid(images, labels, meta.num_classes), layout.samples_grid)
-        log_outputs(metrics={"sampling_seconds": seconds, "images_per_second": len(labels) / seconds},
-                    files=[layout.samples_grid])
+        log_outputs(
+            metrics={"sampling_seconds": seconds, "images_per_second": len(labels) / seconds},
+            files=[layout.samples_grid],
+        )
         print(f"[sample] {len(labels)} images with {cfg.sampler.name} x{cfg.sampler.steps} in {seconds:.1f}s")
 
 

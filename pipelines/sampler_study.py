@@ -23,7 +23,9 @@ from pipelines._stage import progress_enabled, run
 
 def main(cfg: Config) -> None:
     if cfg.eval.study is None:
-        raise ConfigError("eval.study is not configured: select one with eval/study=light (or full), see conf/eval/study/")
+        raise ConfigError(
+            "eval.study is not configured: select one with eval/study=light (or full), see conf/eval/study/"
+        )
     layout = Layout.of(cfg)
     data_dir, model_dir, evaluator_dir = layout.prepared, layout.diffusion, layout.evaluator
     with stage_run(cfg, "sampler_study", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
@@ -38,22 +40,35 @@ def main(cfg: Config) -> None:
         def on_point(p: StudyPoint, m: PointScore) -> None:
             if verbose:
                 fid = space_key("fid", m.space())
-                print(f"[sampler_study] {p.sampler:>10} nfe={p.nfe:<4} w={p.guidance_scale:<4g} "
-                      f"{fid}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
-                      f"acc={m.conditional_accuracy:.3f} {m.seconds:.1f}s", flush=True)
+                print(
+                    f"[sampler_study] {p.sampler:>10} nfe={p.nfe:<4} w={p.guidance_scale:<4g} "
+                    f"{fid}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
+                    f"acc={m.conditional_accuracy:.3f} {m.seconds:.1f}s",
+                    flush=True,
+                )
 
-        result = run_study(pipe, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed,
-                           on_point=on_point)
+        result = run_study(
+            pipe, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed, on_point=on_point
+        )
         write_result(layout.sampler_study, result)
         write_study_outputs(result, layout.sampler_study_plots)
         _log_curves(result)
-        log_outputs(metrics={"floor": result.floor.dump(), "seconds": result.seconds}, prefix="study.",
-                    files=[layout.sampler_study], folders={"sampler_study": layout.sampler_study_plots})
+        log_outputs(
+            metrics={"floor": result.floor.dump(), "seconds": result.seconds},
+            prefix="study.",
+            files=[layout.sampler_study],
+            folders={"sampler_study": layout.sampler_study_plots},
+        )
         best = result.best
-        verdict = (f"{best.sampler} reaches the target at {best.nfe} NFE ({best.seconds:.1f}s)" if best
-                   else "no sampler reaches the target quality")
-        print(f"[sampler_study] {verdict}; whole study {result.seconds:.1f}s on n={result.n_images} "
-              "images/point")
+        verdict = (
+            f"{best.sampler} reaches the target at {best.nfe} NFE ({best.seconds:.1f}s)"
+            if best
+            else "no sampler reaches the target quality"
+        )
+        print(
+            f"[sampler_study] {verdict}; whole study {result.seconds:.1f}s on n={result.n_images} "
+            "images/point"
+        )
 
 
 def _log_curves(result: SamplerStudyResult) -> None:
@@ -63,13 +78,20 @@ def _log_curves(result: SamplerStudyResult) -> None:
     fid = space_key("fid", result.feature_space)
     for s, pts in result.nfe_sweep.items():
         for m in pts.values():
-            mlflow.log_metrics({f"study.{s}.{fid}": m.space_value("fid"),
-                                f"study.{s}.fid_over_floor": m.fid_over_floor,
-                                f"study.{s}.conditional_accuracy": m.conditional_accuracy,
-                                f"study.{s}.seconds": m.seconds}, step=m.nfe)
+            mlflow.log_metrics(
+                {
+                    f"study.{s}.{fid}": m.space_value("fid"),
+                    f"study.{s}.fid_over_floor": m.fid_over_floor,
+                    f"study.{s}.conditional_accuracy": m.conditional_accuracy,
+                    f"study.{s}.seconds": m.seconds,
+                },
+                step=m.nfe,
+            )
     for m in result.guidance_sweep.points.values():
-        mlflow.log_metrics({"study.guidance.precision": m.precision, "study.guidance.recall": m.recall},
-                           step=round(m.guidance_scale * 100))
+        mlflow.log_metrics(
+            {"study.guidance.precision": m.precision, "study.guidance.recall": m.recall},
+            step=round(m.guidance_scale * 100),
+        )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,23 @@ from diffaudit.tracking.registry import CHAMPION, alias_version
 
 def serve_command(model_uri: str, host: str, port: int, workers: int = 1) -> list[str]:
     # --env-manager local: the project's venv already holds every dependency the model needs.
-    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     name = cfg.tracking.registered_model_name
     mv = alias_version(name, args.alias)
     if mv is None:
-        print(f"[serve] error: {name}@{args.alias} does not exist in {redact_uri(tracking_uri(cfg))}: no run has "
-              "passed the release rule yet (see reports/release.json, or `make retrain`)", file=sys.stderr)
+        print(
+            f"[serve] error: {name}@{args.alias} does not exist in {redact_uri(tracking_uri(cfg))}: "
+            "no run has passed the release rule yet (see reports/release.json, or `make retrain`)",
+            file=sys.stderr,
+        )
         return 1
     uri = f"models:/{name}@{args.alias}"
     print(f"[serve] {uri} (version {mv.version}) on http://{args.host}:{args.port}/invocations", flush=True)

@@ -37,16 +37,25 @@ def main(cfg: Config) -> None:
         train, val = load_split(layout.prepared, "train"), load_split(layout.prepared, "val")
         logger = (
             MLFlowLogger(tracking_uri=tracking_uri(cfg), run_id=active.info.run_id, log_model=False)
-            if active is not None else False
+            if active is not None
+            else False
         )
-        module, trainer = train_diffusion(cfg, train, val, meta, layout.checkpoints, logger, progress_enabled())
+        module, trainer = train_diffusion(
+            cfg, train, val, meta, layout.checkpoints, logger, progress_enabled()
+        )
         if not is_global_zero():
             return
         export_ema(module, layout.diffusion)
         write_text(layout.train_loss, loss_curve_csv(active.info.run_id))
-        log_outputs(metrics={"global_step": trainer.global_step, "world_size": trainer.world_size,
-                             "ddp_ranks_agree": float(getattr(module, "ranks_agree", True))},
-                    files=[layout.train_loss], folders={"model": layout.diffusion})
+        log_outputs(
+            metrics={
+                "global_step": trainer.global_step,
+                "world_size": trainer.world_size,
+                "ddp_ranks_agree": float(getattr(module, "ranks_agree", True)),
+            },
+            files=[layout.train_loss],
+            folders={"model": layout.diffusion},
+        )
         last = layout.checkpoints / "last.ckpt"
         if last.is_file():
             log_outputs(files=[last], artifact_path="checkpoints")

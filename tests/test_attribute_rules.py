@@ -41,8 +41,11 @@ def test_fit_threshold_never_cuts_between_tied_scores() -> None:
 
 def test_fit_rules_needs_every_class() -> None:
     meta, s = _digits_splits()
-    only_zero = Split(s["train"].images[s["train"].labels == 0], s["train"].labels[s["train"].labels == 0],
-                      {"thickness": s["train"].attributes["thickness"][s["train"].labels == 0]})
+    only_zero = Split(
+        s["train"].images[s["train"].labels == 0],
+        s["train"].labels[s["train"].labels == 0],
+        {"thickness": s["train"].attributes["thickness"][s["train"].labels == 0]},
+    )
     with pytest.raises(DataError, match="no train/val images"):  # the stage's one-line error, exit 1
         fit_rules(meta, [only_zero])
 
@@ -63,8 +66,14 @@ def _digits_splits() -> tuple[DataMeta, dict[str, Split]]:
     ds = add_derived_attributes(load_digits(), ["thickness"])
     splits = stratified_split(ds, 0.1, 0.2, seed=0)
     meta = DataMeta(ds.class_names, ds.attribute_groups, 16, 1, ds.source, list(ds.derived_attributes))
-    as_split = {k: Split(to_model_tensor(v.images, 16), torch.from_numpy(v.labels),
-                         {a: torch.from_numpy(g) for a, g in v.attributes.items()}) for k, v in splits.items()}
+    as_split = {
+        k: Split(
+            to_model_tensor(v.images, 16),
+            torch.from_numpy(v.labels),
+            {a: torch.from_numpy(g) for a, g in v.attributes.items()},
+        )
+        for k, v in splits.items()
+    }
     return meta, as_split
 
 
@@ -78,7 +87,7 @@ def test_rule_reproduces_the_definition_on_held_out_digits() -> None:
     # More ink means thick: half as much ink again moves a digit the rule calls thin across its class's cut.
     thin = int(np.flatnonzero(pred == 0)[0])
     x, y = s["test"].images[thin : thin + 1], s["test"].labels[thin : thin + 1]
-    inked = (((x + 1) / 2 * 1.5).clamp(0, 1) * 2 - 1)
+    inked = ((x + 1) / 2 * 1.5).clamp(0, 1) * 2 - 1
     assert rule.predict(inked, y)[0] == 1
 
 
@@ -91,8 +100,11 @@ def test_rule_uses_the_class_it_is_given() -> None:
 
 def test_apply_rules_replaces_reads_and_keeps_the_heads() -> None:
     head = np.array([0, 0, 1])
-    judged = Judged(probs={"thickness": np.eye(2)[head], "class": np.eye(2)[[0, 1, 1]]},
-                    preds={"thickness": head, "class": np.array([0, 1, 1])}, feats=np.zeros((3, 4)))
+    judged = Judged(
+        probs={"thickness": np.eye(2)[head], "class": np.eye(2)[[0, 1, 1]]},
+        preds={"thickness": head, "class": np.array([0, 1, 1])},
+        feats=np.zeros((3, 4)),
+    )
     rule = AttributeRule("thickness", np.array([5.0, 5.0]))
     images = torch.stack([torch.full((1, 2, 2), v) for v in (1.0, 1.0, -1.0)])  # ink 4, 4, 0
     out = apply_rules(judged, images, np.array([0, 1, 1]), {"thickness": rule})

@@ -13,8 +13,14 @@ from tests.helpers.config import ROOT, stage_env, tiny_config
 
 
 def _run_stage(stage: str, params: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=ROOT, env=stage_env(params, "bad-input"),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{stage}"],
+        cwd=ROOT,
+        env=stage_env(params, "bad-input"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _image_folder(root: Path, per_class: int = 12) -> Path:
@@ -44,8 +50,15 @@ def test_train_stage_refuses_a_checkpoint_of_another_config(tiny_run, tmp_path: 
     foreign = tiny_run.root / "models" / "checkpoints" / "last.ckpt"
     out = tmp_path / "run"
     # same data, another UNet width: the checkpoint's config hash cannot match
-    tiny_config(out, [f"paths.data={tiny_run.root / 'data'}", "model.block_out_channels=[8,16]",
-                      "model.norm_num_groups=4", f"train.resume_from={foreign}"])
+    tiny_config(
+        out,
+        [
+            f"paths.data={tiny_run.root / 'data'}",
+            "model.block_out_channels=[8,16]",
+            "model.norm_num_groups=4",
+            f"train.resume_from={foreign}",
+        ],
+    )
     proc = _run_stage("train", out / "params.yaml")
     assert proc.returncode == 1, proc.stderr
     assert "[train] error" in proc.stderr and "different model" in proc.stderr and str(foreign) in proc.stderr

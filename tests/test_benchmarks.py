@@ -30,19 +30,32 @@ def test_quick_run_writes_every_benchmark(tmp_path: Path) -> None:
     assert set(e["per_size"]) == {str(n) for n in e["sizes"]}
     assert res["benchmarks"]["end_to_end"]["cache"] == {"skipped": "not requested"}
     names = {f["name"] for f in res["figures"]}
-    assert {"training_overhead_ratio", "cfg: one batched forward per step", "eval memory growth exponent"} <= names
+    assert {
+        "training_overhead_ratio",
+        "cfg: one batched forward per step",
+        "eval memory growth exponent",
+    } <= names
     assert all(set(f) == {"name", "value", "unit", "target", "ok", "note"} for f in res["figures"])
 
 
-DVC = {"stages": {
-    "prepare": {"params": ["seed", "data"], "outs": ["data/prepared"]},
-    "sample": {"deps": ["models/diffusion"], "params": ["sampler"], "outs": ["samples"]},
-    "audit": {"deps": ["samples", "data/prepared"], "params": ["audit", "seed"],
-              "outs": ["plots/audit"], "metrics": [{"metrics/audit.json": {"cache": False}}]},
-    "report": {"deps": ["metrics/audit.json", "samples"], "params": [{"params.yaml": ["report.title"]}],
-               "outs": ["reports"]},
-    "other": {"deps": ["data/prepared"], "outs": ["x"]},
-}}
+DVC = {
+    "stages": {
+        "prepare": {"params": ["seed", "data"], "outs": ["data/prepared"]},
+        "sample": {"deps": ["models/diffusion"], "params": ["sampler"], "outs": ["samples"]},
+        "audit": {
+            "deps": ["samples", "data/prepared"],
+            "params": ["audit", "seed"],
+            "outs": ["plots/audit"],
+            "metrics": [{"metrics/audit.json": {"cache": False}}],
+        },
+        "report": {
+            "deps": ["metrics/audit.json", "samples"],
+            "params": [{"params.yaml": ["report.title"]}],
+            "outs": ["reports"],
+        },
+        "other": {"deps": ["data/prepared"], "outs": ["x"]},
+    }
+}
 
 
 def test_expected_reruns_follow_params_and_outputs() -> None:
@@ -50,7 +63,10 @@ def test_expected_reruns_follow_params_and_outputs() -> None:
     assert end_to_end.expected_reruns(DVC, "sampler.steps") == {"sample", "audit", "report"}
     assert end_to_end.expected_reruns(DVC, "data.image_size") == {"prepare", "audit", "report", "other"}
     assert end_to_end.expected_reruns(DVC, "report.title") == {"report"}
-    out = "Stage 'prepare' didn't change, skipping\nRunning stage 'audit':\n> python -m x\nRunning stage 'report':\n"
+    out = (
+        "Stage 'prepare' didn't change, skipping\nRunning stage 'audit':\n> python -m x\n"
+        "Running stage 'report':\n"
+    )
     assert end_to_end.ran_stages(out) == {"audit", "report"}
 
 
@@ -67,8 +83,11 @@ def test_last_repro_reads_stage_runs(tiny_run) -> None:
     assert all(s["seconds"] >= 0 and s["in_last_repro"] for s in rep["stages"].values())
     # The tiny run is not the default workload: its time is shown but not judged against the target.
     assert "train.max_steps" in rep["differs_from_default"], rep["differs_from_default"]
-    wall = next(f for f in end_to_end.figures({"last_repro": rep, "cache": {"skipped": "x"}})
-                if f.name == "make repro wall time")
+    wall = next(
+        f
+        for f in end_to_end.figures({"last_repro": rep, "cache": {"skipped": "x"}})
+        if f.name == "make repro wall time"
+    )
     assert wall.ok is None and "NOT the default config" in wall.note, wall
 
 
@@ -82,9 +101,28 @@ def test_gpu_check_without_cuda_exits_cleanly(capsys: pytest.CaptureFixture[str]
 
 
 def test_gpu_check_logic_on_cpu_tiny(tmp_path: Path) -> None:
-    args = ["--cpu", "--model", "unet_small", "--image-size", "16", "--batch", "2", "--steps", "1", "--rounds", "1",
-            "--no-compile", "--pipeline-steps", "4", "--pipeline-batch", "4", "--pipeline-image-size", "16",
-            "--out", str(tmp_path)]
+    args = [
+        "--cpu",
+        "--model",
+        "unet_small",
+        "--image-size",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--no-compile",
+        "--pipeline-steps",
+        "4",
+        "--pipeline-batch",
+        "4",
+        "--pipeline-image-size",
+        "16",
+        "--out",
+        str(tmp_path),
+    ]
     assert gpu_check.main(args) == 0
     res = json.loads((tmp_path / "gpu_results.json").read_text())
     assert {"fp32", "bf16", "bf16_channels_last"} <= set(res["cifar"]["variants"])
@@ -106,12 +144,25 @@ def test_study_verdict_picks_the_cheapest_point_within_ten_percent() -> None:
     from diffaudit.results.sampler_study import PointScore
 
     def pt(fid: float, acc: float, seconds: float, nfe: int) -> PointScore:
-        return PointScore(fid_evaluator=fid, kid_evaluator=0.0, kid_evaluator_std=0.0, precision=0.5,
-                          recall=0.5, conditional_accuracy=acc, fid_over_floor=fid, nfe=nfe, unet_evals=nfe,
-                          guidance_scale=1.0, seconds=seconds, reaches_target=False)
+        return PointScore(
+            fid_evaluator=fid,
+            kid_evaluator=0.0,
+            kid_evaluator_std=0.0,
+            precision=0.5,
+            recall=0.5,
+            conditional_accuracy=acc,
+            fid_over_floor=fid,
+            nfe=nfe,
+            unet_evals=nfe,
+            guidance_scale=1.0,
+            seconds=seconds,
+            reaches_target=False,
+        )
 
-    sweep = {"ddpm": {"20": pt(1.5, 0.95, 9.0, 20), "50": pt(1.0, 0.96, 20.0, 50)},
-             "dpm_solver": {"10": pt(1.2, 0.95, 4.0, 10), "20": pt(1.05, 0.95, 8.0, 20)}}
+    sweep = {
+        "ddpm": {"20": pt(1.5, 0.95, 9.0, 20), "50": pt(1.0, 0.96, 20.0, 50)},
+        "dpm_solver": {"10": pt(1.2, 0.95, 4.0, 10), "20": pt(1.05, 0.95, 8.0, 20)},
+    }
     study = SamplerStudyResult.model_construct(nfe_sweep=sweep)  # only the sweep is read
     v = study_verdict(study)
     assert v["met"] and v["cheapest_within_tolerance"] == {"sampler": "dpm_solver", "nfe": 20, "seconds": 8.0}
@@ -123,14 +174,31 @@ def test_ema_study_tiny(tiny_run, tmp_path: Path) -> None:
     from benchmarks import ema_study
 
     out = tmp_path / "ema.json"
-    args = ["--overrides", "experiment=smoke", "train.max_steps=4", "--at", "2", "4", "--decays", "0.9",
-            "--per-class", "2", "--data", str(tiny_run.root / "data" / "prepared"),
-            "--evaluator", str(tiny_run.root / "models" / "evaluator"), "--out", str(out)]
+    args = [
+        "--overrides",
+        "experiment=smoke",
+        "train.max_steps=4",
+        "--at",
+        "2",
+        "4",
+        "--decays",
+        "0.9",
+        "--per-class",
+        "2",
+        "--data",
+        str(tiny_run.root / "data" / "prepared"),
+        "--evaluator",
+        str(tiny_run.root / "models" / "evaluator"),
+        "--out",
+        str(out),
+    ]
     assert ema_study.main(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {(r["step"], r["weights"]) for r in rows} == {(s, w) for s in (2, 4) for w in ("raw", "ema0.9")}
-    assert all(r["fid_evaluator"] >= 0 and 0 <= r["conditional_accuracy"] <= 1 and 0 <= r["thick_share"] <= 1
-               for r in rows), rows
+    assert all(
+        r["fid_evaluator"] >= 0 and 0 <= r["conditional_accuracy"] <= 1 and 0 <= r["thick_share"] <= 1
+        for r in rows
+    ), rows
     # The EMA lags the raw weights, so the two are different models (not a relabelled copy).
     by = {(r["step"], r["weights"]): r for r in rows}
     assert by[(4, "raw")]["fid_evaluator"] != by[(4, "ema0.9")]["fid_evaluator"]

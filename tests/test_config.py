@@ -74,7 +74,10 @@ def test_compose_cli_fails_fast_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "params.yaml"
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.compose", "--out", str(out), "train.max_steps=0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 1
     assert "train.max_steps" in proc.stderr and "Traceback" not in proc.stderr
@@ -87,7 +90,11 @@ def test_stage_rejects_bad_params_with_a_message(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     write_params(raw, path)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={"DIFFAUDIT_PARAMS": str(path), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 1

@@ -25,21 +25,39 @@ def test_dashboard_shows_the_pipeline_stages_and_model(run: ReleaseRun, tmp_path
     base = f"http://127.0.0.1:{port}"
     api = f"{base}/api/2.0/mlflow"
     # What `make ui` runs, on this run's store.
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", run.tracking_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        run.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     with server(cmd, f"{base}/health", tmp_path / "ui.log", env=env):
         name = run.cfg.tracking.experiment_name
-        exp = get_json(f"{api}/experiments/get-by-name?experiment_name={urllib.parse.quote(name)}")["experiment"]
+        exp = get_json(f"{api}/experiments/get-by-name?experiment_name={urllib.parse.quote(name)}")[
+            "experiment"
+        ]
 
         def search(filter_string: str) -> list[dict]:
-            status, out = post_json(f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]],
-                                                           "filter": filter_string, "max_results": 100})
+            status, out = post_json(
+                f"{api}/runs/search",
+                {"experiment_ids": [exp["experiment_id"]], "filter": filter_string, "max_results": 100},
+            )
             assert status == 200, out
             return out.get("runs", [])
 
-        (pipeline,) = search(f"tags.`diffaudit.stage` = 'pipeline' and tags.`diffaudit.pipeline_id` = '{PIPELINE_ID}'")
+        (pipeline,) = search(
+            f"tags.`diffaudit.stage` = 'pipeline' and tags.`diffaudit.pipeline_id` = '{PIPELINE_ID}'"
+        )
         parent_id = pipeline["info"]["run_id"]
         assert pipeline["info"]["status"] == "FINISHED"
         stages = {r["info"]["run_name"]: r for r in search(f"tags.`mlflow.parentRunId` = '{parent_id}'")}
@@ -57,12 +75,19 @@ def test_dashboard_shows_the_pipeline_stages_and_model(run: ReleaseRun, tmp_path
 
         assert metrics(stages["prepare"])["n_train"] > 0
         assert metrics(stages["report"])["release.promoted"] == 1.0
-        assert params(stages["report"])["tracking.registered_model_name"] == run.cfg.tracking.registered_model_name
+        assert (
+            params(stages["report"])["tracking.registered_model_name"]
+            == run.cfg.tracking.registered_model_name
+        )
         report_id = stages["report"]["info"]["run_id"]
-        assert {"report/audit.html", "report/MODEL_CARD.md", "report/release.json"} <= artifacts(report_id, "report")
+        assert {"report/audit.html", "report/MODEL_CARD.md", "report/release.json"} <= artifacts(
+            report_id, "report"
+        )
         assert "config" in artifacts(report_id)
         assert {"data.json", "real_grid.png"} <= artifacts(stages["prepare"]["info"]["run_id"])
-        assert "pipeline/gates.json" in artifacts(parent_id, "pipeline")  # metrics logged when the pipeline closed
+        assert "pipeline/gates.json" in artifacts(
+            parent_id, "pipeline"
+        )  # metrics logged when the pipeline closed
         tags = {t["key"]: t["value"] for t in stages["report"]["data"]["tags"]}
         assert tags["git_commit"] and tags["release.decision"] == "champion"
 

@@ -30,13 +30,22 @@ from diffaudit.models.evaluator import Evaluator
 from diffaudit.training.evaluator_training import predict
 
 # Small enough for seconds on a shared 2-core CPU.
-SMALL = {"emergence_per_class": 2, "filmstrip_per_class": 1, "attribution_steps": [0.5], "ig_steps": 8,
-         "smoothgrad_samples": 4, "timestep_bins": 3, "loss_images": 30}
+SMALL = {
+    "emergence_per_class": 2,
+    "filmstrip_per_class": 1,
+    "attribution_steps": [0.5],
+    "ig_steps": 8,
+    "smoothgrad_samples": 4,
+    "timestep_bins": 3,
+    "loss_images": 30,
+}
 
 
 @pytest.fixture(scope="module")
 def models(tiny_run) -> tuple[ClassConditionalPipeline, torch.nn.Module]:
-    pipe = ClassConditionalPipeline.from_exported(tiny_run.root / "models" / "diffusion", tiny_run.cfg.sampler.name)
+    pipe = ClassConditionalPipeline.from_exported(
+        tiny_run.root / "models" / "diffusion", tiny_run.cfg.sampler.name
+    )
     return pipe, Evaluator.from_pretrained(tiny_run.root / "models" / "evaluator", use_safetensors=True)
 
 
@@ -46,8 +55,14 @@ def traj(tiny_run, models) -> Trajectory:
     pipe, _ = models
     s = tiny_run.cfg.sampler
     labels = torch.arange(10)
-    return record_trajectories(pipe.with_sampler(s.name), labels, explain_seeds(0, 10, 1, 1), s.steps,
-                               s.guidance_scale, batch_size=64)
+    return record_trajectories(
+        pipe.with_sampler(s.name),
+        labels,
+        explain_seeds(0, 10, 1, 1),
+        s.steps,
+        s.guidance_scale,
+        batch_size=64,
+    )
 
 
 def small_cfg(tiny_run, **extra: object) -> ExplainCfg:
@@ -57,7 +72,8 @@ def small_cfg(tiny_run, **extra: object) -> ExplainCfg:
 @pytest.mark.parametrize("sampler", ["dpm_solver", "ddim", "ddpm", "euler"])
 def test_x0_is_the_schedulers_own(tiny_run, models, sampler: str) -> None:
     """The recorded x0-prediction (and the pipeline's StepInfo.x0_pred, and the function the attributions
-    differentiate) equal what the scheduler itself used at each step, for every sampler the pipeline offers."""
+    differentiate) equal what the scheduler itself used at each step, for every sampler the pipeline
+    offers."""
     pipe, evaluator = models
     pipe = pipe.with_sampler(sampler)
     scheduler = pipe.scheduler
@@ -112,8 +128,12 @@ def test_commitment_summary_orders_attribute_and_class() -> None:
 
     out = commitment_summary(_Em(), torch.tensor([0, 0, 1, 1]), 4)  # type: ignore[arg-type]
     order = out["attribute_vs_class"]["thickness"]
-    assert order == {"share_attribute_first": 0.5, "share_same_step": 0.25, "share_class_first": 0.25,
-                     "mean_step_difference": -0.75}
+    assert order == {
+        "share_attribute_first": 0.5,
+        "share_same_step": 0.25,
+        "share_class_first": 0.25,
+        "mean_step_difference": -0.75,
+    }
     assert out["per_head"]["class"]["per_class"]["0"]["mean"] == 3.0
 
 
@@ -124,7 +144,9 @@ def test_integrated_gradients_completeness(tiny_run, models, traj: Trajectory) -
     target = emergence(evaluator, traj).final["class"]
     attr = attribute(pipe, evaluator, traj, target, cfg, tiny_run.cfg.sampler.guidance_scale, seed=0)
     k = attr.steps[0]
-    f = StepClassLogit.at_step(pipe.unet, evaluator, traj, k, tiny_run.cfg.sampler.guidance_scale, pipe.prediction_type)
+    f = StepClassLogit.at_step(
+        pipe.unet, evaluator, traj, k, tiny_run.cfg.sampler.guidance_scale, pipe.prediction_type
+    )
     x = traj.x_t[k]
     gap = target_logit(f, x, traj.labels, target) - target_logit(f, torch.zeros_like(x), traj.labels, target)
     total = attr.ig[0].flatten(1).sum(1)
@@ -163,9 +185,13 @@ def test_spectrum_finds_the_frequency_and_settling() -> None:
     high = torch.cos(2 * torch.pi * 6 * (xx + yy) / 16 / 1.0).view(1, 1, 16, 16)
     assert int(radial_power_spectrum(low)[0].argmax()) == 1
     assert int(radial_power_spectrum(high)[0].argmax()) in (8,)  # radius 6*sqrt(2) ~ 8.5, clipped to 8
-    spectra = torch.stack([torch.tensor([0, 1.0, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.1]),
-                           torch.tensor([0, 1.0, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5]),
-                           torch.tensor([0, 1.0, 1, 1, 1.0, 1.0, 1.0, 1.0, 1.0])])
+    spectra = torch.stack(
+        [
+            torch.tensor([0, 1.0, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.1]),
+            torch.tensor([0, 1.0, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5]),
+            torch.tensor([0, 1.0, 1, 1, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ]
+    )
     settle = settle_steps(spectra, 0.1)
     assert settle["low"] == 0 and settle["high"] == 2
 
@@ -192,8 +218,15 @@ def test_explain_seeds_reuse_the_sample_stage_seeds() -> None:
     assert trajectory_steps([0.0, 0.5, 1.0, 0.99], 4) == [0, 2, 3]
 
 
-@pytest.mark.parametrize("bad", [{"band": [0.9, 0.1]}, {"attribution_steps": [1.5]},
-                                 {"filmstrip_per_class": 5, "emergence_per_class": 2}, {"unknown_key": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"band": [0.9, 0.1]},
+        {"attribution_steps": [1.5]},
+        {"filmstrip_per_class": 5, "emergence_per_class": 2},
+        {"unknown_key": 1},
+    ],
+)
 def test_explain_config_is_validated(tiny_run, bad: dict) -> None:
     raw = tiny_run.cfg.model_dump(mode="json")
     raw["explain"] |= bad
@@ -202,23 +235,36 @@ def test_explain_config_is_validated(tiny_run, bad: dict) -> None:
 
 
 @pytest.mark.slow
-def test_explain_stage_writes_and_logs_everything(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_stage_writes_and_logs_everything(
+    tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The stage end to end on the tiny run: every artifact, metrics/explain.json, and the MLflow run."""
     import mlflow
 
     from pipelines import explain
 
-    cfg = tiny_run.cfg.model_copy(update={
-        "explain": small_cfg(tiny_run, ig_steps=4, smoothgrad_samples=2),
-        "paths": tiny_run.cfg.paths.model_copy(update={"metrics": str(tmp_path / "metrics"),
-                                                       "plots": str(tmp_path / "plots")}),
-    })
+    cfg = tiny_run.cfg.model_copy(
+        update={
+            "explain": small_cfg(tiny_run, ig_steps=4, smoothgrad_samples=2),
+            "paths": tiny_run.cfg.paths.model_copy(
+                update={"metrics": str(tmp_path / "metrics"), "plots": str(tmp_path / "plots")}
+            ),
+        }
+    )
     monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "tiny-session")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     explain.main(cfg)
     figs = tmp_path / "plots" / "explain"
-    for name in ("filmstrip", "emergence", "commitment", "guidance_maps", "guidance_profile", "attributions",
-                 "loss_by_timestep", "spectrum"):
+    for name in (
+        "filmstrip",
+        "emergence",
+        "commitment",
+        "guidance_maps",
+        "guidance_profile",
+        "attributions",
+        "loss_by_timestep",
+        "spectrum",
+    ):
         assert (figs / f"{name}.png").stat().st_size > 1000, name
     assert (figs / "filmstrip.gif").is_file()
     for name in ("emergence", "loss_by_timestep"):
@@ -232,11 +278,15 @@ def test_explain_stage_writes_and_logs_everything(tiny_run, tmp_path: Path, monk
     assert set(m["spectrum"]["settle_step"]) == {"low", "mid", "high"}
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment_name], output_format="list",
-                             filter_string="tags.`diffaudit.stage` = 'explain'")[0]
+    run = mlflow.search_runs(
+        experiment_names=[cfg.tracking.experiment_name],
+        output_format="list",
+        filter_string="tags.`diffaudit.stage` = 'explain'",
+    )[0]
     assert "explain.attribution.ig_convergence_delta.max_abs" in run.data.metrics
-    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "explain.step.emergence.class")
+    history = mlflow.tracking.MlflowClient().get_metric_history(
+        run.info.run_id, "explain.step.emergence.class"
+    )
     assert len(history) == cfg.sampler.steps
     arts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "explain")}
     assert "explain/filmstrip.gif" in arts and "explain/attributions.png" in arts
-

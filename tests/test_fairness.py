@@ -69,7 +69,9 @@ def test_correction_clips_and_renormalises() -> None:
 
 def test_row_normalise_keeps_identity_for_unseen_groups() -> None:
     np.testing.assert_allclose(row_normalise(np.array([[3.0, 1.0], [0.0, 0.0]])), [[0.75, 0.25], [0.0, 1.0]])
-    np.testing.assert_array_equal(confusion_counts(np.array([0, 0, 1]), np.array([0, 1, 1]), 2), [[1, 1], [0, 1]])
+    np.testing.assert_array_equal(
+        confusion_counts(np.array([0, 0, 1]), np.array([0, 1, 1]), 2), [[1, 1], [0, 1]]
+    )
 
 
 def test_percentile_ci() -> None:
@@ -115,10 +117,12 @@ def _constructed_ba(p_gen_thick_class0: float, n: int = 400) -> dict:
     gen_labels = np.repeat([0, 1], n // 2)
     gen_attr = np.concatenate([rng.random(n // 2) < p_gen_thick_class0, rng.random(n // 2) < 0.5]).astype(int)
     test_labels, test_attr = np.repeat([0, 1], 100), np.tile([0, 1], 100)
-    _, per_class = stratified_shares(gen_attr, gen_labels, test_attr, test_attr, test_labels, np.array([0.5, 0.5]),
-                                     10, 500, rng)
-    return bias_amplification(per_class, train_labels, train_attr, classes, ["thin", "thick"], correct_errors=True,
-                              level=0.95)
+    _, per_class = stratified_shares(
+        gen_attr, gen_labels, test_attr, test_attr, test_labels, np.array([0.5, 0.5]), 10, 500, rng
+    )
+    return bias_amplification(
+        per_class, train_labels, train_attr, classes, ["thin", "thick"], correct_errors=True, level=0.95
+    )
 
 
 def test_stratified_correction_uses_each_class_own_errors() -> None:
@@ -132,14 +136,20 @@ def test_stratified_correction_uses_each_class_own_errors() -> None:
     pred = np.where(miss, 0, truth)
     held = rng.random(n) < 0.5
     ref = np.array([0.5, 0.5])
-    whole, per = stratified_shares(pred[~held], cls[~held], truth[held], pred[held], cls[held], ref, 10, 200, rng)
+    whole, per = stratified_shares(
+        pred[~held], cls[~held], truth[held], pred[held], cls[held], ref, 10, 200, rng
+    )
     assert per[0].correction == "per_class" and whole.correction == "per_class"
-    assert per[0].corrected[1] == pytest.approx(0.2, abs=0.03) and per[1].corrected[1] == pytest.approx(0.5, abs=0.03)
+    assert per[0].corrected[1] == pytest.approx(0.2, abs=0.03) and per[1].corrected[1] == pytest.approx(
+        0.5, abs=0.03
+    )
     assert whole.corrected[1] == pytest.approx(0.35, abs=0.03)
     np.testing.assert_allclose(whole.raw, distribution(pred[~held], 2))
     pooled = pooled_shares(pred[~held], confusion_counts(truth[held], pred[held], 2), ref, 0, rng)
     assert pooled.corrected[1] == pytest.approx(0.35, abs=0.03)  # right on the whole here, but not per class
-    _, fallback = stratified_shares(pred[~held], cls[~held], truth[held], pred[held], cls[held], ref, 10**6, 0, rng)
+    _, fallback = stratified_shares(
+        pred[~held], cls[~held], truth[held], pred[held], cls[held], ref, 10**6, 0, rng
+    )
     assert fallback[0].correction == "pooled"
 
 
@@ -178,9 +188,20 @@ def test_metricframe_figures_equal_hand_computation() -> None:
     gen = rng.normal(size=(n, 3))
     real = rng.normal(size=(200, 3))
     real_groups = np.array(["thin", "thick"])[np.arange(200) % 2]
-    r = per_group_quality(groups, hit=hit, confidence=confidence, gen_feats=gen, real_feats=real,
-                          real_groups=real_groups, k=3, min_group_size=20, min_group_size_fid=40,
-                          n_boot=200, level=0.95, rng=rng)
+    r = per_group_quality(
+        groups,
+        hit=hit,
+        confidence=confidence,
+        gen_feats=gen,
+        real_feats=real,
+        real_groups=real_groups,
+        k=3,
+        min_group_size=20,
+        min_group_size_fid=40,
+        n_boot=200,
+        level=0.95,
+        rng=rng,
+    )
     assert r["excluded_small_groups"] == ["tiny"] and r["sizes"]["tiny"] == 5
     assert set(r["by_group"]) == {"thin", "thick"}
     for g in ("thin", "thick"):
@@ -210,8 +231,19 @@ def test_metricframe_figures_equal_hand_computation() -> None:
 def test_fid_per_group_needs_enough_images() -> None:
     rng = np.random.default_rng(6)
     groups = np.array(["a"] * 30 + ["b"] * 30)
-    r = per_group_quality(groups, hit=np.ones(60), confidence=np.ones(60), gen_feats=rng.normal(size=(60, 2)),
-                          real_feats=rng.normal(size=(60, 2)), real_groups=groups, k=3, min_group_size=10,
-                          min_group_size_fid=50, n_boot=0, level=0.95, rng=rng)
+    r = per_group_quality(
+        groups,
+        hit=np.ones(60),
+        confidence=np.ones(60),
+        gen_feats=rng.normal(size=(60, 2)),
+        real_feats=rng.normal(size=(60, 2)),
+        real_groups=groups,
+        k=3,
+        min_group_size=10,
+        min_group_size_fid=50,
+        n_boot=0,
+        level=0.95,
+        rng=rng,
+    )
     assert math.isnan(r["by_group"]["a"]["fid"]) and not math.isnan(r["overall"]["fid"])
     assert r["gap"]["conditional_accuracy"]["value"] == 0.0

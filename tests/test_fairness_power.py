@@ -19,11 +19,22 @@ from tests.helpers.config import pipeline_env, tiny_config
 
 # Native 8x8 digits, all of them, a model just good enough to learn stroke thickness per class.
 POWER = [
-    "data.image_size=8", "data.max_per_class=null", "model.block_out_channels=[32,64]",
-    "model.attention=[false,false]", "train.max_steps=500", "train.batch_size=64", "train.warmup_steps=50",
-    "train.checkpoint_every_n_steps=500", "eval.evaluator.epochs=12", "eval.evaluator.batch_size=64",
-    "sampler.num_per_class=40", "sampler.steps=10", "sampler.batch_size=400", "audit.bootstrap=300",
-    "audit.gates.min_conditional_accuracy=0.5", "audit.mitigation.oversample=4",
+    "data.image_size=8",
+    "data.max_per_class=null",
+    "model.block_out_channels=[32,64]",
+    "model.attention=[false,false]",
+    "train.max_steps=500",
+    "train.batch_size=64",
+    "train.warmup_steps=50",
+    "train.checkpoint_every_n_steps=500",
+    "eval.evaluator.epochs=12",
+    "eval.evaluator.batch_size=64",
+    "sampler.num_per_class=40",
+    "sampler.steps=10",
+    "sampler.batch_size=400",
+    "audit.bootstrap=300",
+    "audit.gates.min_conditional_accuracy=0.5",
+    "audit.mitigation.oversample=4",
 ]
 
 
@@ -55,11 +66,19 @@ def test_biased_experiment_fails_the_fairness_gate_and_default_passes(tmp_path: 
     thick_d = default["fairness"]["representation"]["thickness"]
     # Under-represented, not over: the thick share's interval lies below half, outside the noise of a
     # perfect generator, and below the unskewed model's interval.
-    assert thick_b["p_gen_raw_ci"][1][1] < 0.5 and thick_b["p_gen_corrected"][1] < 0.5, thick_b["p_gen_raw_ci"]
+    assert thick_b["p_gen_raw_ci"][1][1] < 0.5 and thick_b["p_gen_corrected"][1] < 0.5, thick_b[
+        "p_gen_raw_ci"
+    ]
     assert thick_b["raw"]["fd_l2"]["exceeds_null"], thick_b["raw"]["fd_l2"]
-    assert thick_b["p_gen_raw_ci"][1][1] < thick_d["p_gen_raw_ci"][1][0], (thick_b["p_gen_raw_ci"], thick_d["p_gen_raw_ci"])
+    assert thick_b["p_gen_raw_ci"][1][1] < thick_d["p_gen_raw_ci"][1][0], (
+        thick_b["p_gen_raw_ci"],
+        thick_d["p_gen_raw_ci"],
+    )
     # ... and the skewed model is further from the training shares than the unskewed one.
-    assert thick_b["raw"]["fd_l2"]["value"] > thick_d["raw"]["fd_l2"]["value"], (thick_b["raw"], thick_d["raw"])
+    assert thick_b["raw"]["fd_l2"]["value"] > thick_d["raw"]["fd_l2"]["value"], (
+        thick_b["raw"],
+        thick_d["raw"],
+    )
     # Within the skewed classes the model draws thick digits about as rarely as its training data had them
     # (~0.09 of classes 0-4), far from the 0.5 of the unskewed data. Amplification there is ~0: the model
     # copies its data, and bias amplification measures only what it adds (docs/fairness.md).

@@ -30,11 +30,21 @@ from tests.helpers.config import ROOT, TinyRun
 
 
 def test_gates_compare_each_value_with_its_threshold() -> None:
-    cfg = GatesCfg(min_conditional_accuracy=0.8, max_fid_over_floor=None, max_fairness_discrepancy=0.1,
-                   max_abs_bias_amplification=0.2, max_worst_group_gap=0.1, max_memorized_fraction=0.05)
-    measured = {"conditional_accuracy": (0.79, "q"), "fid_over_floor": (99.0, "q"),
-                "fairness_discrepancy": (0.1, "thickness"), "bias_amplification": (0.35, "thickness"),
-                "worst_group_gap": (float("nan"), "thickness")}
+    cfg = GatesCfg(
+        min_conditional_accuracy=0.8,
+        max_fid_over_floor=None,
+        max_fairness_discrepancy=0.1,
+        max_abs_bias_amplification=0.2,
+        max_worst_group_gap=0.1,
+        max_memorized_fraction=0.05,
+    )
+    measured = {
+        "conditional_accuracy": (0.79, "q"),
+        "fid_over_floor": (99.0, "q"),
+        "fairness_discrepancy": (0.1, "thickness"),
+        "bias_amplification": (0.35, "thickness"),
+        "worst_group_gap": (float("nan"), "thickness"),
+    }
     verdicts = {v.gate: v for v in evaluate_gates(cfg, measured)}
     assert "fid_over_floor" not in verdicts  # threshold null: not evaluated
     assert not verdicts["conditional_accuracy"].passed  # >= 0.8
@@ -46,33 +56,50 @@ def test_gates_compare_each_value_with_its_threshold() -> None:
     assert "bias_amplification" in msg and "0.35" in msg and "0.2" in msg and "FAILED" in msg
     r = report(list(verdicts.values()))
     assert isinstance(r, GatesResult)
-    assert not r.passed and set(r.failed) == {"conditional_accuracy", "bias_amplification",
-                                              "worst_group_gap", "memorized_fraction"}
-    assert r.gates["fairness_discrepancy"] == GateEntry(value=0.1, threshold=0.1, op="<=", passed=True,
-                                                        source="thickness")
+    assert not r.passed and set(r.failed) == {
+        "conditional_accuracy",
+        "bias_amplification",
+        "worst_group_gap",
+        "memorized_fraction",
+    }
+    assert r.gates["fairness_discrepancy"] == GateEntry(
+        value=0.1, threshold=0.1, op="<=", passed=True, source="thickness"
+    )
     assert list(r.failed_gates()) == r.failed
     assert "with_mitigation" not in r.dump()  # absent, not null, until the audit stage adds it
 
 
 def test_measurements_read_the_reports() -> None:
     # Only the parts measurements() reads (model_construct: the rest of each file does not matter here).
-    fig = {gate: HeadlineFigure(value=v, where="thickness") for gate, v in
-           (("fairness_discrepancy", 0.3), ("bias_amplification", 0.1), ("worst_group_gap", 0.02))}
-    fairness = FairnessReport.model_construct(headline=Headline(estimate="corrected", statistic="estimate", **fig))
-    privacy = PrivacyResult.model_construct(ratio=1 / 3, memorization={
-        "pixel": SpaceMemorization.model_construct(fraction=0.01),
-        "feature": SpaceMemorization.model_construct(fraction=0.04)})
-    quality = QualityResult.model_construct(feature_space="evaluator", fid_evaluator=3.0, fid_evaluator_floor=1.0,
-                                            conditional_accuracy=0.9)
+    fig = {
+        gate: HeadlineFigure(value=v, where="thickness")
+        for gate, v in (("fairness_discrepancy", 0.3), ("bias_amplification", 0.1), ("worst_group_gap", 0.02))
+    }
+    fairness = FairnessReport.model_construct(
+        headline=Headline(estimate="corrected", statistic="estimate", **fig)
+    )
+    privacy = PrivacyResult.model_construct(
+        ratio=1 / 3,
+        memorization={
+            "pixel": SpaceMemorization.model_construct(fraction=0.01),
+            "feature": SpaceMemorization.model_construct(fraction=0.04),
+        },
+    )
+    quality = QualityResult.model_construct(
+        feature_space="evaluator", fid_evaluator=3.0, fid_evaluator_floor=1.0, conditional_accuracy=0.9
+    )
     m = measurements(fairness, privacy, quality)
     assert m["fairness_discrepancy"] == (0.3, "thickness, corrected, estimate")
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
     assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
     assert m["conditional_accuracy"][0] == 0.9
-    inception = QualityResult.model_construct(feature_space="inception", fid_inception=5.0,
-                                              fid_inception_floor=4.0, conditional_accuracy=0.9)
+    inception = QualityResult.model_construct(
+        feature_space="inception", fid_inception=5.0, fid_inception_floor=4.0, conditional_accuracy=0.9
+    )
     assert measurements(fairness, privacy, inception)["fid_over_floor"] == (
-        pytest.approx(1.0), "fid_inception - fid_inception_floor, quality.json")
+        pytest.approx(1.0),
+        "fid_inception - fid_inception_floor, quality.json",
+    )
     assert "fid_over_floor" not in measurements(fairness, privacy, None)  # no quality file: not measured
 
 
@@ -100,8 +127,9 @@ def test_balanced_selection_reaches_the_target() -> None:
     labels = torch.repeat_interleave(torch.arange(2), 40)
     images, attr = draw(labels)
     calls.clear()
-    out_img, out_lab, out_attr, info = balanced_selection(images, labels, attr, np.array([0.5, 0.5]), draw,
-                                                          oversample=10.0, max_rounds=6)
+    out_img, out_lab, out_attr, info = balanced_selection(
+        images, labels, attr, np.array([0.5, 0.5]), draw, oversample=10.0, max_rounds=6
+    )
     assert (torch.bincount(out_lab) == 40).all(), "same count per class as before"
     for c in (0, 1):
         assert np.bincount(out_attr[out_lab.numpy() == c], minlength=2).tolist() == [20, 20]
@@ -114,8 +142,9 @@ def test_balanced_selection_reports_a_shortfall_within_budget() -> None:
     draw, _ = _fake_draw({0: 0.0})
     labels = torch.zeros(20, dtype=torch.long)
     images, attr = draw(labels)
-    _, out_lab, out_attr, info = balanced_selection(images, labels, attr, np.array([0.5, 0.5]), draw,
-                                                    oversample=2.0, max_rounds=3)
+    _, out_lab, out_attr, info = balanced_selection(
+        images, labels, attr, np.array([0.5, 0.5]), draw, oversample=2.0, max_rounds=3
+    )
     assert len(out_lab) == 20 and out_attr.sum() == 0
     assert info["classes_short"] == [0] and info["per_class"][0]["shortfall"] == 10
     assert info["per_class"][0]["extra_draws"] == 20  # the budget: 2x the class's count in all
@@ -134,8 +163,12 @@ def test_audit_config_defaults_and_strictness() -> None:
 
 def test_biased_experiment_composes() -> None:
     raw = compose_config(["experiment=biased_digits"], ROOT / "conf")
-    assert raw["data"]["bias"] == {"attribute": "thickness", "group": 1, "keep_fraction": 0.1,
-                                   "classes": [0, 1, 2, 3, 4]}
+    assert raw["data"]["bias"] == {
+        "attribute": "thickness",
+        "group": 1,
+        "keep_fraction": 0.1,
+        "classes": [0, 1, 2, 3, 4],
+    }
     assert raw["audit"] == compose_config([], ROOT / "conf")["audit"], "same audit as the default"
 
 
@@ -154,13 +187,24 @@ def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_pa
 
     # The tiny model cannot draw digits: conditional accuracy fails its gate.
     cfg = _audit_cfg(tiny_run, tmp_path, fail_on_gate=True, bootstrap=100)
-    with pytest.raises(GateFailedError, match=r"gate conditional_accuracy FAILED: value [0-9.]+ \(must be >= 0\.8"):
+    with pytest.raises(
+        GateFailedError, match=r"gate conditional_accuracy FAILED: value [0-9.]+ \(must be >= 0\.8"
+    ):
         audit.main(cfg)
     gates = read_result(tmp_path / "metrics" / "gates.json", GatesResult)
     assert not gates.passed and "conditional_accuracy" in gates.failed
-    assert set(gates.gates) >= {"conditional_accuracy", "fairness_discrepancy", "bias_amplification",
-                                "worst_group_gap", "memorized_fraction"}
-    assert set(gates.with_mitigation or {}) == {"fairness_discrepancy", "bias_amplification", "worst_group_gap"}
+    assert set(gates.gates) >= {
+        "conditional_accuracy",
+        "fairness_discrepancy",
+        "bias_amplification",
+        "worst_group_gap",
+        "memorized_fraction",
+    }
+    assert set(gates.with_mitigation or {}) == {
+        "fairness_discrepancy",
+        "bias_amplification",
+        "worst_group_gap",
+    }
     fairness = read_result(tmp_path / "metrics" / "fairness.json", FairnessResult)
     assert set(fairness.representation) == {"class", "thickness"}
     assert fairness.mitigation is not None and fairness.mitigation.attribute == "thickness"
@@ -174,10 +218,21 @@ def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_pa
 def test_audit_stage_passes_when_gates_are_lenient(tiny_run: TinyRun, tmp_path: Path) -> None:
     from pipelines import audit
 
-    lenient = GatesCfg(min_conditional_accuracy=0.0, max_fairness_discrepancy=2.0, max_abs_bias_amplification=1.0,
-                       max_worst_group_gap=1.0, max_memorized_fraction=1.0)
-    cfg = _audit_cfg(tiny_run, tmp_path, fail_on_gate=True, bootstrap=50, gates=lenient,
-                     mitigation=tiny_run.cfg.audit.mitigation.model_copy(update={"enabled": False}))
+    lenient = GatesCfg(
+        min_conditional_accuracy=0.0,
+        max_fairness_discrepancy=2.0,
+        max_abs_bias_amplification=1.0,
+        max_worst_group_gap=1.0,
+        max_memorized_fraction=1.0,
+    )
+    cfg = _audit_cfg(
+        tiny_run,
+        tmp_path,
+        fail_on_gate=True,
+        bootstrap=50,
+        gates=lenient,
+        mitigation=tiny_run.cfg.audit.mitigation.model_copy(update={"enabled": False}),
+    )
     audit.main(cfg)  # does not raise
     gates = read_result(tmp_path / "metrics" / "gates.json", GatesResult)
     assert gates.passed and gates.failed == [] and "with_mitigation" not in gates.dump()

@@ -36,7 +36,16 @@ def _repo_with(tmp_path: Path, overrides: list[str]) -> tuple[Path, Layout]:
 
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["paths.data=store/d", "paths.metrics=out/m", "paths.plots=out/p", "paths.reports=rep", "paths.models=mdl"]],
+    [
+        [],
+        [
+            "paths.data=store/d",
+            "paths.metrics=out/m",
+            "paths.plots=out/p",
+            "paths.reports=rep",
+            "paths.models=mdl",
+        ],
+    ],
     ids=["default", "overridden"],
 )
 def test_dvc_stages_write_exactly_the_layout(tmp_path: Path, overrides: list[str]) -> None:

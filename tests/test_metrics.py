@@ -28,9 +28,11 @@ from diffaudit.utils.io import load_tensors, read_json
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gaussian(n: int, d: int, mean: float | torch.Tensor = 0.0, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
+def gaussian(
+    n: int, d: int, mean: float | torch.Tensor = 0.0, scale: float = 1.0, seed: int = 0
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scale + mean)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale + mean
 
 
 def closed_form_fid(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
@@ -39,6 +41,7 @@ def closed_form_fid(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nda
 
 
 # --- FID / KID ---------------------------------------------------------------------------------
+
 
 def test_fid_of_a_set_against_itself_is_zero() -> None:
     x = gaussian(400, 16)
@@ -85,6 +88,7 @@ def test_kid_is_reproducible_and_leaves_the_global_rng_alone() -> None:
 
 # --- precision / recall ------------------------------------------------------------------------
 
+
 def test_precision_and_recall_are_one_for_identical_sets() -> None:
     x = gaussian(200, 8)
     assert precision_recall(x, x.clone(), k=3) == (1.0, 1.0)
@@ -94,7 +98,9 @@ def test_precision_and_recall_fall_as_the_sets_separate() -> None:
     real, fake = gaussian(300, 8, seed=8), gaussian(300, 8, seed=9)
     values = [precision_recall(real, fake + shift, k=3) for shift in (0.0, 0.5, 1.0, 2.0, 4.0)]
     precisions, recalls = zip(*values, strict=True)
-    assert list(precisions) == sorted(precisions, reverse=True) and precisions[0] > 0.8 and precisions[-1] < 0.05
+    assert (
+        list(precisions) == sorted(precisions, reverse=True) and precisions[0] > 0.8 and precisions[-1] < 0.05
+    )
     assert list(recalls) == sorted(recalls, reverse=True) and recalls[0] > 0.8 and recalls[-1] < 0.05
 
 
@@ -111,6 +117,7 @@ def test_chunking_does_not_change_precision_recall() -> None:
 
 
 # --- bootstrap and caching ---------------------------------------------------------------------
+
 
 def test_bootstrap_intervals_cover_the_estimate_and_are_reproducible() -> None:
     hits = (torch.arange(400) % 4 != 0).float()  # 0.75
@@ -165,11 +172,15 @@ def test_feature_cache_computes_each_image_set_once() -> None:
 
 # --- inception ---------------------------------------------------------------------------------
 
+
 def test_inception_without_weights_fails_with_how_to_supply_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"eval\.inception_weights=.*pt_inception.*nothing is downloaded"):
         validate_config(compose_config(["eval.feature=inception"], ROOT / "conf"))
-    cfg = validate_config(compose_config([f"eval.inception_weights={tmp_path / 'missing.pth'}",
-                                          "eval.feature=inception"], ROOT / "conf"))
+    cfg = validate_config(
+        compose_config(
+            [f"eval.inception_weights={tmp_path / 'missing.pth'}", "eval.feature=inception"], ROOT / "conf"
+        )
+    )
     with pytest.raises(ConfigError, match=r"eval\.inception_weights=.*not a file"):
         feature_module(cfg.eval, evaluator=None)  # type: ignore[arg-type]
 
@@ -181,8 +192,9 @@ def test_inception_with_weights_but_without_torch_fidelity_says_what_to_install(
         pytest.skip("torch-fidelity is installed here")
     weights = tmp_path / "weights.pth"
     torch.save({"w": torch.zeros(1)}, weights)
-    cfg = validate_config(compose_config([f"eval.inception_weights={weights}", "eval.feature=inception"],
-                                         ROOT / "conf"))
+    cfg = validate_config(
+        compose_config([f"eval.inception_weights={weights}", "eval.feature=inception"], ROOT / "conf")
+    )
     with pytest.raises(ConfigError, match="torch-fidelity"):
         feature_module(cfg.eval, evaluator=None)  # type: ignore[arg-type]
 
@@ -190,13 +202,33 @@ def test_inception_with_weights_but_without_torch_fidelity_says_what_to_install(
 # --- on the tiny pipeline run ------------------------------------------------------------------
 
 QUALITY_KEYS = [
-    "feature_space", "n_images", "n_generated", "n_test", "bootstrap", "pr_k", "sampler",
-    *(f"{m}{s}{t}" for m in ("fid_evaluator", "kid_evaluator", "precision", "recall")
-      for s in ("", "_floor") for t in ("", "_ci")),
-    "kid_evaluator_std", "kid_evaluator_floor_std",
-    *(f"conditional_accuracy{s}{t}" for s in ("", "_floor")
-      for t in ("", "_ci", "_per_class", "_per_class_ci", "_per_class_n")),
-    "cas", "cas_ci", "cas_floor", "cas_floor_ci", "cas_n_train", "cas_floor_n_train", "cas_n_test",
+    "feature_space",
+    "n_images",
+    "n_generated",
+    "n_test",
+    "bootstrap",
+    "pr_k",
+    "sampler",
+    *(
+        f"{m}{s}{t}"
+        for m in ("fid_evaluator", "kid_evaluator", "precision", "recall")
+        for s in ("", "_floor")
+        for t in ("", "_ci")
+    ),
+    "kid_evaluator_std",
+    "kid_evaluator_floor_std",
+    *(
+        f"conditional_accuracy{s}{t}"
+        for s in ("", "_floor")
+        for t in ("", "_ci", "_per_class", "_per_class_ci", "_per_class_n")
+    ),
+    "cas",
+    "cas_ci",
+    "cas_floor",
+    "cas_floor_ci",
+    "cas_n_train",
+    "cas_floor_n_train",
+    "cas_n_test",
 ]
 
 
@@ -228,7 +260,8 @@ def _tiny_inputs(tiny_run):  # noqa: ANN202 - a tuple of the tiny run's artifact
 
 
 def test_cas_of_real_trained_against_real_is_the_classifiers_test_accuracy(tiny_run) -> None:
-    """Fed the real training split, CAS retrains the evaluator stage's classifier: same accuracy, same hits."""
+    """Fed the real training split, CAS retrains the evaluator stage's classifier: same accuracy, same
+    hits."""
     meta, s, evaluator, _ = _tiny_inputs(tiny_run)
     cfg = tiny_run.cfg
     accuracy, hits = cas_score(s["train"], s["val"], s["test"], meta, cfg.eval.evaluator, cfg.seed)
@@ -240,8 +273,17 @@ def test_cas_of_real_trained_against_real_is_the_classifiers_test_accuracy(tiny_
 def test_metric_keys_name_the_feature_space(tiny_run) -> None:
     meta, s, evaluator, samples = _tiny_inputs(tiny_run)
     cfg = tiny_run.cfg.eval.model_copy(update={"bootstrap": 0, "cas": False})
-    result = evaluate_quality(cfg, evaluator, meta, s["train"], s["test"], samples["images"], samples["labels"],
-                              seed=0, cache=FeatureCache(CountingFeatures("inception")))
+    result = evaluate_quality(
+        cfg,
+        evaluator,
+        meta,
+        s["train"],
+        s["test"],
+        samples["images"],
+        samples["labels"],
+        seed=0,
+        cache=FeatureCache(CountingFeatures("inception")),
+    )
     assert isinstance(result, QualityResult) and result.space() == "inception"
     q = result.dump()
     assert q["feature_space"] == "inception" and "fid_inception" in q and "kid_inception_floor" in q
@@ -261,10 +303,15 @@ def test_inception_features_come_from_the_local_weights_file(tmp_path: Path) -> 
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     with mock.patch("torch.load", return_value={}), mock.patch.object(torch.nn.Module, "load_state_dict"):
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path="-")
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path="-"
+        )
     torch.save(net.state_dict(), tmp_path / "inception.pth")
-    cfg = validate_config(compose_config(["eval.feature=inception", f"eval.inception_weights={tmp_path / 'inception.pth'}"],
-                                         ROOT / "conf"))
+    cfg = validate_config(
+        compose_config(
+            ["eval.feature=inception", f"eval.inception_weights={tmp_path / 'inception.pth'}"], ROOT / "conf"
+        )
+    )
     cache = FeatureCache(feature_module(cfg.eval, evaluator=None))  # type: ignore[arg-type]
     feats = cache(torch.rand(4, 1, 16, 16) * 2 - 1)
     assert cache.space == "inception" and feats.shape == (4, 2048) and torch.isfinite(feats).all()

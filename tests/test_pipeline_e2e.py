@@ -31,8 +31,13 @@ def _sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1500) -> 
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A copy of the project's tracked (and unignored) files as a fresh git repo, smoke config as default."""
     repo = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
@@ -40,8 +45,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     config = repo / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: smoke"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_", "DVC_"))}
-    env |= {"PATH": f"{VENV_BIN}:{env['PATH']}", "PYTHONPATH": str(repo / "src"), "DIFFAUDIT_PROGRESS": "0",
-            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env |= {
+        "PATH": f"{VENV_BIN}:{env['PATH']}",
+        "PYTHONPATH": str(repo / "src"),
+        "DIFFAUDIT_PROGRESS": "0",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     _sh(["git", "init", "-q", "-b", "main"], repo, env)
     _sh([sys.executable, "-m", "pipelines.compose"], repo, env)
     _sh(["git", "add", "-A"], repo, env)
@@ -52,7 +64,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     path, env = repo
     out = _sh(["dvc", "repro"], path, env | {"DIFFAUDIT_PIPELINE_ID": "e2e-1"}).stdout
-    every = ("prepare", "evaluator", "train", "sample", "evaluate", "sampler_study", "explain", "audit", "report")
+    every = (
+        "prepare",
+        "evaluator",
+        "train",
+        "sample",
+        "evaluate",
+        "sampler_study",
+        "explain",
+        "audit",
+        "report",
+    )
     for stage in every:
         assert f"Running stage '{stage}'" in out
     quality = json.loads((path / "metrics" / "quality.json").read_text())
@@ -78,10 +100,15 @@ def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     assert {"pipeline", *every} <= set(stages)
     record = release["record"]
     candidate = client.get_model_version_by_alias(record["model_name"], "candidate")
-    assert str(candidate.version) == record["candidate_version"] and candidate.run_id in {r.info.run_id for r in runs}
+    assert str(candidate.version) == record["candidate_version"] and candidate.run_id in {
+        r.info.run_id for r in runs
+    }
     if release["promoted"]:  # first run, no champion to beat: only the gates decide
         assert release["gates_passed"]
-        assert str(client.get_model_version_by_alias(record["model_name"], "champion").version) == record["candidate_version"]
+        assert (
+            str(client.get_model_version_by_alias(record["model_name"], "champion").version)
+            == record["candidate_version"]
+        )
     head = _sh(["git", "rev-parse", "HEAD"], path, env).stdout.strip()
     assert stages["train"].data.tags["git_commit"].startswith(head)
     assert stages["evaluate"].data.metrics["fid_evaluator"] == pytest.approx(quality["fid_evaluator"])

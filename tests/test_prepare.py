@@ -22,8 +22,9 @@ from diffaudit.data.store import load_meta, load_split, save_prepared
 from diffaudit.data.types import RawDataset
 from diffaudit.errors import DataError
 
-DIGITS = DataCfg(name="digits", image_size=16, channels=1, val_fraction=0.1, test_fraction=0.2,
-                 attributes=["thickness"])
+DIGITS = DataCfg(
+    name="digits", image_size=16, channels=1, val_fraction=0.1, test_fraction=0.2, attributes=["thickness"]
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,9 @@ def test_resize_and_store_round_trip(tmp_path, digits: RawDataset) -> None:
     train = load_split(tmp_path, "train")
     assert meta.class_names == [str(i) for i in range(10)] and meta.channels == 1
     assert train.images.shape[1:] == (1, 16, 16) and train.labels.dtype == torch.int64
-    assert torch.equal(train.attributes["thickness"], torch.from_numpy(splits["train"].attributes["thickness"]))
+    assert torch.equal(
+        train.attributes["thickness"], torch.from_numpy(splits["train"].attributes["thickness"])
+    )
     card = data_card(splits)
     assert card["train"]["n"] == len(splits["train"])
     assert sum(card["test"]["per_class"].values()) == card["test"]["n"]
@@ -92,8 +95,12 @@ def test_resize_and_store_round_trip(tmp_path, digits: RawDataset) -> None:
 
 def _tiny(labels: list[int]) -> RawDataset:
     n = len(labels)
-    return RawDataset(images=np.full((n, 1, 4, 4), 0.5, np.float32), labels=np.array(labels, np.int64),
-                      class_names=["a", "b"], source="tiny")
+    return RawDataset(
+        images=np.full((n, 1, 4, 4), 0.5, np.float32),
+        labels=np.array(labels, np.int64),
+        class_names=["a", "b"],
+        source="tiny",
+    )
 
 
 def test_bad_data_is_rejected_with_the_reason() -> None:
@@ -114,8 +121,14 @@ def test_bad_data_is_rejected_with_the_reason() -> None:
 
 
 def test_missing_root_for_a_real_dataset_names_the_path(tmp_path) -> None:
-    cfg = DataCfg(name="mnist", root=str(tmp_path / "nowhere"), image_size=16, channels=1,
-                  val_fraction=0.1, test_fraction=0.2)
+    cfg = DataCfg(
+        name="mnist",
+        root=str(tmp_path / "nowhere"),
+        image_size=16,
+        channels=1,
+        val_fraction=0.1,
+        test_fraction=0.2,
+    )
     with pytest.raises(DataError, match="nowhere"):
         load_raw(cfg)
 

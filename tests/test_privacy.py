@@ -34,7 +34,9 @@ def test_two_nearest_and_ratio() -> None:
     np.testing.assert_allclose(d1, [0.1, 0.0], atol=1e-6)
     np.testing.assert_allclose(d2, [0.9, 2.0], atol=1e-6)
     assert idx.tolist() == [1, 2]
-    np.testing.assert_allclose(nn_ratio(np.array([0.0, 1.0, 0.0]), np.array([0.0, 2.0, 1.0])), [0.0, 0.5, 0.0])
+    np.testing.assert_allclose(
+        nn_ratio(np.array([0.0, 1.0, 0.0]), np.array([0.0, 2.0, 1.0])), [0.0, 0.5, 0.0]
+    )
 
 
 def test_flags_planted_training_images_not_fresh_ones(digits: tuple[torch.Tensor, torch.Tensor]) -> None:

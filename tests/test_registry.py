@@ -16,12 +16,28 @@ from diffaudit.results import GatesResult
 from diffaudit.tracking.registry import CANDIDATE, CHAMPION, alias_version, version_metrics
 from tests.helpers.release import ReleaseRun
 
-SPEC = [CompareMetric(metric="quality.acc", mode="max", tolerance=0.02),
-        CompareMetric(metric="quality.fid", mode="min", tolerance=0.1, relative=True)]
-PASS = GatesResult.model_validate({"passed": True, "failed": [], "gates": {
-    "a": {"value": 1.0, "threshold": 0.0, "op": ">=", "passed": True, "source": "quality.json"}}})
-FAIL = GatesResult.model_validate({"passed": False, "failed": ["a"], "gates": {
-    "a": {"value": 0.0, "threshold": 1.0, "op": ">=", "passed": False, "source": "quality.json"}}})
+SPEC = [
+    CompareMetric(metric="quality.acc", mode="max", tolerance=0.02),
+    CompareMetric(metric="quality.fid", mode="min", tolerance=0.1, relative=True),
+]
+PASS = GatesResult.model_validate(
+    {
+        "passed": True,
+        "failed": [],
+        "gates": {
+            "a": {"value": 1.0, "threshold": 0.0, "op": ">=", "passed": True, "source": "quality.json"}
+        },
+    }
+)
+FAIL = GatesResult.model_validate(
+    {
+        "passed": False,
+        "failed": ["a"],
+        "gates": {
+            "a": {"value": 0.0, "threshold": 1.0, "op": ">=", "passed": False, "source": "quality.json"}
+        },
+    }
+)
 NONE = None  # no metrics/gates.json: the audit has not run
 
 
@@ -30,12 +46,15 @@ def run(release_run: ReleaseRun) -> ReleaseRun:
     return release_run
 
 
-@pytest.mark.parametrize(("cand", "ok"), [
-    ({"quality.acc": 0.89, "quality.fid": 10.9}, [True, True]),  # inside both tolerances
-    ({"quality.acc": 0.87, "quality.fid": 10.0}, [False, True]),  # 0.03 below: beyond 0.02
-    ({"quality.acc": 0.95, "quality.fid": 11.2}, [True, False]),  # 12 % worse: beyond 10 %
-    ({"quality.acc": None, "quality.fid": 9.0}, [False, True]),  # a missing value cannot pass
-])
+@pytest.mark.parametrize(
+    ("cand", "ok"),
+    [
+        ({"quality.acc": 0.89, "quality.fid": 10.9}, [True, True]),  # inside both tolerances
+        ({"quality.acc": 0.87, "quality.fid": 10.0}, [False, True]),  # 0.03 below: beyond 0.02
+        ({"quality.acc": 0.95, "quality.fid": 11.2}, [True, False]),  # 12 % worse: beyond 10 %
+        ({"quality.acc": None, "quality.fid": 9.0}, [False, True]),  # a missing value cannot pass
+    ],
+)
 def test_compare_tolerances(cand: dict, ok: list[bool]) -> None:
     assert [c.ok for c in compare(cand, {"quality.acc": 0.9, "quality.fid": 10.0}, SPEC)] == ok
 
@@ -65,8 +84,9 @@ def test_decide_needs_passing_gates_and_no_regression() -> None:
     refused = decide(PASS, bad, "3", rel)
     assert not refused.promote and "quality.acc regressed" in refused.reasons[0]
     failed = decide(FAIL, good, "3", rel)
-    assert not failed.promote and failed.reasons[0] == ("gate a failed: value 0, threshold 1 "
-                                                        "(must be >= 1; quality.json)")
+    assert not failed.promote and failed.reasons[0] == (
+        "gate a failed: value 0, threshold 1 (must be >= 1; quality.json)"
+    )
     assert "gates not run" in decide(NONE, [], None, rel).reasons[0]
     assert not decide(NONE, [], None, rel).promote  # never release unaudited
     assert decide(NONE, [], None, ReleaseCfg(require_gates=False)).promote
@@ -74,8 +94,10 @@ def test_decide_needs_passing_gates_and_no_regression() -> None:
 
 def test_release_config_defaults_without_the_group() -> None:
     rel = release_config(SimpleNamespace())
-    assert rel.require_gates and {c.metric for c in rel.compare} == {"quality.conditional_accuracy",
-                                                                     "quality.fid_evaluator"}
+    assert rel.require_gates and {c.metric for c in rel.compare} == {
+        "quality.conditional_accuracy",
+        "quality.fid_evaluator",
+    }
 
 
 def test_report_stage_registered_the_run_as_champion(run: ReleaseRun) -> None:
@@ -100,15 +122,26 @@ def test_champion_moves_only_under_the_release_rule(run: ReleaseRun, tmp_path: P
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'reg.db'}")
     exp = mlflow.create_experiment("reg", artifact_location=(tmp_path / "art").as_uri())
-    cfg = run.cfg.model_copy(update={"tracking": run.cfg.tracking.model_copy(update={"registered_model_name": "m"})})
+    cfg = run.cfg.model_copy(
+        update={"tracking": run.cfg.tracking.model_copy(update={"registered_model_name": "m"})}
+    )
     rel = ReleaseCfg()
     with mlflow.start_run(experiment_id=exp) as active:
         info = log_model(cfg, run.root / "models" / "diffusion", [str(c) for c in range(10)], rel)
 
-    def step(gates: GatesResult | None, acc: float, fid: float,
-             space: str | None = None) -> tuple[bool, str | None, str | None]:
-        rec = register_and_decide(cfg, rel, info, {"quality.conditional_accuracy": acc, "quality.fid_evaluator": fid},
-                                  gates, active.info.run_id, "pid", feature_space=space)
+    def step(
+        gates: GatesResult | None, acc: float, fid: float, space: str | None = None
+    ) -> tuple[bool, str | None, str | None]:
+        rec = register_and_decide(
+            cfg,
+            rel,
+            info,
+            {"quality.conditional_accuracy": acc, "quality.fid_evaluator": fid},
+            gates,
+            active.info.run_id,
+            "pid",
+            feature_space=space,
+        )
         champ = alias_version("m", CHAMPION)
         assert str(alias_version("m", CANDIDATE).version) == rec.candidate_version  # every run is candidate
         return rec.promoted, rec.candidate_version, str(champ.version) if champ else None
@@ -176,7 +209,10 @@ def test_retrain_accepts_a_run_within_tolerance_of_the_baseline(
 ) -> None:
     from pipelines import retrain
 
-    monkeypatch.setattr(retrain, "baseline_metrics",
-                        lambda rev, release: {"quality.conditional_accuracy": 0.91, "quality.fid_evaluator": 1.9})
+    monkeypatch.setattr(
+        retrain,
+        "baseline_metrics",
+        lambda rev, release: {"quality.conditional_accuracy": 0.91, "quality.fid_evaluator": 1.9},
+    )
     assert retrain.main(["--check", "--params", str(run.params), "--baseline-rev", "main"]) == 0
     assert "within tolerance" in capsys.readouterr().out

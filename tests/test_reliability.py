@@ -40,16 +40,24 @@ def test_same_seed_gives_bitwise_identical_samples(tiny_run, tmp_path) -> None:
     outs = []
     for name in ("a", "b"):
         params = _params_like(tiny_run, tmp_path / name, samples=str(tmp_path / name / "samples"))
-        subprocess.run([sys.executable, "-m", "pipelines.sample"], cwd=ROOT, env=_env(params), check=True,
-                       capture_output=True, timeout=900)
+        subprocess.run(
+            [sys.executable, "-m", "pipelines.sample"],
+            cwd=ROOT,
+            env=_env(params),
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
         outs.append((tmp_path / name / "samples" / "samples.safetensors").read_bytes())
     assert outs[0] == outs[1]
 
 
 def test_saved_tensors_are_byte_identical_across_processes(tmp_path) -> None:
     # safetensors writes its metadata dict in a per-process hash order; several keys expose it.
-    code = ("import sys, torch; from diffaudit.utils.io import save_tensors; "
-            "save_tensors(sys.argv[1], {'x': torch.arange(4)}, {k: k * 2 for k in 'abcdefgh'})")
+    code = (
+        "import sys, torch; from diffaudit.utils.io import save_tensors; "
+        "save_tensors(sys.argv[1], {'x': torch.arange(4)}, {k: k * 2 for k in 'abcdefgh'})"
+    )
     paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
     for p in paths:
         subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT, check=True, timeout=120)
@@ -87,11 +95,23 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path) -> None:
     cfg = tiny_config(tmp_path, ["train.max_steps=80", "train.checkpoint_every_n_steps=10"])
     env = _env(tmp_path / "params.yaml")
     for stage in ("prepare",):
-        subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=ROOT, env=env, check=True,
-                       capture_output=True, timeout=900)
+        subprocess.run(
+            [sys.executable, "-m", f"pipelines.{stage}"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
     ckpts = tmp_path / "models" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 900
     while not (ckpts / "last.ckpt").exists():  # first written at step 10
         assert proc.poll() is None, "training ended before it could be killed"
@@ -104,8 +124,14 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path) -> None:
     killed_at = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     step = killed_at["global_step"]
     assert 10 <= step < cfg.train.max_steps
-    done = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stdout
     final = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
@@ -113,8 +139,11 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path) -> None:
     assert final["ema"]["optimization_step"] == cfg.train.max_steps  # EMA continued, not restarted
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`diffaudit.stage` = 'train'",
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`diffaudit.stage` = 'train'",
+        order_by=["attributes.start_time DESC"],
+    )
     resumed = client.get_metric_history(runs[0].info.run_id, "train/loss")
     assert min(m.step for m in resumed) >= step  # the second run logged only the steps after the kill
     assert (tmp_path / "models" / "diffusion" / "unet" / "config.json").is_file()
@@ -124,10 +153,22 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path) -> None:
 def test_ddp_two_cpu_processes(tmp_path) -> None:
     cfg = tiny_config(tmp_path, ["trainer=ddp_cpu", "train.max_steps=10", "train.checkpoint_every_n_steps=5"])
     env = _env(tmp_path / "params.yaml")
-    subprocess.run([sys.executable, "-m", "pipelines.prepare"], cwd=ROOT, env=env, check=True, capture_output=True,
-                   timeout=900)
-    done = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.train"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(cfg.tracking.experiment_name)

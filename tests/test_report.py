@@ -23,9 +23,14 @@ def run(release_run: ReleaseRun) -> ReleaseRun:
 
 def test_tables_render_intervals_by_type() -> None:
     # Intervals are recognised by their type, whatever their key; a dict that merely looks like one is not.
-    tables = to_tables({"fd": Estimate(value=0.1, ci=[0.05, 0.2]), "fid_ci": Interval(low=1.0, high=2.5),
-                        "lookalike": {"value": 0.3, "lo": 0.1, "hi": 0.4},
-                        "by_group": {"a": {"acc": 0.9}, "b": {"acc": 0.8}}})
+    tables = to_tables(
+        {
+            "fd": Estimate(value=0.1, ci=[0.05, 0.2]),
+            "fid_ci": Interval(low=1.0, high=2.5),
+            "lookalike": {"value": 0.3, "lo": 0.1, "hi": 0.4},
+            "by_group": {"a": {"acc": 0.9}, "b": {"acc": 0.8}},
+        }
+    )
     cells = {r[0]: r[1] for r in tables[0].rows}
     assert cells == {"fd": "0.1 [0.05, 0.2]", "fid_ci": "[1, 2.5]"}
     assert tables[1].headers == ["", "value", "lo", "hi"]
@@ -39,8 +44,16 @@ def test_tables_walk_a_model_in_its_keys() -> None:
     (t,) = to_tables({"fd_l2": d, "tv": d})
     assert t.headers == ["", "value [CI]", "null_q95", "exceeds_null"]
     assert t.rows[0] == ["fd_l2", "0.2 [0.1, 0.3]", "0.15", "yes"]
-    group = PerGroup.model_validate({"sizes": {"a": 3}, "excluded_small_groups": ["a"], "real_sizes": {},
-                                     "by_group": {}, "overall": {}, "gap": {}})
+    group = PerGroup.model_validate(
+        {
+            "sizes": {"a": 3},
+            "excluded_small_groups": ["a"],
+            "real_sizes": {},
+            "by_group": {},
+            "overall": {},
+            "gap": {},
+        }
+    )
     tables = to_tables(group)
     assert tables[0].rows == [["excluded_small_groups", "[a]"]] and tables[1].rows == [["sizes", "3"]]
 
@@ -70,8 +83,16 @@ def test_missing_inputs_say_not_run(run: ReleaseRun, tmp_path) -> None:
     content = load_content(bare.cfg, bare.params)
     page = render_html(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
     status = dict(re.findall(r"<section id='(\w+)' data-status='([\w-]+)'", page))
-    assert status == {"verdict": "ok", "samples": "ok", "quality": "ok", "sampler_study": "not-run",
-                      "explain": "not-run", "fairness": "not-run", "privacy": "not-run", "lineage": "ok"}
+    assert status == {
+        "verdict": "ok",
+        "samples": "ok",
+        "quality": "ok",
+        "sampler_study": "not-run",
+        "explain": "not-run",
+        "fairness": "not-run",
+        "privacy": "not-run",
+        "lineage": "ok",
+    }
     assert "NOT AUDITED" in page and "Gates not run" in page
     card = render_model_card(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
     assert card.count("_Not measured for this run") == 4
@@ -80,15 +101,27 @@ def test_missing_inputs_say_not_run(run: ReleaseRun, tmp_path) -> None:
 
 def test_model_card_has_every_section_and_the_run_numbers(run: ReleaseRun) -> None:
     card = (run.root / "reports" / "MODEL_CARD.md").read_text()
-    for heading in ("Model details", "Intended use", "Out-of-scope uses", "Training data", "Evaluation data",
-                    "Factors", "Metrics", "Quantitative analyses", "Model examination", "Ethical considerations",
-                    "Caveats and recommendations"):
+    for heading in (
+        "Model details",
+        "Intended use",
+        "Out-of-scope uses",
+        "Training data",
+        "Evaluation data",
+        "Factors",
+        "Metrics",
+        "Quantitative analyses",
+        "Model examination",
+        "Ethical considerations",
+        "Caveats and recommendations",
+    ):
         assert f"## {heading}\n" in card
     assert "champion (released)" in card
     assert "`thickness` (thin, thick)" in card  # the audited groups
     assert "| max_abs | 0.0123 |" in card  # a headline figure of the explainability file
     assert "| fd_l2 | 0.071 [0, 0.25] |" in card  # a fairness estimate with its interval
-    assert "| FID (evaluator features) | 2 [1.8, 2.2] | 0.5 |" in card  # quality headline: value, interval, floor
+    assert (
+        "| FID (evaluator features) | 2 [1.8, 2.2] | 0.5 |" in card
+    )  # quality headline: value, interval, floor
 
 
 def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:

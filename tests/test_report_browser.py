@@ -15,9 +15,18 @@ from diffaudit.report.content import SECTIONS
 from tests.helpers.release import ReleaseRun
 
 CHROMIUM = os.environ.get("DIFFAUDIT_CHROMIUM", "/usr/bin/chromium")  # Debian's package
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(os.environ.get("DIFFAUDIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(
+    os.environ.get("DIFFAUDIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +56,10 @@ def test_report_renders_in_chromium(run: ReleaseRun) -> None:
             page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"page: {e}"))
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-            page.on("request", lambda r: fetched.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+            page.on(
+                "request",
+                lambda r: fetched.append(r.url) if not r.url.startswith(("file:", "data:")) else None,
+            )
             page.goto(page_path.as_uri(), wait_until="load")
 
             ids = page.eval_on_selector_all("main > section", "els => els.map(e => e.id)")
@@ -57,7 +69,9 @@ def test_report_renders_in_chromium(run: ReleaseRun) -> None:
             assert "RELEASED" in page.inner_text("#verdict-banner")
             assert page.locator("#gates tbody tr").count() == 2
             images = page.eval_on_selector_all(
-                "img", "els => els.map(e => ({ok: e.complete && e.naturalWidth > 0, src: e.src.slice(0, 15)}))")
+                "img",
+                "els => els.map(e => ({ok: e.complete && e.naturalWidth > 0, src: e.src.slice(0, 15)}))",
+            )
             assert len(images) >= 12, images
             assert all(i["ok"] for i in images), [i for i in images if not i["ok"]]
             assert {i["src"][:10] for i in images} == {"data:image"}

@@ -30,7 +30,8 @@ def _one_thread() -> Iterator[None]:
 
 
 class ExplodingUNet(torch.nn.Module):
-    """A stand-in denoiser whose output is huge, so an unclipped x0-prediction would be far outside [-1, 1]."""
+    """A stand-in denoiser whose output is huge, so an unclipped x0-prediction would be far outside [-1,
+    1]."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,12 +47,20 @@ class ExplodingUNet(torch.nn.Module):
 def test_every_sampler_clips_its_x0_prediction(name: str, prediction_type: str) -> None:
     from diffaudit.config.schema import DiffusionCfg
 
-    noise = build_noise_scheduler(DiffusionCfg(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
-                                               prediction_type=prediction_type))
+    noise = build_noise_scheduler(
+        DiffusionCfg(
+            num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
+        )
+    )
     steps: list[StepInfo] = []
     pipe = ClassConditionalPipeline.from_unet(ExplodingUNet(), noise, name)
-    out = pipe(labels=torch.tensor([0, 1]), seeds=[1, 2], num_inference_steps=6, guidance_scale=2.0,
-               on_step=steps.append).images
+    out = pipe(
+        labels=torch.tensor([0, 1]),
+        seeds=[1, 2],
+        num_inference_steps=6,
+        guidance_scale=2.0,
+        on_step=steps.append,
+    ).images
     assert len(steps) == 6 and torch.isfinite(out).all()
     for s in steps:  # Euler's own x0 = x - sigma * eps is float32 at sigma ~ 1e3 here: rounding ~ 1e-4
         assert s.x0_pred.abs().max() <= 1.0 + 1e-3, (name, s.index, float(s.x0_pred.abs().max()))
@@ -80,13 +89,21 @@ class OracleUNet(ExplodingUNet):
 def test_every_sampler_lands_on_the_data_with_the_exact_denoiser(name: str, prediction_type: str) -> None:
     from diffaudit.config.schema import DiffusionCfg
 
-    noise = build_noise_scheduler(DiffusionCfg(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                               prediction_type=prediction_type))
+    noise = build_noise_scheduler(
+        DiffusionCfg(
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
+        )
+    )
     unet = OracleUNet(noise.alphas_cumprod, prediction_type, target=0.4)
     steps: list[StepInfo] = []
     pipe = ClassConditionalPipeline.from_unet(unet, noise, name)
-    out = pipe(labels=torch.tensor([0, 1]), seeds=[3, 4], num_inference_steps=8, guidance_scale=2.0,
-               on_step=steps.append).images
+    out = pipe(
+        labels=torch.tensor([0, 1]),
+        seeds=[3, 4],
+        num_inference_steps=8,
+        guidance_scale=2.0,
+        on_step=steps.append,
+    ).images
     assert torch.allclose(out, torch.full_like(out, 0.4), atol=2e-3), (name, float((out - 0.4).abs().max()))
     for s in steps:  # the x0-prediction the explainability audit films is the data at every step
         # (to float32 rounding: Euler's x0 = x - sigma * eps with x ~ 5e4 at sigma ~ 2e4 in its first step)
@@ -96,15 +113,21 @@ def test_every_sampler_lands_on_the_data_with_the_exact_denoiser(name: str, pred
 def test_euler_is_built_for_the_epsilon_it_is_handed() -> None:
     from diffaudit.config.schema import DiffusionCfg
 
-    train = dict(build_noise_scheduler(DiffusionCfg(num_train_timesteps=100, beta_schedule="linear",
-                                                    prediction_type="v_prediction")).config)
+    train = dict(
+        build_noise_scheduler(
+            DiffusionCfg(num_train_timesteps=100, beta_schedule="linear", prediction_type="v_prediction")
+        ).config
+    )
     assert build_sampler("euler", train).config.prediction_type == "epsilon"
     assert build_sampler("ddim", train).config.prediction_type == "v_prediction"
 
 
 def test_study_plan_fills_nulls_from_the_sampler_group_and_shares_points() -> None:
-    study = StudyCfg(num_per_class=2, nfe={"ddim": [20, 10, 10], "euler": [5]},
-                     guidance=GuidanceSweepCfg(scales=[4.0, 1.0, 2.0]))
+    study = StudyCfg(
+        num_per_class=2,
+        nfe={"ddim": [20, 10, 10], "euler": [5]},
+        guidance=GuidanceSweepCfg(scales=[4.0, 1.0, 2.0]),
+    )
     sampler = SamplerCfg(name="ddim", steps=10, guidance_scale=2.0, eta=0.0, num_per_class=5, batch_size=8)
     nfe, guidance = plan(study, sampler)
     assert nfe == [StudyPoint("ddim", 10, 2.0), StudyPoint("ddim", 20, 2.0), StudyPoint("euler", 5, 2.0)]
@@ -112,28 +135,50 @@ def test_study_plan_fills_nulls_from_the_sampler_group_and_shares_points() -> No
     assert len(dict.fromkeys(nfe + guidance)) == 5  # ddim at 10 steps, w=2 is sampled once
 
 
-def test_sampler_study_stage_writes_table_and_plots(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sampler_study_stage_writes_table_and_plots(
+    tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipelines import sampler_study
 
     monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "tiny-session")
     monkeypatch.setenv("DIFFAUDIT_PROGRESS", "0")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tiny_run.cfg
-    study = StudyCfg(num_per_class=4, nfe={"ddpm": [2], "ddim": [2, 3], "dpm_solver": [2], "euler": [2]},
-                     guidance_scale=2.0,  # the NFE sweep's, whatever the default sampler's
-                     guidance=GuidanceSweepCfg(sampler="ddim", nfe=2, scales=[1.0, 2.0]))
-    cfg = cfg.model_copy(update={
-        "eval": cfg.eval.model_copy(update={"study": study}),
-        "paths": cfg.paths.model_copy(update={"metrics": str(tmp_path / "metrics"), "plots": str(tmp_path / "plots")}),
-    })
+    study = StudyCfg(
+        num_per_class=4,
+        nfe={"ddpm": [2], "ddim": [2, 3], "dpm_solver": [2], "euler": [2]},
+        guidance_scale=2.0,  # the NFE sweep's, whatever the default sampler's
+        guidance=GuidanceSweepCfg(sampler="ddim", nfe=2, scales=[1.0, 2.0]),
+    )
+    cfg = cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(update={"study": study}),
+            "paths": cfg.paths.model_copy(
+                update={"metrics": str(tmp_path / "metrics"), "plots": str(tmp_path / "plots")}
+            ),
+        }
+    )
     sampler_study.main(cfg)
     result = read_json(tmp_path / "metrics" / "sampler_study.json")
     assert result["feature_space"] == "evaluator" and result["n_images"] == 40
     assert {s: sorted(p) for s, p in result["nfe_sweep"].items()} == {
-        "ddpm": ["2"], "ddim": ["2", "3"], "dpm_solver": ["2"], "euler": ["2"]}
+        "ddpm": ["2"],
+        "ddim": ["2", "3"],
+        "dpm_solver": ["2"],
+        "euler": ["2"],
+    }
     point = result["nfe_sweep"]["ddim"]["2"]
-    for key in ("fid_evaluator", "kid_evaluator", "precision", "recall", "conditional_accuracy", "fid_over_floor",
-                "seconds", "unet_evals", "reaches_target"):
+    for key in (
+        "fid_evaluator",
+        "kid_evaluator",
+        "precision",
+        "recall",
+        "conditional_accuracy",
+        "fid_over_floor",
+        "seconds",
+        "unet_evals",
+        "reaches_target",
+    ):
         assert key in point
     assert point["unet_evals"] == 4 and result["guidance_sweep"]["points"]["1.0"]["unet_evals"] == 2
     assert result["guidance_sweep"]["points"]["2.0"] == point  # shared point, sampled once
@@ -145,7 +190,11 @@ def test_sampler_study_stage_writes_table_and_plots(tiny_run, tmp_path: Path, mo
     with open(plots / "nfe_ddim.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["nfe"] for r in rows] == ["2", "3"] and "fid_over_floor" in rows[0]
-    assert list(rows[0])[2:5] == ["fid_evaluator", "fid_over_floor", "kid_evaluator"]  # space keys spelled out
+    assert list(rows[0])[2:5] == [
+        "fid_evaluator",
+        "fid_over_floor",
+        "kid_evaluator",
+    ]  # space keys spelled out
     assert float(rows[0]["fid_evaluator"]) == pytest.approx(point["fid_evaluator"], rel=1e-5)
     typed = read_result(tmp_path / "metrics" / "sampler_study.json", SamplerStudyResult)
     assert typed.nfe_sweep["ddim"]["2"].space_value("fid") == point["fid_evaluator"]

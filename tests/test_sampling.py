@@ -24,13 +24,20 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)
-    cfg = ModelCfg(block_out_channels=[16, 32], layers_per_block=1, attention=[False, False], norm_num_groups=8,
-                   dropout=0.0)
+    cfg = ModelCfg(
+        block_out_channels=[16, 32],
+        layers_per_block=1,
+        attention=[False, False],
+        norm_num_groups=8,
+        dropout=0.0,
+    )
     return build_unet(cfg, image_size=8, channels=1, num_classes=3).eval()
 
 
 def _noise(prediction_type: str = "epsilon") -> DDPMScheduler:
-    cfg = DiffusionCfg(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    cfg = DiffusionCfg(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
+    )
     return build_noise_scheduler(cfg)
 
 
@@ -67,7 +74,8 @@ def test_guidance_is_one_batched_forward(unet) -> None:
 
 
 def test_pipeline_owns_the_models_state(unet) -> None:
-    """The prediction type is the training schedule's, whatever the sampler was configured for (Euler: epsilon)."""
+    """The prediction type is the training schedule's, whatever the sampler was configured for (Euler:
+    epsilon)."""
     pipe = _pipe(unet, "euler", "v_prediction")
     assert pipe.scheduler.config.prediction_type == "epsilon"
     assert pipe.prediction_type == "v_prediction" and pipe.null_class == 3 and pipe.num_classes == 3
@@ -85,7 +93,12 @@ class TestSamplerContract:
     seeds = sample_seeds(3, 5)
 
     def _call(self, pipe: ClassConditionalPipeline, **kw: object) -> ClassConditionalPipelineOutput:
-        args = {"labels": self.labels, "seeds": self.seeds, "num_inference_steps": STEPS, "guidance_scale": 2.0}
+        args = {
+            "labels": self.labels,
+            "seeds": self.seeds,
+            "num_inference_steps": STEPS,
+            "guidance_scale": 2.0,
+        }
         return pipe(**(args | kw))
 
     @pytest.mark.parametrize("name", SAMPLERS)
@@ -120,7 +133,11 @@ class TestSamplerContract:
     def test_guidance_one_skips_the_unconditional_pass(self, unet, name: str) -> None:
         pipe = _pipe(unet, name)
         runs: dict[str, tuple[list[int], list[StepInfo]]] = {}
-        for key, w, with_uncond in (("plain", 1.0, False), ("with_uncond", 1.0, True), ("guided", 2.0, False)):
+        for key, w, with_uncond in (
+            ("plain", 1.0, False),
+            ("with_uncond", 1.0, True),
+            ("guided", 2.0, False),
+        ):
             calls: list[int] = []
             seen: list[StepInfo] = []
             handle = unet.register_forward_hook(lambda m, args, out, calls=calls: calls.append(len(args[0])))
@@ -165,12 +182,16 @@ class TestSamplerContract:
             self._call(pipe, batch_size=0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda unet: build_sampler("heun", dict(_noise().config)),
-    lambda unet: ClassConditionalPipeline.from_unet(unet, _noise(), "heun"),
-    lambda unet: _pipe(unet, "ddim").with_sampler("heun"),
-    lambda unet: ClassConditionalPipeline.from_exported("/nonexistent", "heun"),  # checked before loading
-], ids=["build_sampler", "from_unet", "with_sampler", "from_exported"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda unet: build_sampler("heun", dict(_noise().config)),
+        lambda unet: ClassConditionalPipeline.from_unet(unet, _noise(), "heun"),
+        lambda unet: _pipe(unet, "ddim").with_sampler("heun"),
+        lambda unet: ClassConditionalPipeline.from_exported("/nonexistent", "heun"),  # checked before loading
+    ],
+    ids=["build_sampler", "from_unet", "with_sampler", "from_exported"],
+)
 def test_unknown_sampler_lists_the_allowed_ones(unet, make) -> None:
     with pytest.raises(ValueError, match="'heun'; allowed: ddpm, ddim, dpm_solver, euler"):
         make(unet)
@@ -201,15 +222,23 @@ class _FixedUNet(torch.nn.Module):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
 @pytest.mark.parametrize(("name", "reference"), [("ddim", DDIMPipeline), ("dpm_solver", DDPMPipeline)])
-def test_bitwise_equal_to_diffusers_pipelines(unet, name: str, reference: type, guidance_scale: float,
-                                              prediction_type: str) -> None:
-    """The deterministic samplers give diffusers' own pipelines' pixels, bit for bit, from the same per-image
-    generators (DDPM draws its step noise from a stream of its own, Euler clips x0 on the way: not comparable)."""
+def test_bitwise_equal_to_diffusers_pipelines(
+    unet, name: str, reference: type, guidance_scale: float, prediction_type: str
+) -> None:
+    """The deterministic samplers give diffusers' own pipelines' pixels, bit for bit, from the same
+    per-image generators (DDPM draws its step noise from a stream of its own, Euler clips x0 on the way:
+    not comparable)."""
     labels, seeds = torch.tensor([2, 0, 1]), [7, 8, 9]
     pipe = _pipe(unet, name, prediction_type)
     ours = pipe(labels=labels, seeds=seeds, num_inference_steps=STEPS, guidance_scale=guidance_scale).images
-    ref = reference(unet=_FixedUNet(unet, labels, guidance_scale), scheduler=pipe.with_sampler(name).scheduler)
+    ref = reference(
+        unet=_FixedUNet(unet, labels, guidance_scale), scheduler=pipe.with_sampler(name).scheduler
+    )
     ref.set_progress_bar_config(disable=True)
-    theirs = ref(batch_size=3, generator=[torch.Generator().manual_seed(s) for s in seeds],
-                 num_inference_steps=STEPS, output_type="pt").images
+    theirs = ref(
+        batch_size=3,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        num_inference_steps=STEPS,
+        output_type="pt",
+    ).images
     assert torch.equal(ours / 2 + 0.5, theirs)

@@ -24,9 +24,13 @@ def test_serve_champion_generates_images_over_rest(run: ReleaseRun, tmp_path) ->
     cmd = [sys.executable, "-m", "pipelines.serve", "--params", str(run.params), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     with server(cmd, f"{base}/ping", tmp_path / "serve.log", env=env):
-        body = {"dataframe_split": {"columns": ["label", "guidance_scale", "seed"],
-                                    "data": [[0, 2.0, 11], [7, 1.0, 12], [0, 2.0, 11]]},
-                "params": {"steps": 2}}
+        body = {
+            "dataframe_split": {
+                "columns": ["label", "guidance_scale", "seed"],
+                "data": [[0, 2.0, 11], [7, 1.0, 12], [0, 2.0, 11]],
+            },
+            "params": {"steps": 2},
+        }
         status, out = post_json(f"{base}/invocations", body)
         assert status == 200, out
         images = np.asarray(out["predictions"])

@@ -47,7 +47,8 @@ def test_tiny_run_has_parent_and_nested_stage_runs(tiny_run) -> None:
 
 def test_failed_stage_marks_its_run_failed(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "fail-test")
-    # the environment overrides the config's store by design; another test's leftover must not redirect this one
+    # the environment overrides the config's store by design; another test's leftover must not redirect this
+    # one
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tiny_config(tmp_path)
     with pytest.raises(RuntimeError, match="boom"), stage_run(cfg, "prepare"):

@@ -51,8 +51,9 @@ def test_resume_continues_from_the_last_step(tiny_run, tmp_path) -> None:
     data = tiny_run.root / "data" / "prepared"
     meta = load_meta(data)
     more = tiny_run.cfg.model_copy(update={"train": tiny_run.cfg.train.model_copy(update={"max_steps": 40})})
-    module, trainer = train_diffusion(more, load_split(data, "train"), load_split(data, "val"), meta, ckpt_dir,
-                                      progress=False)
+    module, trainer = train_diffusion(
+        more, load_split(data, "train"), load_split(data, "val"), meta, ckpt_dir, progress=False
+    )
     assert trainer.global_step == 40  # 30 from the checkpoint, then 10 more: not 40 from scratch
     assert module.ema.optimization_step == 40  # EMA continued from its saved state
 
@@ -83,7 +84,8 @@ def test_explicit_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path) -> No
 
 def test_evaluator_round_trips_in_diffusers_format(tmp_path) -> None:
     """save_pretrained is byte-stable for the same weights (DVC hashes the folder); from_pretrained gives
-    the same logits, in eval mode, with the heads in the data's attribute order (not the JSON's sorted one)."""
+    the same logits, in eval mode, with the heads in the data's attribute order (not the JSON's sorted
+    one)."""
     import pytest
 
     from diffaudit.models.evaluator import Evaluator

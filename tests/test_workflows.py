@@ -37,8 +37,12 @@ def test_workflows_pass_the_linter() -> None:
         pytest.fail("check-jsonschema is not installed (it is in the dev extras and requirements.lock)")
     files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
     assert {Path(f).name for f in files} >= {"ci.yml", "retrain.yml"}
-    proc = subprocess.run([exe_path, "--builtin-schema", "vendor.github-workflows", *files],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe_path, "--builtin-schema", "vendor.github-workflows", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -56,9 +60,17 @@ def test_retrain_is_scheduled_and_gated() -> None:
     env = wf["jobs"]["retrain"]["env"]
     assert env["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
     runs = _runs(wf)
-    for needed in ("make install", "dvc remote list", "dvc pull", "make repro", "dvc metrics diff origin/main",
-                   "pipelines.retrain --check --baseline-rev origin/main"):
+    for needed in (
+        "make install",
+        "dvc remote list",
+        "dvc pull",
+        "make repro",
+        "dvc metrics diff origin/main",
+        "pipelines.retrain --check --baseline-rev origin/main",
+    ):
         assert needed in runs, needed
     assert "${{ inputs" not in runs  # inputs reach scripts through env, not text substitution
-    upload = [s for s in wf["jobs"]["retrain"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    upload = [
+        s for s in wf["jobs"]["retrain"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")
+    ]
     assert upload and upload[0]["if"] == "always()" and "reports/" in upload[0]["with"]["path"]

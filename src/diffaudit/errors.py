@@ -39,6 +39,12 @@ class GateFailedError(RuntimeError):
 
 # What a stage reports in one line and exit 1 (FileNotFoundError: an input stage has not run).
 STAGE_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataError, ResultFileError, TrackingError, NonFiniteLossError, CheckpointMismatchError,
-    GateFailedError, FileNotFoundError,
+    ConfigError,
+    DataError,
+    ResultFileError,
+    TrackingError,
+    NonFiniteLossError,
+    CheckpointMismatchError,
+    GateFailedError,
+    FileNotFoundError,
 )

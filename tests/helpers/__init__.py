@@ -1,1 +1,2 @@
-"""Helpers the tests import (tests.helpers.config, tests.helpers.release); fixtures live in tests/conftest.py."""
+"""Helpers the tests import (tests.helpers.config, tests.helpers.release); fixtures live in
+tests/conftest.py."""

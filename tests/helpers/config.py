@@ -31,9 +31,14 @@ def tiny_config(root: Path, extra: list[str] | None = None) -> Config:
 
 
 def stage_env(params: Path, pid: str, **extra: str) -> dict[str, str]:
-    """The environment for a stage run as a subprocess on `params` (no inherited MLflow or diffaudit settings)."""
+    """The environment for a stage run as a subprocess on `params` (no inherited MLflow or diffaudit
+    settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_"))}
-    return env | {"DIFFAUDIT_PARAMS": str(params), "DIFFAUDIT_PROGRESS": "0", "DIFFAUDIT_PIPELINE_ID": pid} | extra
+    return (
+        env
+        | {"DIFFAUDIT_PARAMS": str(params), "DIFFAUDIT_PROGRESS": "0", "DIFFAUDIT_PIPELINE_ID": pid}
+        | extra
+    )
 
 
 @contextmanager
@@ -41,7 +46,9 @@ def pipeline_env(root: Path, pid: str) -> Iterator[None]:
     """The environment `make repro` gives a stage, pointed at this run (and restored afterwards)."""
     keys = ("DIFFAUDIT_PIPELINE_ID", "DIFFAUDIT_PROGRESS", "DIFFAUDIT_PARAMS", "MLFLOW_TRACKING_URI")
     old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(DIFFAUDIT_PIPELINE_ID=pid, DIFFAUDIT_PROGRESS="0", DIFFAUDIT_PARAMS=str(root / "params.yaml"))
+    os.environ.update(
+        DIFFAUDIT_PIPELINE_ID=pid, DIFFAUDIT_PROGRESS="0", DIFFAUDIT_PARAMS=str(root / "params.yaml")
+    )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         yield

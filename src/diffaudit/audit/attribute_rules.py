@@ -57,7 +57,9 @@ class AttributeRule:
 
     def predict(self, images: torch.Tensor, labels: np.ndarray | torch.Tensor) -> np.ndarray:
         """Group ids of model-resolution images in [-1, 1], cut at the thresholds of `labels`."""
-        return (attribute_score(self.name, _unit(images)) > self.thresholds[np.asarray(labels)]).astype(np.int64)
+        return (attribute_score(self.name, _unit(images)) > self.thresholds[np.asarray(labels)]).astype(
+            np.int64
+        )
 
 
 def _unit(images: torch.Tensor) -> np.ndarray:
@@ -79,13 +81,18 @@ def fit_rules(meta: DataMeta, splits: list[Split]) -> dict[str, AttributeRule]:
     for name in names:
         groups = torch.cat([s.attributes[name] for s in splits]).numpy()
         scores = attribute_score(name, x)
-        rules[name] = AttributeRule(name, np.array([fit_threshold(scores[labels == c], groups[labels == c])
-                                                    for c in range(meta.num_classes)]))
+        rules[name] = AttributeRule(
+            name,
+            np.array(
+                [fit_threshold(scores[labels == c], groups[labels == c]) for c in range(meta.num_classes)]
+            ),
+        )
     return rules
 
 
-def apply_rules(judged: Judged, images: torch.Tensor, labels: np.ndarray | torch.Tensor,
-                rules: dict[str, AttributeRule]) -> Judged:
+def apply_rules(
+    judged: Judged, images: torch.Tensor, labels: np.ndarray | torch.Tensor, rules: dict[str, AttributeRule]
+) -> Judged:
     """`judged` with each ruled attribute's reads replaced by the rule's (one-hot probabilities);
     the head's own reads stay under `<attribute>:evaluator`."""
     if not rules:

@@ -16,8 +16,14 @@ from diffaudit.audit.fairness import Shares, distribution, percentile_ci
 
 
 def bias_amplification(
-    per_class: dict[int, Shares], train_labels: np.ndarray, train_attr: np.ndarray, class_names: list[str],
-    group_names: list[str], *, correct_errors: bool, level: float,
+    per_class: dict[int, Shares],
+    train_labels: np.ndarray,
+    train_attr: np.ndarray,
+    class_names: list[str],
+    group_names: list[str],
+    *,
+    correct_errors: bool,
+    level: float,
 ) -> dict:
     """Per-cell BA with bootstrap intervals, from the class-conditional shares of
     `fairness.stratified_shares`, plus the headline max |BA| and where it is."""
@@ -35,11 +41,20 @@ def bias_amplification(
             boot_abs_max = np.maximum(boot_abs_max, np.abs(ba_boot).max(-1))
         for a, aname in enumerate(group_names):
             ci = percentile_ci(ba_boot[:, a], level)
-            cells.append({
-                "class": class_names[c], "group": aname, "n_gen": sh.n, "p_train": float(p_train[a]),
-                "p_gen_raw": float(sh.raw[a]), "p_gen": float(p_gen[a]), "ba": float(ba[a]), "ci": ci,
-                "clear_of_zero": bool(ci[0] > 0 or ci[1] < 0), "confusion": sh.correction,
-            })
+            cells.append(
+                {
+                    "class": class_names[c],
+                    "group": aname,
+                    "n_gen": sh.n,
+                    "p_train": float(p_train[a]),
+                    "p_gen_raw": float(sh.raw[a]),
+                    "p_gen": float(p_gen[a]),
+                    "ba": float(ba[a]),
+                    "ci": ci,
+                    "clear_of_zero": bool(ci[0] > 0 or ci[1] < 0),
+                    "confusion": sh.correction,
+                }
+            )
     worst = max(cells, key=lambda r: abs(r["ba"])) if cells else None
     return {
         "corrected": correct_errors,
@@ -47,7 +62,8 @@ def bias_amplification(
         "max_abs_ba": {
             "value": abs(worst["ba"]) if worst else float("nan"),
             "ci": percentile_ci(boot_abs_max, level) if n_boot else [float("nan")] * 2,
-            "class": worst["class"] if worst else None, "group": worst["group"] if worst else None,
+            "class": worst["class"] if worst else None,
+            "group": worst["group"] if worst else None,
             "cell_ci": worst["ci"] if worst else None,
             "clear_of_zero": worst["clear_of_zero"] if worst else False,
         },

@@ -54,7 +54,9 @@ def correct(p_obs: np.ndarray, confusion: np.ndarray) -> np.ndarray:
     The pseudo-inverse keeps a near-singular C (a classifier at chance) from blowing up.
     """
     c = row_normalise(confusion)
-    p = np.einsum("...ij,...j->...i", np.linalg.pinv(np.swapaxes(c, -1, -2)), np.asarray(p_obs, dtype=np.float64))
+    p = np.einsum(
+        "...ij,...j->...i", np.linalg.pinv(np.swapaxes(c, -1, -2)), np.asarray(p_obs, dtype=np.float64)
+    )
     p = np.clip(p, 0.0, None)
     s = p.sum(-1, keepdims=True)
     uniform = np.full_like(p, 1.0 / p.shape[-1])
@@ -107,8 +109,9 @@ class Shares:
     correction: str = "pooled"
 
 
-def pooled_shares(gen_pred: np.ndarray, confusion: np.ndarray, ref: np.ndarray, n_boot: int,
-                  rng: np.random.Generator) -> Shares:
+def pooled_shares(
+    gen_pred: np.ndarray, confusion: np.ndarray, ref: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> Shares:
     """Shares corrected with one confusion matrix for the whole set."""
     k = len(ref)
     ref = np.asarray(ref, dtype=np.float64) / np.sum(ref)
@@ -118,15 +121,26 @@ def pooled_shares(gen_pred: np.ndarray, confusion: np.ndarray, ref: np.ndarray, 
     n = max(len(gen_pred), 1)
     p_obs_null = row_normalise(confusion).T @ ref
     return Shares(
-        n=len(gen_pred), raw=p_raw, corrected=correct(p_raw, confusion), boot_raw=boot_raw,
-        boot_corrected=correct(boot_raw, boot_c), null_raw=rng.multinomial(n, ref, size=n_boot) / n,
+        n=len(gen_pred),
+        raw=p_raw,
+        corrected=correct(p_raw, confusion),
+        boot_raw=boot_raw,
+        boot_corrected=correct(boot_raw, boot_c),
+        null_raw=rng.multinomial(n, ref, size=n_boot) / n,
         null_corrected=correct(rng.multinomial(n, p_obs_null / p_obs_null.sum(), size=n_boot) / n, boot_c),
     )
 
 
 def stratified_shares(
-    gen_pred: np.ndarray, gen_strata: np.ndarray, test_true: np.ndarray, test_pred: np.ndarray,
-    test_strata: np.ndarray, ref: np.ndarray, min_count: int, n_boot: int, rng: np.random.Generator,
+    gen_pred: np.ndarray,
+    gen_strata: np.ndarray,
+    test_true: np.ndarray,
+    test_pred: np.ndarray,
+    test_strata: np.ndarray,
+    ref: np.ndarray,
+    min_count: int,
+    n_boot: int,
+    rng: np.random.Generator,
     prior: float = 0.0,
 ) -> tuple[Shares, dict[int, Shares]]:
     """Shares within each stratum (class), each corrected with that class's own confusion matrix on real
@@ -156,9 +170,16 @@ def stratified_shares(
         return sum(w[c] * getattr(sh, attr) for c, sh in per.items())  # type: ignore[return-value]
 
     kinds = {sh.correction for sh in per.values()}
-    whole = Shares(n=len(gen_pred), raw=mix("raw"), corrected=mix("corrected"), boot_raw=mix("boot_raw"),
-                   boot_corrected=mix("boot_corrected"), null_raw=mix("null_raw"),
-                   null_corrected=mix("null_corrected"), correction="/".join(sorted(kinds)))
+    whole = Shares(
+        n=len(gen_pred),
+        raw=mix("raw"),
+        corrected=mix("corrected"),
+        boot_raw=mix("boot_raw"),
+        boot_corrected=mix("boot_corrected"),
+        null_raw=mix("null_raw"),
+        null_corrected=mix("null_corrected"),
+        correction="/".join(sorted(kinds)),
+    )
     return whole, per
 
 
@@ -168,12 +189,20 @@ def representation(shares: Shares, ref: np.ndarray, names: list[str], level: flo
     k = len(names)
     ref = np.asarray(ref, dtype=np.float64)
     n_boot = len(shares.boot_raw)
-    out: dict = {"groups": list(names), "n": shares.n, "p_ref": ref.tolist(), "correction": shares.correction,
-                 "p_gen_raw": shares.raw.tolist(), "p_gen_corrected": shares.corrected.tolist(),
-                 "p_gen_raw_ci": [percentile_ci(shares.boot_raw[:, j], level) for j in range(k)],
-                 "p_gen_corrected_ci": [percentile_ci(shares.boot_corrected[:, j], level) for j in range(k)]}
-    for key, point, boots, null in (("raw", shares.raw, shares.boot_raw, shares.null_raw),
-                                    ("corrected", shares.corrected, shares.boot_corrected, shares.null_corrected)):
+    out: dict = {
+        "groups": list(names),
+        "n": shares.n,
+        "p_ref": ref.tolist(),
+        "correction": shares.correction,
+        "p_gen_raw": shares.raw.tolist(),
+        "p_gen_corrected": shares.corrected.tolist(),
+        "p_gen_raw_ci": [percentile_ci(shares.boot_raw[:, j], level) for j in range(k)],
+        "p_gen_corrected_ci": [percentile_ci(shares.boot_corrected[:, j], level) for j in range(k)],
+    }
+    for key, point, boots, null in (
+        ("raw", shares.raw, shares.boot_raw, shares.null_raw),
+        ("corrected", shares.corrected, shares.boot_corrected, shares.null_corrected),
+    ):
         d, db, dn = discrepancies(point, ref), discrepancies(boots, ref), discrepancies(null, ref)
         out[key] = {
             m: _stat(float(d[m]), db[m], level)

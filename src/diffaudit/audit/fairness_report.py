@@ -28,7 +28,8 @@ from diffaudit.data.store import DataMeta, Split
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results.fairness import FairnessReport
 
-# Judged key under which an attribute read by its pixel rule (audit/attribute_rules.py) keeps the head's reads.
+# Judged key under which an attribute read by its pixel rule (audit/attribute_rules.py) keeps the head's
+# reads.
 EVALUATOR_SUFFIX = ":evaluator"
 
 
@@ -62,8 +63,16 @@ def _reference(kind: str, train_labels: np.ndarray, k: int) -> np.ndarray:
     return np.full(k, 1.0 / k) if kind == "uniform" else distribution(train_labels, k)
 
 
-def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, test_j: Judged,
-                    gen_labels: torch.Tensor, gen_j: Judged, seed: int) -> FairnessReport:
+def fairness_report(
+    cfg: AuditCfg,
+    meta: DataMeta,
+    train: Split,
+    test: Split,
+    test_j: Judged,
+    gen_labels: torch.Tensor,
+    gen_j: Judged,
+    seed: int,
+) -> FairnessReport:
     """Representation, bias amplification and per-group quality of one generated set."""
     rng = np.random.default_rng(seed)
     b, lvl = cfg.bootstrap, cfg.ci_level
@@ -71,12 +80,21 @@ def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, te
     truth = {"class": test.labels.numpy()} | {a: v.numpy() for a, v in test.attributes.items()}
     train_truth = {"class": train.labels.numpy()} | {a: v.numpy() for a, v in train.attributes.items()}
     gen_lab = gen_labels.numpy()
-    out: dict = {"n_generated": len(gen_j), "reference": cfg.reference, "corrected": cfg.correct_errors,
-                 "ci_level": lvl, "bootstrap": b, "evaluator_test_accuracy": {}, "representation": {},
-                 "bias_amplification": {}, "per_group": {}}
+    out: dict = {
+        "n_generated": len(gen_j),
+        "reference": cfg.reference,
+        "corrected": cfg.correct_errors,
+        "ci_level": lvl,
+        "bootstrap": b,
+        "evaluator_test_accuracy": {},
+        "representation": {},
+        "bias_amplification": {},
+        "per_group": {},
+    }
     for head, names in heads.items():
         conf = confusion_counts(truth[head], test_j.preds[head], len(names))
-        # The head's own accuracy, also where a pixel rule reads the attribute (attribute_measure has the rule's).
+        # The head's own accuracy, also where a pixel rule reads the attribute (attribute_measure has the
+        # rule's).
         head_pred = test_j.preds.get(head + EVALUATOR_SUFFIX, test_j.preds[head])
         out["evaluator_test_accuracy"][head] = float((head_pred == truth[head]).mean())
         refs = {kind: _reference(kind, train_truth[head], len(names)) for kind in ("uniform", "train")}
@@ -86,32 +104,64 @@ def fairness_report(cfg: AuditCfg, meta: DataMeta, train: Split, test: Split, te
                 shares = pooled_shares(gen_j.preds[head], conf, ref, b, rng)
             else:
                 shares, per_class = stratified_shares(
-                    gen_j.preds[head], gen_lab, truth[head], test_j.preds[head], truth["class"], ref,
-                    cfg.min_confusion_count, b, rng, prior=cfg.confusion_prior)
+                    gen_j.preds[head],
+                    gen_lab,
+                    truth[head],
+                    test_j.preds[head],
+                    truth["class"],
+                    ref,
+                    cfg.min_confusion_count,
+                    b,
+                    rng,
+                    prior=cfg.confusion_prior,
+                )
                 if kind == cfg.reference:
                     out["bias_amplification"][head] = bias_amplification(
-                        per_class, train_truth["class"], train_truth[head], meta.class_names, names,
-                        correct_errors=cfg.correct_errors, level=lvl)
+                        per_class,
+                        train_truth["class"],
+                        train_truth[head],
+                        meta.class_names,
+                        names,
+                        correct_errors=cfg.correct_errors,
+                        level=lvl,
+                    )
             reps[kind] = representation(shares, ref, names, lvl)
         rep = reps[cfg.reference]
         other = "train" if cfg.reference == "uniform" else "uniform"
         rep["other_reference"] = {"reference": other} | {
-            key: reps[other][key] for key in ("p_ref", "p_gen_corrected", "raw", "corrected")}
+            key: reps[other][key] for key in ("p_ref", "p_gen_corrected", "raw", "corrected")
+        }
         rep["confusion_test"] = conf.astype(int).tolist()
         # Large: the evaluator barely separates the groups, and the correction amplifies noise accordingly.
         rep["confusion_condition"] = float(np.linalg.cond(row_normalise(conf)))
         out["representation"][head] = rep
     hit = (gen_j.preds["class"] == gen_lab).astype(np.float64)
     confidence = gen_j.probs["class"][np.arange(len(gen_lab)), gen_lab]
-    common = dict(hit=hit, confidence=confidence, gen_feats=gen_j.feats, real_feats=test_j.feats, k=cfg.pr_k,
-                  min_group_size=cfg.min_group_size, min_group_size_fid=cfg.min_group_size_fid, n_boot=b, level=lvl)
+    common = dict(
+        hit=hit,
+        confidence=confidence,
+        gen_feats=gen_j.feats,
+        real_feats=test_j.feats,
+        k=cfg.pr_k,
+        min_group_size=cfg.min_group_size,
+        min_group_size_fid=cfg.min_group_size_fid,
+        n_boot=b,
+        level=lvl,
+    )
     for attr, names in meta.attribute_groups.items():
         out["per_group"][attr] = per_group_quality(
-            np.asarray(names)[gen_j.preds[attr]], real_groups=np.asarray(names)[truth[attr]], rng=rng, **common)
+            np.asarray(names)[gen_j.preds[attr]],
+            real_groups=np.asarray(names)[truth[attr]],
+            rng=rng,
+            **common,
+        )
     # The class as the group: membership is exact (the conditioning label), not the evaluator's guess.
     out["per_group"]["class"] = per_group_quality(
-        np.asarray(meta.class_names)[gen_lab], real_groups=np.asarray(meta.class_names)[truth["class"]], rng=rng,
-        **common)
+        np.asarray(meta.class_names)[gen_lab],
+        real_groups=np.asarray(meta.class_names)[truth["class"]],
+        rng=rng,
+        **common,
+    )
     out["attribute_measure"] = _measures(meta, truth, test_j, gen_j)
     out["headline"] = headline(out, cfg)
     return FairnessReport.model_validate(out)
@@ -132,7 +182,9 @@ def _measures(meta: DataMeta, truth: dict[str, np.ndarray], test_j: Judged, gen_
             "measured_by": "definition",
             "definition_test_accuracy": float((test_j.preds[attr] == truth[attr]).mean()),
             "evaluator_test_accuracy": float((test_j.preds[attr + EVALUATOR_SUFFIX] == truth[attr]).mean()),
-            "generated_shares_definition": dict(zip(names, distribution(gen_j.preds[attr], k).tolist(), strict=True)),
+            "generated_shares_definition": dict(
+                zip(names, distribution(gen_j.preds[attr], k).tolist(), strict=True)
+            ),
             "generated_shares_evaluator": dict(zip(names, distribution(head, k).tolist(), strict=True)),
             "agreement_on_generated": float((head == gen_j.preds[attr]).mean()),
         }
@@ -149,10 +201,19 @@ def pick(stat: dict, which: str) -> float:
 def headline(report: dict, cfg: AuditCfg) -> dict:
     """The worst figure of each kind, and where it was found (what the gates read)."""
     est = "corrected" if cfg.correct_errors else "raw"
-    fd = [(pick(r[est]["fd_l2"], cfg.gate_statistic), h, r[est]["fd_l2"]) for h, r in report["representation"].items()]
-    ba = [(pick(r["max_abs_ba"], cfg.gate_statistic), a, r["max_abs_ba"]) for a, r in report["bias_amplification"].items()]
-    gap = [(pick(r["gap"]["conditional_accuracy"], cfg.gate_statistic), a, r["gap"]["conditional_accuracy"])
-           for a, r in report["per_group"].items() if a != "class" and r.get("gap")]
+    fd = [
+        (pick(r[est]["fd_l2"], cfg.gate_statistic), h, r[est]["fd_l2"])
+        for h, r in report["representation"].items()
+    ]
+    ba = [
+        (pick(r["max_abs_ba"], cfg.gate_statistic), a, r["max_abs_ba"])
+        for a, r in report["bias_amplification"].items()
+    ]
+    gap = [
+        (pick(r["gap"]["conditional_accuracy"], cfg.gate_statistic), a, r["gap"]["conditional_accuracy"])
+        for a, r in report["per_group"].items()
+        if a != "class" and r.get("gap")
+    ]
     out: dict = {"estimate": est, "statistic": cfg.gate_statistic}
     for key, rows in (("fairness_discrepancy", fd), ("bias_amplification", ba), ("worst_group_gap", gap)):
         rows = [r for r in rows if not np.isnan(r[0])]

@@ -61,21 +61,26 @@ def report(verdicts: list[Verdict]) -> GatesResult:
     return GatesResult(
         passed=all(v.passed for v in verdicts),
         failed=[v.gate for v in verdicts if not v.passed],
-        gates={v.gate: GateEntry(value=v.value, threshold=v.threshold, op=v.op, passed=v.passed,
-                                 source=v.source) for v in verdicts},
+        gates={
+            v.gate: GateEntry(value=v.value, threshold=v.threshold, op=v.op, passed=v.passed, source=v.source)
+            for v in verdicts
+        },
     )
 
 
-def measurements(fairness: FairnessReport, privacy: PrivacyResult,
-                 quality: QualityResult | None) -> dict[str, tuple[float | None, str]]:
+def measurements(
+    fairness: FairnessReport, privacy: PrivacyResult, quality: QualityResult | None
+) -> dict[str, tuple[float | None, str]]:
     """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors
     (no quality file: the quality gates are not measured, so they fail)."""
     head = fairness.headline
     out: dict[str, tuple[float | None, str]] = {
         gate: (h.value, f"{h.where}, {head.estimate}, {head.statistic}")
-        for gate, h in (("fairness_discrepancy", head.fairness_discrepancy),
-                        ("bias_amplification", head.bias_amplification),
-                        ("worst_group_gap", head.worst_group_gap))
+        for gate, h in (
+            ("fairness_discrepancy", head.fairness_discrepancy),
+            ("bias_amplification", head.bias_amplification),
+            ("worst_group_gap", head.worst_group_gap),
+        )
     }
     spaces = privacy.memorization
     if spaces:

@@ -32,8 +32,13 @@ def target_counts(n: int, shares: np.ndarray) -> np.ndarray:
 
 
 def balanced_selection(
-    images: torch.Tensor, labels: torch.Tensor, attr: np.ndarray, target: np.ndarray, draw: Draw,
-    oversample: float, max_rounds: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attr: np.ndarray,
+    target: np.ndarray,
+    draw: Draw,
+    oversample: float,
+    max_rounds: int,
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict]:
     """Return (images, labels, attribute predictions, info) of the balanced set, same count per class."""
     k = len(target)
@@ -53,7 +58,9 @@ def balanced_selection(
             short = want[c] - have
             room = budget[c] - len(a)
             if (short > 0).any() and room > 0:
-                share = (have + 1.0) / (len(a) + 2.0)  # Laplace: a group never seen still gets a finite estimate
+                share = (have + 1.0) / (
+                    len(a) + 2.0
+                )  # Laplace: a group never seen still gets a finite estimate
                 request[c] = int(min(room, math.ceil(float(np.max(np.where(short > 0, short / share, 0.0))))))
         if not request:
             break
@@ -79,8 +86,15 @@ def balanced_selection(
         out_img.append(imgs[idx])
         out_lab.append(torch.full((len(idx),), c, dtype=labels.dtype))
         out_attr.append(a[idx])
-        per_class[c] = {"extra_draws": drawn[c], "target": want[c].tolist(),
-                        "kept": np.bincount(a[idx], minlength=k)[:k].tolist(), "shortfall": int(max(shortfall, 0))}
-    info = {"extra_draws": int(sum(drawn.values())), "per_class": per_class,
-            "classes_short": [c for c, v in per_class.items() if v["shortfall"] > 0]}
+        per_class[c] = {
+            "extra_draws": drawn[c],
+            "target": want[c].tolist(),
+            "kept": np.bincount(a[idx], minlength=k)[:k].tolist(),
+            "shortfall": int(max(shortfall, 0)),
+        }
+    info = {
+        "extra_draws": int(sum(drawn.values())),
+        "per_class": per_class,
+        "classes_short": [c for c, v in per_class.items() if v["shortfall"] > 0],
+    }
     return torch.cat(out_img), torch.cat(out_lab), np.concatenate(out_attr), info

@@ -51,8 +51,13 @@ def looker(evaluator: Evaluator, rules: dict[str, AttributeRule]) -> Look:
     return lambda images, labels: apply_rules(judge(evaluator, images), images, labels, rules)
 
 
-def _drawer(generate: Generate, seeds_after: Callable[[int, int], list[int]], look: Look, attribute: str,
-            first_index: int) -> Draw:
+def _drawer(
+    generate: Generate,
+    seeds_after: Callable[[int, int], list[int]],
+    look: Look,
+    attribute: str,
+    first_index: int,
+) -> Draw:
     """Extra candidates from the run's sampler; their seeds continue after the sample stage's."""
     next_index = [first_index]
 
@@ -65,31 +70,58 @@ def _drawer(generate: Generate, seeds_after: Callable[[int, int], list[int]], lo
     return draw
 
 
-def _mitigate(cfg: Config, meta: DataMeta, train: Split, test: Split, test_j: Judged, look: Look,
-              images: torch.Tensor, labels: torch.Tensor, gen_j: Judged, draw_for: Callable[[str], Draw],
-              before: FairnessReport) -> tuple[Mitigation, torch.Tensor, torch.Tensor]:
+def _mitigate(
+    cfg: Config,
+    meta: DataMeta,
+    train: Split,
+    test: Split,
+    test_j: Judged,
+    look: Look,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    gen_j: Judged,
+    draw_for: Callable[[str], Draw],
+    before: FairnessReport,
+) -> tuple[Mitigation, torch.Tensor, torch.Tensor]:
     """Balanced selection on one attribute, then the fairness audit again on the selected set."""
     m = cfg.audit.mitigation
     attribute = m.attribute or next(iter(meta.attribute_groups), None)
     if attribute is None or attribute not in meta.attribute_groups:
-        raise ConfigError(f"audit.mitigation.attribute={attribute!r} is not an attribute of the data "
-                          f"({sorted(meta.attribute_groups)})")
+        raise ConfigError(
+            f"audit.mitigation.attribute={attribute!r} is not an attribute of the data "
+            f"({sorted(meta.attribute_groups)})"
+        )
     k = len(meta.attribute_groups[attribute])
-    target = np.full(k, 1.0 / k) if m.target == "uniform" else distribution(train.attributes[attribute].numpy(), k)
+    target = (
+        np.full(k, 1.0 / k) if m.target == "uniform" else distribution(train.attributes[attribute].numpy(), k)
+    )
     t0 = time.perf_counter()
     sel_images, sel_labels, _, info = balanced_selection(
-        images, labels, gen_j.preds[attribute], target, draw_for(attribute), m.oversample, m.max_rounds)
-    after = fairness_report(cfg.audit, meta, train, test, test_j, sel_labels, look(sel_images, sel_labels), cfg.seed)
+        images, labels, gen_j.preds[attribute], target, draw_for(attribute), m.oversample, m.max_rounds
+    )
+    after = fairness_report(
+        cfg.audit, meta, train, test, test_j, sel_labels, look(sel_images, sel_labels), cfg.seed
+    )
     est = "corrected" if cfg.audit.correct_errors else "raw"
 
     def side(r: FairnessReport) -> MitigationSide:
         rep = r.representation[attribute]
-        return MitigationSide(p_gen=rep.p_gen(est), fd_l2=rep.discrepancies(est).fd_l2,
-                              max_abs_ba=r.bias_amplification[attribute].max_abs_ba, headline=r.headline)
+        return MitigationSide(
+            p_gen=rep.p_gen(est),
+            fd_l2=rep.discrepancies(est).fd_l2,
+            max_abs_ba=r.bias_amplification[attribute].max_abs_ba,
+            headline=r.headline,
+        )
 
-    summary = Mitigation(attribute=attribute, target=target.tolist(), seconds=time.perf_counter() - t0,
-                         selection=Selection.model_validate(info), before=side(before), after=side(after),
-                         report=after)
+    summary = Mitigation(
+        attribute=attribute,
+        target=target.tolist(),
+        seconds=time.perf_counter() - t0,
+        selection=Selection.model_validate(info),
+        before=side(before),
+        after=side(after),
+        report=after,
+    )
     return summary, sel_images, sel_labels
 
 
@@ -97,27 +129,46 @@ def _ba_rows(fairness: FairnessReport, label: str) -> list[str]:
     rows = []
     for attr, r in fairness.bias_amplification.items():
         for c in r.cells:
-            rows.append(f"{label},{attr},{c.class_},{c.group},{c.p_train:.4f},{c.p_gen:.4f},"
-                        f"{c.ba:.4f},{c.ci[0]:.4f},{c.ci[1]:.4f}")
+            rows.append(
+                f"{label},{attr},{c.class_},{c.group},{c.p_train:.4f},{c.p_gen:.4f},"
+                f"{c.ba:.4f},{c.ci[0]:.4f},{c.ci[1]:.4f}"
+            )
     return rows
 
 
 def audit_model(
-    cfg: Config, meta: DataMeta, train: Split, val: Split, test: Split, images: torch.Tensor, labels: torch.Tensor,
-    evaluator: Evaluator, quality: QualityResult | None, generate: Generate, seeds_after: Callable[[int, int], list[int]],
+    cfg: Config,
+    meta: DataMeta,
+    train: Split,
+    val: Split,
+    test: Split,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    evaluator: Evaluator,
+    quality: QualityResult | None,
+    generate: Generate,
+    seeds_after: Callable[[int, int], list[int]],
 ) -> AuditOutcome:
     """Audit one generated set (`images` for `labels`, the sample stage's); `generate` and `seeds_after`
     (start index, count -> seeds) draw the mitigation's extra candidates with the run's sampler."""
     t0 = time.perf_counter()
     rules = fit_rules(meta, [train, val]) if cfg.audit.derived_attributes == "definition" else {}
     look = looker(evaluator, rules)
-    test_j, gen_j, train_j = look(test.images, test.labels), look(images, labels), judge(evaluator, train.images)
+    test_j, gen_j, train_j = (
+        look(test.images, test.labels),
+        look(images, labels),
+        judge(evaluator, train.images),
+    )
 
     fairness = fairness_report(cfg.audit, meta, train, test, test_j, labels, gen_j, cfg.seed)
     as_t = torch.from_numpy
     privacy, _ = privacy_report(
-        {"pixel": images, "feature": as_t(gen_j.feats)}, {"pixel": train.images, "feature": as_t(train_j.feats)},
-        {"pixel": test.images, "feature": as_t(test_j.feats)}, cfg.audit.memorization_ratio, cfg.audit.gallery_size)
+        {"pixel": images, "feature": as_t(gen_j.feats)},
+        {"pixel": train.images, "feature": as_t(train_j.feats)},
+        {"pixel": test.images, "feature": as_t(test_j.feats)},
+        cfg.audit.memorization_ratio,
+        cfg.audit.gallery_size,
+    )
     pairs = [(p.generated, p.train, p.ratio) for p in privacy.memorization["pixel"].closest_pairs]
     figures = {"memorization_gallery": grid(gallery(images, train.images, pairs), ncol=8, scale=4)}
 
@@ -126,16 +177,25 @@ def audit_model(
     ba_rows = _ba_rows(fairness, "before")
     mitigation = None
     if cfg.audit.mitigation.enabled and meta.attribute_groups:
+
         def draw_for(attribute: str) -> Draw:
             return _drawer(generate, seeds_after, look, attribute, first_index=len(labels))
 
-        mitigation, sel_images, sel_labels = _mitigate(cfg, meta, train, test, test_j, look, images, labels,
-                                                       gen_j, draw_for, fairness)
+        mitigation, sel_images, sel_labels = _mitigate(
+            cfg, meta, train, test, test_j, look, images, labels, gen_j, draw_for, fairness
+        )
         figures["mitigated_grid"] = class_grid(sel_images, sel_labels, meta.num_classes)
-        after = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(mitigation.report, privacy, quality))
+        after = gates_mod.evaluate_gates(
+            cfg.audit.gates, gates_mod.measurements(mitigation.report, privacy, quality)
+        )
         # Informative only: the release is judged on the model with its plain sampler.
-        gates.with_mitigation = {v.gate: v.passed for v in after if v.gate in
-                                 ("fairness_discrepancy", "bias_amplification", "worst_group_gap")}
+        gates.with_mitigation = {
+            v.gate: v.passed
+            for v in after
+            if v.gate in ("fairness_discrepancy", "bias_amplification", "worst_group_gap")
+        }
         ba_rows += _ba_rows(mitigation.report, "after")
     result = FairnessResult.of(fairness, seconds=time.perf_counter() - t0, mitigation=mitigation)
-    return AuditOutcome(result, privacy, gates, verdicts, figures, "\n".join([BA_CSV_HEADER, *ba_rows]) + "\n")
+    return AuditOutcome(
+        result, privacy, gates, verdicts, figures, "\n".join([BA_CSV_HEADER, *ba_rows]) + "\n"
+    )

@@ -42,8 +42,9 @@ def _inside(queries: np.ndarray, support: np.ndarray, k: int) -> np.ndarray:
     return coverage_share(torch.from_numpy(np.asarray(queries, dtype=np.float64)), s, radii).numpy()
 
 
-def _group_mean_boot(values: np.ndarray, groups: np.ndarray, levels: list, n_boot: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def _group_mean_boot(
+    values: np.ndarray, groups: np.ndarray, levels: list, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     """(n_boot, n_levels) group means with images resampled within their group."""
     out = np.empty((n_boot, len(levels)))
     for j, g in enumerate(levels):
@@ -53,9 +54,19 @@ def _group_mean_boot(values: np.ndarray, groups: np.ndarray, levels: list, n_boo
 
 
 def per_group_quality(
-    groups: np.ndarray, *, hit: np.ndarray, confidence: np.ndarray, gen_feats: np.ndarray,
-    real_feats: np.ndarray, real_groups: np.ndarray, k: int, min_group_size: int, min_group_size_fid: int,
-    n_boot: int, level: float, rng: np.random.Generator,
+    groups: np.ndarray,
+    *,
+    hit: np.ndarray,
+    confidence: np.ndarray,
+    gen_feats: np.ndarray,
+    real_feats: np.ndarray,
+    real_groups: np.ndarray,
+    k: int,
+    min_group_size: int,
+    min_group_size_fid: int,
+    n_boot: int,
+    level: float,
+    rng: np.random.Generator,
 ) -> dict:
     """MetricFrame over generated images grouped by `groups` (names), with the worst-group gap and its
     bootstrap interval for the per-image metrics."""
@@ -87,26 +98,41 @@ def per_group_quality(
 
     per_image = {"conditional_accuracy": hit, "confidence": confidence, "precision": precision}
     metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-        name: (lambda yt, _yp, v=v: float(v[np.asarray(yt, dtype=np.int64)].mean())) for name, v in per_image.items()
+        name: (lambda yt, _yp, v=v: float(v[np.asarray(yt, dtype=np.int64)].mean()))
+        for name, v in per_image.items()
     }
-    metrics |= {"recall": lambda yt, _yp: recall(np.asarray(yt, dtype=np.int64)),
-                "fid": lambda yt, _yp: fid(np.asarray(yt, dtype=np.int64))}
+    metrics |= {
+        "recall": lambda yt, _yp: recall(np.asarray(yt, dtype=np.int64)),
+        "fid": lambda yt, _yp: fid(np.asarray(yt, dtype=np.int64)),
+    }
     sel = np.flatnonzero(np.isin(groups, kept))
-    result: dict = {"sizes": sizes, "excluded_small_groups": sorted(set(sizes) - set(kept)),
-                    "real_sizes": {g: int((real_groups == g).sum()) for g in kept}}
+    result: dict = {
+        "sizes": sizes,
+        "excluded_small_groups": sorted(set(sizes) - set(kept)),
+        "real_sizes": {g: int((real_groups == g).sum()) for g in kept},
+    }
     if len(kept) == 0:
         return result | {"by_group": {}, "overall": {}, "gap": {}}
     mf = MetricFrame(metrics=metrics, y_true=sel, y_pred=sel, sensitive_features=groups[sel])
     by_group = mf.by_group
     gap = mf.difference(method="between_groups")
-    boots = {m: _group_mean_boot(per_image[m][sel], groups[sel], kept, n_boot, rng) for m in SAMPLE_METRICS} \
-        if n_boot and len(kept) > 1 else {}
-    result["by_group"] = {str(g): {m: _num(by_group.loc[g, m]) for m in by_group.columns} for g in by_group.index}
+    boots = (
+        {m: _group_mean_boot(per_image[m][sel], groups[sel], kept, n_boot, rng) for m in SAMPLE_METRICS}
+        if n_boot and len(kept) > 1
+        else {}
+    )
+    result["by_group"] = {
+        str(g): {m: _num(by_group.loc[g, m]) for m in by_group.columns} for g in by_group.index
+    }
     result["overall"] = {m: _num(v) for m, v in mf.overall.items()}
     result["gap"] = {
-        m: {"value": _num(gap[m]),
-            "ci": percentile_ci(boots[m].max(1) - boots[m].min(1), level) if m in boots else [float("nan")] * 2,
-            "worst_group": _worst(by_group[m], higher_is_better=(m != "fid"))}
+        m: {
+            "value": _num(gap[m]),
+            "ci": percentile_ci(boots[m].max(1) - boots[m].min(1), level)
+            if m in boots
+            else [float("nan")] * 2,
+            "worst_group": _worst(by_group[m], higher_is_better=(m != "fid")),
+        }
         for m in by_group.columns
     }
     return result

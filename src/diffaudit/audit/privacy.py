@@ -14,8 +14,9 @@ import torch
 from diffaudit.results.privacy import PrivacyResult
 
 
-def two_nearest(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray,
-                                                                                            np.ndarray]:
+def two_nearest(
+    queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distances d1 <= d2 of each query to its two nearest reference points, and the nearest's index."""
     q = queries.reshape(len(queries), -1).double()
     r = reference.reshape(len(reference), -1).double()
@@ -39,17 +40,29 @@ def memorization(queries: torch.Tensor, reference: torch.Tensor, threshold: floa
     d1, d2, idx = two_nearest(queries, reference)
     ratio = nn_ratio(d1, d2)
     flagged = ratio < threshold
-    return {"fraction": float(flagged.mean()) if len(flagged) else 0.0, "n_flagged": int(flagged.sum()),
-            "ratio": ratio, "d1": d1, "nearest": idx, "flagged": flagged}
+    return {
+        "fraction": float(flagged.mean()) if len(flagged) else 0.0,
+        "n_flagged": int(flagged.sum()),
+        "ratio": ratio,
+        "d1": d1,
+        "nearest": idx,
+        "flagged": flagged,
+    }
 
 
 def summary(m: dict) -> dict:
     """The JSON-ready part of a memorization result."""
     r = m["ratio"]
-    return {"fraction": m["fraction"], "n_flagged": m["n_flagged"], "n": int(len(r)),
-            "ratio_min": float(r.min()) if len(r) else float("nan"),
-            "ratio_median": float(np.median(r)) if len(r) else float("nan"),
-            "ratio_quantiles": {q: float(np.quantile(r, float(q))) for q in ("0.01", "0.05", "0.25")} if len(r) else {}}
+    return {
+        "fraction": m["fraction"],
+        "n_flagged": m["n_flagged"],
+        "n": int(len(r)),
+        "ratio_min": float(r.min()) if len(r) else float("nan"),
+        "ratio_median": float(np.median(r)) if len(r) else float("nan"),
+        "ratio_quantiles": {q: float(np.quantile(r, float(q))) for q in ("0.01", "0.05", "0.25")}
+        if len(r)
+        else {},
+    }
 
 
 def closest_pairs(m: dict, n: int) -> list[tuple[int, int, float]]:
@@ -58,7 +71,9 @@ def closest_pairs(m: dict, n: int) -> list[tuple[int, int, float]]:
     return [(int(i), int(m["nearest"][i]), float(m["ratio"][i])) for i in order]
 
 
-def gallery(queries: torch.Tensor, reference: torch.Tensor, pairs: list[tuple[int, int, float]]) -> torch.Tensor:
+def gallery(
+    queries: torch.Tensor, reference: torch.Tensor, pairs: list[tuple[int, int, float]]
+) -> torch.Tensor:
     """Images to tile two per pair: generated image, then its nearest training image."""
     if not pairs:
         return queries[:0]
@@ -67,20 +82,34 @@ def gallery(queries: torch.Tensor, reference: torch.Tensor, pairs: list[tuple[in
     return torch.stack([q, r], dim=1).reshape(-1, *queries.shape[1:])
 
 
-def privacy_report(gen: dict[str, torch.Tensor], train: dict[str, torch.Tensor], test: dict[str, torch.Tensor],
-                   threshold: float, n_pairs: int) -> tuple[PrivacyResult, dict[str, dict]]:
+def privacy_report(
+    gen: dict[str, torch.Tensor],
+    train: dict[str, torch.Tensor],
+    test: dict[str, torch.Tensor],
+    threshold: float,
+    n_pairs: int,
+) -> tuple[PrivacyResult, dict[str, dict]]:
     """privacy.json and the raw per-space results. Each dict maps space ("pixel", "feature") to a tensor
     of that set: generated images are compared with training images, real test images give the floor."""
-    report: dict = {"ratio": threshold, "n_generated": len(gen["pixel"]), "n_train": len(train["pixel"]),
-                    "memorization": {}}
+    report: dict = {
+        "ratio": threshold,
+        "n_generated": len(gen["pixel"]),
+        "n_train": len(train["pixel"]),
+        "memorization": {},
+    }
     raw = {}
     for space in gen:
         m = memorization(gen[space], train[space], threshold)
         floor = memorization(test[space], train[space], threshold)
         raw[space] = m
         report["memorization"][space] = summary(m) | {
-            "real_test_floor": {"fraction": floor["fraction"], "n": len(floor["ratio"]),
-                                "ratio_min": float(floor["ratio"].min()) if len(floor["ratio"]) else float("nan")},
-            "closest_pairs": [{"generated": i, "train": j, "ratio": r} for i, j, r in closest_pairs(m, n_pairs)],
+            "real_test_floor": {
+                "fraction": floor["fraction"],
+                "n": len(floor["ratio"]),
+                "ratio_min": float(floor["ratio"].min()) if len(floor["ratio"]) else float("nan"),
+            },
+            "closest_pairs": [
+                {"generated": i, "train": j, "ratio": r} for i, j, r in closest_pairs(m, n_pairs)
+            ],
         }
     return PrivacyResult.model_validate(report), raw

@@ -20,7 +20,8 @@ class GatesCfg(_Strict):
     `audit.correct_errors` is true, and through `audit.gate_statistic` (estimate or an interval end)."""
 
     min_conditional_accuracy: float | None = Field(default=0.8, ge=0.0, le=1.0)
-    # FID of generated vs real test images minus the real-vs-real floor, in the evaluate stage's feature space.
+    # FID of generated vs real test images minus the real-vs-real floor, in the evaluate stage's feature
+    # space.
     max_fid_over_floor: float | None = Field(default=None, ge=0.0)
     max_fairness_discrepancy: float | None = Field(default=0.1, ge=0.0)
     max_abs_bias_amplification: float | None = Field(default=0.25, ge=0.0)
@@ -35,7 +36,9 @@ class MitigationCfg(_Strict):
     enabled: bool = True
     attribute: str | None = None  # null: the first sensitive attribute of the data
     target: Literal["uniform", "train"] = "uniform"
-    oversample: float = Field(default=3.0, ge=1.0, le=50.0)  # most candidates per class, in units of the set's own count
+    oversample: float = Field(
+        default=3.0, ge=1.0, le=50.0
+    )  # most candidates per class, in units of the set's own count
     max_rounds: int = Field(default=4, ge=1)
 
 

@@ -43,7 +43,8 @@ class GuidanceSweepCfg(BaseModel):
 
 
 class StudyCfg(BaseModel):
-    """The sampler study: the same model and seeds sampled with every sampler over NFE lists, plus a guidance sweep."""
+    """The sampler study: the same model and seeds sampled with every sampler over NFE lists, plus a guidance
+    sweep."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_per_class: int = Field(ge=1)
@@ -83,8 +84,9 @@ class EvalCfg(BaseModel):
     def _inception_needs_weights(self) -> EvalCfg:
         if self.feature == "inception" and not self.inception_weights:
             raise ValueError(
-                "eval.feature=inception needs eval.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth "
-                "(the FID InceptionV3 weights of torch-fidelity, copied to this machine; nothing is downloaded), "
+                "eval.feature=inception needs "
+                "eval.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth (the FID InceptionV3 "
+                "weights of torch-fidelity, copied to this machine; nothing is downloaded), "
                 "or use eval.feature=evaluator"
             )
         return self

@@ -66,7 +66,9 @@ class ModelCfg(_Strict):
             raise ValueError("model.attention needs one flag per entry of model.block_out_channels")
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
-                raise ValueError(f"model.block_out_channels entry {c} is not divisible by model.norm_num_groups")
+                raise ValueError(
+                    f"model.block_out_channels entry {c} is not divisible by model.norm_num_groups"
+                )
         return self
 
 
@@ -151,7 +153,9 @@ def _format_errors(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not in the schema)"
         got = e.get("input")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        shown = (
+            "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        )
         lines.append(f"  {key}: {msg}{shown}")
     return "invalid config:\n" + "\n".join(lines)
 

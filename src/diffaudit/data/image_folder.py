@@ -84,7 +84,8 @@ def _encode(series: pd.Series, column: str, csv_path: Path) -> tuple[np.ndarray,
 
 
 def _resolve_inside(root: Path, filename: str, csv_path: Path) -> Path:
-    """The image path for a CSV entry, refusing anything that points outside root (../, absolute, symlinks)."""
+    """The image path for a CSV entry, refusing anything that points outside root (../, absolute,
+    symlinks)."""
     if Path(filename).is_absolute():
         raise DataError(
             f"{csv_path}: filename {filename!r} is absolute; filenames must be relative to {root}"
@@ -102,7 +103,8 @@ def load_image_folder(
     attribute_columns: list[str] | None = None,
     channels: int | None = None,
 ) -> RawDataset:
-    """Load every row of `root/csv`, in CSV order: images from its `filename` column, class from `label_column`.
+    """Load every row of `root/csv`, in CSV order: images from its `filename` column, class from
+    `label_column`.
 
     attribute_columns None means every column other than filename and the label. channels 1 or 3 forces
     grayscale or RGB; None takes the first image's kind.
@@ -142,7 +144,8 @@ def load_image_folder(
     labels, class_names = _encode(table[label_column], label_column, csv_path)
     if len(class_names) < 2:
         raise DataError(
-            f"{csv_path}: label column {label_column!r} has only the class {class_names}; needs at least 2 classes"
+            f"{csv_path}: label column {label_column!r} has only the class {class_names}; "
+            "needs at least 2 classes"
         )
     attributes: dict[str, np.ndarray] = {}
     groups: dict[str, list[str]] = {}

@@ -36,8 +36,11 @@ def load_raw(cfg: DataCfg) -> RawDataset:
         from diffaudit.data.image_folder import load_image_folder
 
         ds = load_image_folder(
-            cfg.root, csv=cfg.csv, label_column=cfg.label_attribute or "label",
-            attribute_columns=cfg.attributes, channels=cfg.channels,
+            cfg.root,
+            csv=cfg.csv,
+            label_column=cfg.label_attribute or "label",
+            attribute_columns=cfg.attributes,
+            channels=cfg.channels,
         )
     else:  # the schema forbids this; kept for direct library use
         raise DataError(f"unknown dataset {cfg.name!r}")
@@ -95,14 +98,22 @@ def stratified_split(
             rest, test_size=val_fraction / (1 - test_fraction), stratify=strata[rest], random_state=seed
         )
     except ValueError as err:
-        raise DataError(f"{ds.source}: cannot make a stratified split ({err}); too few images per class") from None
-    return {"train": ds.subset(np.sort(train)), "val": ds.subset(np.sort(val)), "test": ds.subset(np.sort(test))}
+        raise DataError(
+            f"{ds.source}: cannot make a stratified split ({err}); too few images per class"
+        ) from None
+    return {
+        "train": ds.subset(np.sort(train)),
+        "val": ds.subset(np.sort(val)),
+        "test": ds.subset(np.sort(test)),
+    }
 
 
 def apply_bias(ds: RawDataset, bias: BiasCfg, seed: int) -> RawDataset:
     """Keep only `keep_fraction` of group `bias.group` of `bias.attribute` within `bias.classes`."""
     if bias.attribute not in ds.attributes:
-        raise DataError(f"data.bias.attribute {bias.attribute!r} is not an attribute ({sorted(ds.attributes)})")
+        raise DataError(
+            f"data.bias.attribute {bias.attribute!r} is not an attribute ({sorted(ds.attributes)})"
+        )
     n_groups = len(ds.attribute_groups[bias.attribute])
     if bias.group >= n_groups:
         raise DataError(f"data.bias.group={bias.group} but {bias.attribute!r} has {n_groups} groups")

@@ -48,14 +48,17 @@ def save_prepared(out_dir: str | Path, splits: dict[str, RawDataset], image_size
         tensors = {"images": to_model_tensor(ds.images, image_size), "labels": torch.from_numpy(ds.labels)}
         tensors |= {f"attr.{a}": torch.from_numpy(v) for a, v in ds.attributes.items()}
         save_tensors(out_dir / f"{name}.safetensors", tensors)
-    write_json(out_dir / META_FILE, {
-        "class_names": first.class_names,
-        "attribute_groups": first.attribute_groups,
-        "image_size": image_size,
-        "channels": int(first.images.shape[1]),
-        "source": first.source,
-        "derived_attributes": list(first.derived_attributes),
-    })
+    write_json(
+        out_dir / META_FILE,
+        {
+            "class_names": first.class_names,
+            "attribute_groups": first.attribute_groups,
+            "image_size": image_size,
+            "channels": int(first.images.shape[1]),
+            "source": first.source,
+            "derived_attributes": list(first.derived_attributes),
+        },
+    )
 
 
 def load_meta(data_dir: str | Path) -> DataMeta:

@@ -162,7 +162,8 @@ def _read_cifar_pickle(path: Path, layout: str) -> dict[bytes, Any]:
 
 
 def load_cifar10(root: str | Path, split: Split = "all") -> RawDataset:
-    """CIFAR-10 from torchvision's `root/cifar-10-batches-py/` pickles; images (N, 3, 32, 32), train then test."""
+    """CIFAR-10 from torchvision's `root/cifar-10-batches-py/` pickles; images (N, 3, 32, 32), train then
+    test."""
     _check_split(split)
     root = _check_root(root)
     folder = root / "cifar-10-batches-py"
@@ -205,7 +206,8 @@ def load_cifar10(root: str | Path, split: Split = "all") -> RawDataset:
 
 
 def _read_celeba_attrs(path: Path, layout: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(filenames, attribute names, values as int8 -1/1 of shape (N, n_attributes)) from list_attr_celeba.txt."""
+    """(filenames, attribute names, values as int8 -1/1 of shape (N, n_attributes)) from
+    list_attr_celeba.txt."""
     if not path.is_file():
         raise DataError(f"missing file {path}; expected layout {layout}")
     lines = [line.split() for line in path.read_text().splitlines() if line.strip()]

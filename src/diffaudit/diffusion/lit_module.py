@@ -37,21 +37,29 @@ class DiffusionModule(L.LightningModule):
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
         self.null_class = num_classes
         self.ema = EMAModel(
-            self.unet.parameters(), decay=self.train_cfg.ema_decay,
+            self.unet.parameters(),
+            decay=self.train_cfg.ema_decay,
             foreach=True,  # one fused update over all parameters: the per-tensor loop cost ~5% of a CPU step
-            model_cls=type(self.unet), model_config=self.unet.config,
+            model_cls=type(self.unet),
+            model_config=self.unet.config,
         )
 
     # -- the objective -------------------------------------------------------------------------
     def diffusion_loss(
-        self, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
-        timesteps: torch.Tensor | None = None, reduce: bool = True,
+        self,
+        x0: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+        timesteps: torch.Tensor | None = None,
+        reduce: bool = True,
     ) -> torch.Tensor:
         """MSE between the network output and its target at random (or given) timesteps, in fp32."""
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if timesteps is None:
-            timesteps = torch.randint(0, self.diffusion_cfg.num_train_timesteps, (n,), generator=generator, device=x0.device)
+            timesteps = torch.randint(
+                0, self.diffusion_cfg.num_train_timesteps, (n,), generator=generator, device=x0.device
+            )
         a = self.alphas_cumprod.to(x0.device)[timesteps]
         x_t = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
         out = self.unet(x_t, timesteps, class_labels=labels).sample

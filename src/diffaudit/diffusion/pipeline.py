@@ -72,7 +72,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, noise_scheduler=noise_scheduler)
 
     @classmethod
-    def from_unet(cls, unet: UNet2DModel, noise_scheduler: DDPMScheduler, sampler: str) -> ClassConditionalPipeline:
+    def from_unet(
+        cls, unet: UNet2DModel, noise_scheduler: DDPMScheduler, sampler: str
+    ) -> ClassConditionalPipeline:
         r"""
         A pipeline over an in-memory UNet with a fresh `sampler` built from its training noise schedule.
 
@@ -87,13 +89,17 @@ class ClassConditionalPipeline(DiffusionPipeline):
         Raises:
             `ValueError`: for a sampler name not in `SAMPLERS` (the message lists the allowed ones).
         """
-        return cls(unet=unet, scheduler=build_sampler(sampler, dict(noise_scheduler.config)),
-                   noise_scheduler=noise_scheduler)
+        return cls(
+            unet=unet,
+            scheduler=build_sampler(sampler, dict(noise_scheduler.config)),
+            noise_scheduler=noise_scheduler,
+        )
 
     @classmethod
     def from_exported(cls, model_dir: str | Path, sampler: str) -> ClassConditionalPipeline:
         r"""
-        The exported model (the train stage's `unet/` and `scheduler/`, diffusers format) with a fresh `sampler`.
+        The exported model (the train stage's `unet/` and `scheduler/`, diffusers format) with a fresh
+        `sampler`.
 
         Args:
             model_dir (`str` or `Path`):
@@ -126,7 +132,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
     @property
     def prediction_type(self) -> str:
-        """What the UNet predicts (`epsilon`, `v_prediction` or `sample`): the training schedule's objective."""
+        """What the UNet predicts (`epsilon`, `v_prediction` or `sample`): the training schedule's
+        objective."""
         return str(self.noise_scheduler.config.prediction_type)
 
     @property
@@ -185,8 +192,10 @@ class ClassConditionalPipeline(DiffusionPipeline):
         labels = torch.as_tensor(labels)
         seeds = [int(s) for s in seeds]
         if labels.ndim != 1 or len(labels) != len(seeds) or len(seeds) == 0:
-            raise ValueError(f"need one seed per label and at least one of each; got {tuple(labels.shape)} labels "
-                             f"and {len(seeds)} seeds")
+            raise ValueError(
+                f"need one seed per label and at least one of each; got {tuple(labels.shape)} labels "
+                f"and {len(seeds)} seeds"
+            )
         if batch_size is None:
             batch_size = len(seeds)
         if batch_size < 1:
@@ -194,13 +203,26 @@ class ClassConditionalPipeline(DiffusionPipeline):
         images = []
         batches = range(0, len(seeds), batch_size)
         for i in tqdm(batches, desc=f"sampling {len(seeds)} images", disable=not progress):
-            images.append(self._denoise(labels[i : i + batch_size], seeds[i : i + batch_size], num_inference_steps,
-                                        guidance_scale, on_step, with_uncond).cpu())
+            images.append(
+                self._denoise(
+                    labels[i : i + batch_size],
+                    seeds[i : i + batch_size],
+                    num_inference_steps,
+                    guidance_scale,
+                    on_step,
+                    with_uncond,
+                ).cpu()
+            )
         return ClassConditionalPipelineOutput(images=torch.cat(images), labels=labels.cpu(), seeds=seeds)
 
     def _denoise(
-        self, labels: torch.Tensor, seeds: list[int], steps: int, guidance_scale: float,
-        on_step: Callable[[StepInfo], None] | None, with_uncond: bool,
+        self,
+        labels: torch.Tensor,
+        seeds: list[int],
+        steps: int,
+        guidance_scale: float,
+        on_step: Callable[[StepInfo], None] | None,
+        with_uncond: bool,
     ) -> torch.Tensor:
         """One batch, on the UNet's device, from pure noise to images clamped to [-1, 1]."""
         unet, scheduler, prediction_type = self.unet, self.scheduler, self.prediction_type
@@ -221,7 +243,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
             out, cond, uncond = guided_output(unet, x_in, t, labels, null, guidance_scale, with_uncond)
             if is_euler:
                 # Euler has no x0 clipping: clip here and hand it the epsilon of the clipped x0 (build_sampler
-                # configures it for epsilon whatever the model predicts), so its own x0 = x - sigma * eps is clipped.
+                # configures it for epsilon whatever the model predicts), so its own x0 = x - sigma * eps is
+                # clipped.
                 a = _alpha_bar_euler(scheduler)
                 x0, _ = to_x0_eps(out, x_in, a, prediction_type)
                 out = eps_from_x0(x0.clamp(-1, 1), x_in, a)
@@ -236,7 +259,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
 
 def _alpha_bar_euler(scheduler: EulerDiscreteScheduler) -> torch.Tensor:
-    """alpha_bar of the current Euler step: x_in = x / sqrt(sigma^2 + 1) is the VP state with a = 1 / (sigma^2 + 1)."""
+    """alpha_bar of the current Euler step: x_in = x / sqrt(sigma^2 + 1) is the VP state with a = 1 / (sigma^2
+    + 1)."""
     sigma = scheduler.sigmas[scheduler.step_index].double()
     return (1.0 / (sigma**2 + 1.0)).float()
 
@@ -249,7 +273,9 @@ def _takes_generator(scheduler: SchedulerMixin) -> bool:
     return "generator" in inspect.signature(scheduler.step).parameters
 
 
-def _x0_of(scheduler: SchedulerMixin, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def _x0_of(
+    scheduler: SchedulerMixin, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """x0-prediction for schedulers whose step output lacks it (DPM-Solver): same formula, clipped."""
     a = scheduler.alphas_cumprod.to(x_in.device)[int(t)]
     x0, _ = to_x0_eps(out, x_in, a, prediction_type)

@@ -27,7 +27,12 @@ class StepInfo:
 
 
 def guided_output(
-    unet: UNet2DModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null_class: int, guidance_scale: float,
+    unet: UNet2DModel,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    null_class: int,
+    guidance_scale: float,
     with_uncond: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """CFG output out_u + w (out_c - out_u) in one batched forward; w = 1 is plain conditional.
@@ -47,8 +52,12 @@ def guided_output(
     return uncond + guidance_scale * (cond - uncond), cond, uncond
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+def initial_noise(
+    seeds: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    ).to(device)
 
 
 def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:

@@ -40,9 +40,14 @@ def build_sampler(name: str, train_config: dict[str, Any]) -> SchedulerMixin:
         return DDIMScheduler.from_config(train_config, clip_sample=True, set_alpha_to_one=True)
     if name == "dpm_solver":
         return DPMSolverMultistepScheduler.from_config(
-            train_config, algorithm_type="dpmsolver++", solver_order=2,
-            thresholding=True, sample_max_value=1.0, dynamic_thresholding_ratio=0.995,
-            final_sigmas_type="zero", lower_order_final=True,
+            train_config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            thresholding=True,
+            sample_max_value=1.0,
+            dynamic_thresholding_ratio=0.995,
+            final_sigmas_type="zero",
+            lower_order_final=True,
         )
     if name == "euler":
         # Euler has no clipping option of its own: sampling.py clips the x0-prediction and hands Euler the

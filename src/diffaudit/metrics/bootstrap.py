@@ -17,7 +17,9 @@ LEVEL = 0.95
 
 
 def interval(values: torch.Tensor, level: float = LEVEL) -> Interval:
-    lo, hi = torch.quantile(values.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    lo, hi = torch.quantile(
+        values.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    )
     return Interval(low=float(lo), high=float(hi))
 
 
@@ -27,13 +29,17 @@ def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) ->
         return None
     gen = torch.Generator().manual_seed(seed)
     v = values.double().flatten()
-    means = torch.stack([v[torch.randint(len(v), (len(v),), generator=gen)].mean() for _ in range(reps)]) \
-        if len(v) * reps > 50_000_000 else v[torch.randint(len(v), (reps, len(v)), generator=gen)].mean(1)
+    means = (
+        torch.stack([v[torch.randint(len(v), (len(v),), generator=gen)].mean() for _ in range(reps)])
+        if len(v) * reps > 50_000_000
+        else v[torch.randint(len(v), (reps, len(v)), generator=gen)].mean(1)
+    )
     return interval(means, level)
 
 
-def bootstrap_ci(statistic: Callable[..., float], *samples: torch.Tensor, reps: int, seed: int,
-                 level: float = LEVEL) -> Interval | None:
+def bootstrap_ci(
+    statistic: Callable[..., float], *samples: torch.Tensor, reps: int, seed: int, level: float = LEVEL
+) -> Interval | None:
     """Interval of statistic(*samples) with every sample resampled (with replacement) independently."""
     if reps <= 0:
         return None

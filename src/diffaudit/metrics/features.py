@@ -77,7 +77,8 @@ def fingerprint(images: torch.Tensor) -> str:
 
 
 class FeatureCache:
-    """Features of image sets in one feature space, keyed by content: no set goes through the network twice."""
+    """Features of image sets in one feature space, keyed by content: no set goes through the network
+    twice."""
 
     def __init__(self, module: nn.Module, batch_size: int = 512) -> None:
         self.module = module

@@ -22,20 +22,23 @@ def _feed(metric: nn.Module, feats: torch.Tensor, real: bool, batch_size: int = 
 
 def fid_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between two feature sets (N, D), each with at least 2 rows."""
-    metric = FrechetInceptionDistance(feature=CachedFeatures(real.shape[1]), normalize=True,
-                                      input_img_size=(real.shape[1],))
+    metric = FrechetInceptionDistance(
+        feature=CachedFeatures(real.shape[1]), normalize=True, input_img_size=(real.shape[1],)
+    )
     with single_thread():
         _feed(metric, real.double(), True)
         _feed(metric, fake.double(), False)
         return max(0.0, float(metric.compute()))
 
 
-def kid_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int, subsets: int = 50,
-                 seed: int = 0) -> tuple[float, float]:
+def kid_features(
+    real: torch.Tensor, fake: torch.Tensor, subset_size: int, subsets: int = 50, seed: int = 0
+) -> tuple[float, float]:
     """Kernel inception distance (mean, std over `subsets` random subsets) between two feature sets."""
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=CachedFeatures(real.shape[1]), normalize=True, subsets=subsets,
-                                     subset_size=size)
+    metric = KernelInceptionDistance(
+        feature=CachedFeatures(real.shape[1]), normalize=True, subsets=subsets, subset_size=size
+    )
     _feed(metric, real.double(), True)
     _feed(metric, fake.double(), False)
     with torch.random.fork_rng(devices=[]), single_thread():
@@ -49,8 +52,9 @@ def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def _weighted_kernel_sums(x: torch.Tensor, y: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
-                          chunk: int) -> torch.Tensor:
+def _weighted_kernel_sums(
+    x: torch.Tensor, y: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """wx[r]^T K(x, y) wy[r] for every row r, with K built a block of rows at a time (never N x N)."""
     total = torch.zeros(len(wx), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), chunk):
@@ -59,7 +63,9 @@ def _weighted_kernel_sums(x: torch.Tensor, y: torch.Tensor, wx: torch.Tensor, wy
     return total
 
 
-def kid_bootstrap(real: torch.Tensor, fake: torch.Tensor, reps: int, seed: int, chunk: int = 512) -> torch.Tensor:
+def kid_bootstrap(
+    real: torch.Tensor, fake: torch.Tensor, reps: int, seed: int, chunk: int = 512
+) -> torch.Tensor:
     """The unbiased MMD^2 of KID's kernel over the full sets, recomputed on `reps` bootstrap resamples.
 
     A resample of m = min(N_real, N_fake) draws is a count vector w, and the MMD^2 of the resampled sets
@@ -72,7 +78,9 @@ def kid_bootstrap(real: torch.Tensor, fake: torch.Tensor, reps: int, seed: int, 
 
     def counts(n: int) -> torch.Tensor:
         idx = torch.randint(n, (reps, m), generator=gen)
-        return torch.zeros(reps, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(reps, m, dtype=torch.float64))
+        return torch.zeros(reps, n, dtype=torch.float64).scatter_add_(
+            1, idx, torch.ones(reps, m, dtype=torch.float64)
+        )
 
     wr, wg = counts(len(real)).to(real.device), counts(len(fake)).to(fake.device)
     with single_thread():
@@ -93,7 +101,13 @@ def fid(feature: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
     return fid_features(extract(feature, real), extract(feature, fake))
 
 
-def kid(feature: nn.Module, real: torch.Tensor, fake: torch.Tensor, subset_size: int, subsets: int = 50,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    feature: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    subset_size: int,
+    subsets: int = 50,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Kernel inception distance (mean, std over random subsets) in the given feature space."""
     return kid_features(extract(feature, real), extract(feature, fake), subset_size, subsets, seed)

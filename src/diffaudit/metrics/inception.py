@@ -30,7 +30,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a bad or unsafe file
-        raise ConfigError(f"eval.inception_weights={str(path)!r} is not a readable weights file ({err})") from None
+        raise ConfigError(
+            f"eval.inception_weights={str(path)!r} is not a readable weights file ({err})"
+        ) from None
     if not isinstance(state, dict):
         raise ConfigError(f"eval.inception_weights={str(path)!r} does not hold a state dict")
     return state
@@ -61,8 +63,9 @@ class InceptionFeatures(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             clean = Path(tmp) / "inception.pt"
             torch.save(state, clean)  # a plain tensor dict, re-read by torch-fidelity
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                          feature_extractor_weights_path=str(clean))
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(clean)
+            )
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

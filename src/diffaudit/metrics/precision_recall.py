@@ -18,7 +18,9 @@ def knn_radii(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     return torch.cat(radii)
 
 
-def coverage_share(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def coverage_share(
+    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
     """Per query: 1.0 if it lies inside the ball of any support point, else 0.0."""
     inside = []
     for i in range(0, len(queries), chunk):
@@ -27,22 +29,28 @@ def coverage_share(queries: torch.Tensor, support: torch.Tensor, radii: torch.Te
     return torch.cat(inside)
 
 
-def precision_recall_indicators(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
-                                chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def precision_recall_indicators(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point memberships: (fake point inside the real manifold, real point inside the fake manifold).
 
-    Their means are precision and recall; resampling them gives a bootstrap interval with the manifolds held fixed.
+    Their means are precision and recall; resampling them gives a bootstrap interval with the manifolds held
+    fixed.
     """
     real, fake = real.double(), fake.double()
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} points in each set "
-                         f"(got {len(real)} real, {len(fake)} generated)")
+        raise ValueError(
+            f"precision/recall with k={k} needs more than {k} points in each set "
+            f"(got {len(real)} real, {len(fake)} generated)"
+        )
     in_real = coverage_share(fake, real, knn_radii(real, k, chunk), chunk)
     in_fake = coverage_share(real, fake, knn_radii(fake, k, chunk), chunk)
     return in_real, in_fake
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+) -> tuple[float, float]:
     """(precision, recall) of `fake` against `real` feature sets, k-NN manifolds with k neighbours."""
     in_real, in_fake = precision_recall_indicators(real, fake, k, chunk)
     return float(in_real.double().mean()), float(in_fake.double().mean())

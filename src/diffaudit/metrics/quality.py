@@ -55,8 +55,9 @@ class AccuracyReport:
     per_class_n: dict[str, int]
 
 
-def _accuracy_report(hits: torch.Tensor, labels: torch.Tensor, class_names: list[str], reps: int,
-                     seed: int) -> AccuracyReport:
+def _accuracy_report(
+    hits: torch.Tensor, labels: torch.Tensor, class_names: list[str], reps: int, seed: int
+) -> AccuracyReport:
     per = {name: labels == c for c, name in enumerate(class_names) if (labels == c).any()}
     return AccuracyReport(
         value=float(hits.double().mean()),
@@ -67,11 +68,16 @@ def _accuracy_report(hits: torch.Tensor, labels: torch.Tensor, class_names: list
     )
 
 
-def conditional_accuracy(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor,
-                         class_names: list[str]) -> tuple[float, dict[str, float]]:
+def conditional_accuracy(
+    evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]
+) -> tuple[float, dict[str, float]]:
     """Share of generated images the evaluator assigns to their conditioning class (overall, per class)."""
     hits = class_hits(evaluator, images, labels)
-    per_class = {name: float(hits[labels == c].double().mean()) for c, name in enumerate(class_names) if (labels == c).any()}
+    per_class = {
+        name: float(hits[labels == c].double().mean())
+        for c, name in enumerate(class_names)
+        if (labels == c).any()
+    }
     return float(hits.double().mean()), per_class
 
 
@@ -98,8 +104,9 @@ class SetMetrics:
     recall_ci: Interval | None = None
 
 
-def set_metrics(ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int,
-                with_ci: bool = True) -> SetMetrics:
+def set_metrics(
+    ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int, with_ci: bool = True
+) -> SetMetrics:
     """FID, KID, precision and recall of feature set `gen` against `ref`, with bootstrap intervals."""
     with single_thread():
         return _set_metrics(ref, gen, cfg, seed, with_ci)
@@ -108,19 +115,30 @@ def set_metrics(ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int,
 def _set_metrics(ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int, with_ci: bool) -> SetMetrics:
     kid_mean, kid_std = kid_features(ref, gen, cfg.kid_subset_size, cfg.kid_subsets, seed)
     in_ref, in_gen = precision_recall_indicators(ref, gen, cfg.pr_k)
-    point = SetMetrics(fid=fid_features(ref, gen), kid=kid_mean, kid_std=kid_std,
-                       precision=float(in_ref.double().mean()), recall=float(in_gen.double().mean()))
+    point = SetMetrics(
+        fid=fid_features(ref, gen),
+        kid=kid_mean,
+        kid_std=kid_std,
+        precision=float(in_ref.double().mean()),
+        recall=float(in_gen.double().mean()),
+    )
     if not with_ci:
         return point
     reps = cfg.bootstrap
-    return replace(point, fid_ci=bootstrap_ci(fid_features, ref, gen, reps=reps, seed=seed),
-                   kid_ci=_kid_full_ci(ref, gen, reps, seed), precision_ci=mean_ci(in_ref, reps, seed),
-                   recall_ci=mean_ci(in_gen, reps, seed + 1))
+    return replace(
+        point,
+        fid_ci=bootstrap_ci(fid_features, ref, gen, reps=reps, seed=seed),
+        kid_ci=_kid_full_ci(ref, gen, reps, seed),
+        precision_ci=mean_ci(in_ref, reps, seed),
+        recall_ci=mean_ci(in_gen, reps, seed + 1),
+    )
 
 
-def cas_score(train: Split, val: Split, test: Split, meta: DataMeta, cfg: EvaluatorCfg,
-              seed: int) -> tuple[float, torch.Tensor]:
-    """Classification accuracy score: train the evaluator's recipe on `train`, test on `test`; (accuracy, hits)."""
+def cas_score(
+    train: Split, val: Split, test: Split, meta: DataMeta, cfg: EvaluatorCfg, seed: int
+) -> tuple[float, torch.Tensor]:
+    """Classification accuracy score: train the evaluator's recipe on `train`, test on `test`; (accuracy,
+    hits)."""
     model, _ = train_evaluator(train, val, meta, cfg, seed, progress=False)
     hits = class_hits(model, test.images, test.labels)
     return float(hits.double().mean()), hits
@@ -131,8 +149,15 @@ def _class_only(images: torch.Tensor, labels: torch.Tensor) -> Split:
 
 
 def evaluate_quality(
-    cfg: EvalCfg, evaluator: Evaluator, meta: DataMeta, train: Split, test: Split,
-    gen_images: torch.Tensor, gen_labels: torch.Tensor, seed: int, val: Split | None = None,
+    cfg: EvalCfg,
+    evaluator: Evaluator,
+    meta: DataMeta,
+    train: Split,
+    test: Split,
+    gen_images: torch.Tensor,
+    gen_labels: torch.Tensor,
+    seed: int,
+    val: Split | None = None,
     cache: FeatureCache | None = None,
 ) -> QualityResult:
     """Every quality metric with its floor, 95 % bootstrap interval and n (CAS only when `val` is given)."""
@@ -156,24 +181,53 @@ def evaluate_quality(
         n_real = min(len(gen_images), len(train))
         real_pick = torch.randperm(len(train), generator=gen)[:n_real]
         score, hits = cas_score(_class_only(gen_images, gen_labels), val, test, meta, ecfg, seed)
-        floor, floor_hits = cas_score(_class_only(train.images[real_pick], train.labels[real_pick]), val, test,
-                                      meta, ecfg, seed)
-        cas = dict(cas=score, cas_ci=mean_ci(hits, reps, seed), cas_n_train=len(gen_images), cas_floor=floor,
-                   cas_floor_ci=mean_ci(floor_hits, reps, seed), cas_floor_n_train=n_real,
-                   cas_n_test=len(test))
+        floor, floor_hits = cas_score(
+            _class_only(train.images[real_pick], train.labels[real_pick]), val, test, meta, ecfg, seed
+        )
+        cas = dict(
+            cas=score,
+            cas_ci=mean_ci(hits, reps, seed),
+            cas_n_train=len(gen_images),
+            cas_floor=floor,
+            cas_floor_ci=mean_ci(floor_hits, reps, seed),
+            cas_floor_n_train=n_real,
+            cas_n_test=len(test),
+        )
     return QualityResult(
-        feature_space=space, n_images=n, n_generated=len(gen_images), n_test=len(test),
-        bootstrap=BootstrapSetting(reps=cfg.bootstrap, level=LEVEL), pr_k=cfg.pr_k,
-        **space_keys(space, fid=g.fid, kid=g.kid, kid_std=g.kid_std, fid_ci=g.fid_ci, kid_ci=g.kid_ci,
-                     fid_floor=r.fid, kid_floor=r.kid, kid_floor_std=r.kid_std, fid_floor_ci=r.fid_ci,
-                     kid_floor_ci=r.kid_ci),
-        precision=g.precision, recall=g.recall, precision_ci=g.precision_ci, recall_ci=g.recall_ci,
-        precision_floor=r.precision, recall_floor=r.recall, precision_floor_ci=r.precision_ci,
+        feature_space=space,
+        n_images=n,
+        n_generated=len(gen_images),
+        n_test=len(test),
+        bootstrap=BootstrapSetting(reps=cfg.bootstrap, level=LEVEL),
+        pr_k=cfg.pr_k,
+        **space_keys(
+            space,
+            fid=g.fid,
+            kid=g.kid,
+            kid_std=g.kid_std,
+            fid_ci=g.fid_ci,
+            kid_ci=g.kid_ci,
+            fid_floor=r.fid,
+            kid_floor=r.kid,
+            kid_floor_std=r.kid_std,
+            fid_floor_ci=r.fid_ci,
+            kid_floor_ci=r.kid_ci,
+        ),
+        precision=g.precision,
+        recall=g.recall,
+        precision_ci=g.precision_ci,
+        recall_ci=g.recall_ci,
+        precision_floor=r.precision,
+        recall_floor=r.recall,
+        precision_floor_ci=r.precision_ci,
         recall_floor_ci=r.recall_ci,
-        conditional_accuracy=acc.value, conditional_accuracy_ci=acc.ci,
-        conditional_accuracy_per_class=acc.per_class, conditional_accuracy_per_class_ci=acc.per_class_ci,
+        conditional_accuracy=acc.value,
+        conditional_accuracy_ci=acc.ci,
+        conditional_accuracy_per_class=acc.per_class,
+        conditional_accuracy_per_class_ci=acc.per_class_ci,
         conditional_accuracy_per_class_n=acc.per_class_n,
-        conditional_accuracy_floor=real.value, conditional_accuracy_floor_ci=real.ci,
+        conditional_accuracy_floor=real.value,
+        conditional_accuracy_floor_ci=real.ci,
         conditional_accuracy_floor_per_class=real.per_class,
         conditional_accuracy_floor_per_class_ci=real.per_class_ci,
         conditional_accuracy_floor_per_class_n=real.per_class_n,

@@ -51,7 +51,9 @@ class StudyPoint:
 def plan(study: StudyCfg, sampler: SamplerCfg) -> tuple[list[StudyPoint], list[StudyPoint]]:
     """(NFE sweep, guidance sweep) points; nulls in the study config take the `sampler` group's values."""
     w = sampler.guidance_scale if study.guidance_scale is None else study.guidance_scale
-    nfe_points = [StudyPoint(name, n, float(w)) for name, steps in study.nfe.items() for n in sorted(set(steps))]
+    nfe_points = [
+        StudyPoint(name, n, float(w)) for name, steps in study.nfe.items() for n in sorted(set(steps))
+    ]
     g = study.guidance
     g_sampler, g_nfe = g.sampler or sampler.name, g.nfe or sampler.steps
     guidance_points = [StudyPoint(g_sampler, g_nfe, float(s)) for s in sorted(set(g.scales))]
@@ -63,8 +65,15 @@ def _reaches(fid_over_floor: float, accuracy: float, study: StudyCfg) -> bool:
 
 
 def run_study(
-    pipe: ClassConditionalPipeline, evaluator: Evaluator, cache: FeatureCache, meta: DataMeta, train: Split,
-    test: Split, cfg: EvalCfg, sampler: SamplerCfg, seed: int,
+    pipe: ClassConditionalPipeline,
+    evaluator: Evaluator,
+    cache: FeatureCache,
+    meta: DataMeta,
+    train: Split,
+    test: Split,
+    cfg: EvalCfg,
+    sampler: SamplerCfg,
+    seed: int,
     on_point: Callable[[StudyPoint, PointScore], None] | None = None,
 ) -> SamplerStudyResult:
     """Sample and score every study point once (points shared by both sweeps are sampled once).
@@ -88,24 +97,37 @@ def run_study(
     scored: dict[StudyPoint, PointScore] = {}
     for p in dict.fromkeys(nfe_points + guidance_points):
         t0 = time.perf_counter()
-        images = pipe.with_sampler(p.sampler)(labels=labels, seeds=seeds, num_inference_steps=p.nfe,
-                                              guidance_scale=p.guidance_scale, batch_size=sampler.batch_size).images
+        images = pipe.with_sampler(p.sampler)(
+            labels=labels,
+            seeds=seeds,
+            num_inference_steps=p.nfe,
+            guidance_scale=p.guidance_scale,
+            batch_size=sampler.batch_size,
+        ).images
         seconds = time.perf_counter() - t0
         m = set_metrics(ref, cache(images)[pick_gen], cfg, seed, with_ci=False)
         accuracy = float(class_hits(evaluator, images, labels).double().mean())
         over = m.fid / floor.fid if floor.fid > 0 else math.inf
         scored[p] = PointScore(
-            **space_keys(space, fid=m.fid, kid=m.kid, kid_std=m.kid_std), precision=m.precision,
-            recall=m.recall, conditional_accuracy=accuracy, fid_over_floor=over, nfe=p.nfe,
-            unet_evals=p.nfe * (1 if p.guidance_scale == 1.0 else 2), guidance_scale=p.guidance_scale,
-            seconds=seconds, reaches_target=_reaches(over, accuracy, study))
+            **space_keys(space, fid=m.fid, kid=m.kid, kid_std=m.kid_std),
+            precision=m.precision,
+            recall=m.recall,
+            conditional_accuracy=accuracy,
+            fid_over_floor=over,
+            nfe=p.nfe,
+            unet_evals=p.nfe * (1 if p.guidance_scale == 1.0 else 2),
+            guidance_scale=p.guidance_scale,
+            seconds=seconds,
+            reaches_target=_reaches(over, accuracy, study),
+        )
         if on_point is not None:
             on_point(p, scored[p])
     nfe_sweep: dict[str, dict[str, PointScore]] = {}
     for p in nfe_points:
         nfe_sweep.setdefault(p.sampler, {})[str(p.nfe)] = scored[p]
-    fewest = {s: next((int(k) for k, m in pts.items() if m.reaches_target), None)
-              for s, pts in nfe_sweep.items()}
+    fewest = {
+        s: next((int(k) for k, m in pts.items() if m.reaches_target), None) for s, pts in nfe_sweep.items()
+    }
     reached = [(n_, nfe_sweep[s][str(n_)].seconds, s) for s, n_ in fewest.items() if n_ is not None]
     best = min(reached, default=None)
     g0 = guidance_points[0]
@@ -114,13 +136,20 @@ def run_study(
         n_images=n,
         num_per_class=study.num_per_class,
         guidance_scale=nfe_points[0].guidance_scale if nfe_points else None,
-        floor=StudyFloor(**space_keys(space, fid=floor.fid, kid=floor.kid), precision=floor.precision,
-                         recall=floor.recall, n_images=n),
-        target=StudyTarget(fid_over_floor_max=study.target_fid_over_floor,
-                           conditional_accuracy_min=study.target_conditional_accuracy),
+        floor=StudyFloor(
+            **space_keys(space, fid=floor.fid, kid=floor.kid),
+            precision=floor.precision,
+            recall=floor.recall,
+            n_images=n,
+        ),
+        target=StudyTarget(
+            fid_over_floor_max=study.target_fid_over_floor,
+            conditional_accuracy_min=study.target_conditional_accuracy,
+        ),
         nfe_sweep=nfe_sweep,
-        guidance_sweep=GuidanceSweep(sampler=g0.sampler, nfe=g0.nfe,
-                                     points={str(p.guidance_scale): scored[p] for p in guidance_points}),
+        guidance_sweep=GuidanceSweep(
+            sampler=g0.sampler, nfe=g0.nfe, points={str(p.guidance_scale): scored[p] for p in guidance_points}
+        ),
         fewest_nfe_to_target=fewest,
         best=None if best is None else BestPoint(sampler=best[2], nfe=best[0], seconds=best[1]),
         seconds=time.perf_counter() - t_start,
@@ -128,14 +157,31 @@ def run_study(
 
 
 # Table columns: fields of a study point; "fid"/"kid" are the study's feature-space keys (results.quality).
-NFE_COLUMNS = ("nfe", "unet_evals", "fid", "fid_over_floor", "kid", "precision", "recall",
-               "conditional_accuracy", "seconds")
-GUIDANCE_COLUMNS = ("guidance_scale", "precision", "recall", "fid", "fid_over_floor", "kid",
-                    "conditional_accuracy")
+NFE_COLUMNS = (
+    "nfe",
+    "unet_evals",
+    "fid",
+    "fid_over_floor",
+    "kid",
+    "precision",
+    "recall",
+    "conditional_accuracy",
+    "seconds",
+)
+GUIDANCE_COLUMNS = (
+    "guidance_scale",
+    "precision",
+    "recall",
+    "fid",
+    "fid_over_floor",
+    "kid",
+    "conditional_accuracy",
+)
 
 
-def _csv(rows: list[PointScore], columns: tuple[str, ...], space: FeatureSpace,
-         lead: dict | None = None) -> str:
+def _csv(
+    rows: list[PointScore], columns: tuple[str, ...], space: FeatureSpace, lead: dict | None = None
+) -> str:
     cols = [space_key(c, space) if is_space_quantity(c) else c for c in columns]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -213,8 +259,13 @@ def _guidance_figure(result: SamplerStudyResult) -> Figure:
     ax = fig.subplots()
     ax.plot([m.recall for m in pts], [m.precision for m in pts], "o-", label="generated")
     for m in pts:
-        ax.annotate(f"w={m.guidance_scale:g}", (m.recall, m.precision), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            f"w={m.guidance_scale:g}",
+            (m.recall, m.precision),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     ax.plot([result.floor.recall], [result.floor.precision], "k*", ms=10, label="real train (floor)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)

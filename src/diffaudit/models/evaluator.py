@@ -38,13 +38,21 @@ class Evaluator(ModelMixin, ConfigMixin):
         attribute_sizes = dict(attribute_sizes)
         self.register_to_config(attribute_sizes=[[a, k] for a, k in attribute_sizes.items()])
         self.body = nn.Sequential(
-            _block(channels, width), _block(width, width), nn.MaxPool2d(2),
-            _block(width, 2 * width), _block(2 * width, 2 * width), nn.MaxPool2d(2),
-            _block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            _block(channels, width),
+            _block(width, width),
+            nn.MaxPool2d(2),
+            _block(width, 2 * width),
+            _block(2 * width, 2 * width),
+            nn.MaxPool2d(2),
+            _block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.feature_dim = 4 * width
         self.class_head = nn.Linear(self.feature_dim, num_classes)
-        self.attribute_heads = nn.ModuleDict({a: nn.Linear(self.feature_dim, k) for a, k in attribute_sizes.items()})
+        self.attribute_heads = nn.ModuleDict(
+            {a: nn.Linear(self.feature_dim, k) for a, k in attribute_sizes.items()}
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Evaluator:

@@ -31,8 +31,13 @@ def allowed_bound(spec: CompareMetric, reference: float) -> float:
     return reference - slack if spec.mode == "max" else reference + slack
 
 
-def compare(candidate: dict[str, float | None], reference: dict[str, float | None],
-            spec: list[CompareMetric], against: str = "champion", same_space: bool = True) -> list[Comparison]:
+def compare(
+    candidate: dict[str, float | None],
+    reference: dict[str, float | None],
+    spec: list[CompareMetric],
+    against: str = "champion",
+    same_space: bool = True,
+) -> list[Comparison]:
     """Judge each configured metric. A candidate without a configured metric fails it (we cannot show
     it is no worse); a reference without it passes with a note (nothing to be worse than), and so does
     a reference measured by another evaluator (`same_space=False`) on every metric that depends on the
@@ -44,17 +49,31 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
         c, r = candidate.get(s.metric), reference.get(s.metric)
         tol = f"{s.tolerance:g}{' relative' if s.relative else ''}"
 
-        def judged(ok: bool, note: str, s: CompareMetric = s, c: float | None = c,
-                   r: float | None = r) -> Comparison:
-            return Comparison(metric=s.metric, mode=s.mode, tolerance=s.tolerance, relative=s.relative,
-                              candidate=c, reference=r, ok=ok, note=note)
+        def judged(
+            ok: bool, note: str, s: CompareMetric = s, c: float | None = c, r: float | None = r
+        ) -> Comparison:
+            return Comparison(
+                metric=s.metric,
+                mode=s.mode,
+                tolerance=s.tolerance,
+                relative=s.relative,
+                candidate=c,
+                reference=r,
+                ok=ok,
+                note=note,
+            )
 
         if c is None or not math.isfinite(c):
             out.append(judged(False, f"{s.metric}: the candidate has no value"))
             continue
         if not same_space and measured_by_evaluator(s.metric):
-            out.append(judged(True, f"{s.metric}: not compared: {against} was measured by another evaluator "
-                                    "(another feature space)"))
+            out.append(
+                judged(
+                    True,
+                    f"{s.metric}: not compared: {against} was measured by another evaluator "
+                    "(another feature space)",
+                )
+            )
             continue
         if r is None or not math.isfinite(r):
             out.append(judged(True, f"{s.metric}: {against} has no value, not compared"))
@@ -63,13 +82,22 @@ def compare(candidate: dict[str, float | None], reference: dict[str, float | Non
         ok = c >= bound if s.mode == "max" else c <= bound
         word = "higher" if s.mode == "max" else "lower"
         verdict = "within tolerance" if ok else "regressed"
-        out.append(judged(ok, f"{s.metric} {verdict}: {fmt_num(c)} vs {against} {fmt_num(r)} "
-                              f"({word} is better; worst allowed {fmt_num(bound)}, tolerance {tol})"))
+        out.append(
+            judged(
+                ok,
+                f"{s.metric} {verdict}: {fmt_num(c)} vs {against} {fmt_num(r)} "
+                f"({word} is better; worst allowed {fmt_num(bound)}, tolerance {tol})",
+            )
+        )
     return out
 
 
-def decide(gates: GatesResult | None, comparisons: list[Comparison], champion_version: str | None,
-           release: ReleaseCfg) -> Decision:
+def decide(
+    gates: GatesResult | None,
+    comparisons: list[Comparison],
+    champion_version: str | None,
+    release: ReleaseCfg,
+) -> Decision:
     """Promote only when the gates pass (or are not required and absent: `gates` None, the audit has not
     run) and nothing regressed."""
     reasons: list[str] = []
@@ -82,8 +110,14 @@ def decide(gates: GatesResult | None, comparisons: list[Comparison], champion_ve
     reasons += regressions
     if reasons:
         return Decision(False, reasons, comparisons)
-    gate_text = (f"all {len(gates.gates)} gates pass" if gates is not None else "gates not required")
+    gate_text = f"all {len(gates.gates)} gates pass" if gates is not None else "gates not required"
     if champion_version is None:
         return Decision(True, [f"{gate_text}; no champion yet"], comparisons)
-    return Decision(True, [f"{gate_text}; no regression beyond tolerance against champion "
-                           f"v{champion_version} ({len(comparisons)} metrics)"], comparisons)
+    return Decision(
+        True,
+        [
+            f"{gate_text}; no regression beyond tolerance against champion "
+            f"v{champion_version} ({len(comparisons)} metrics)"
+        ],
+        comparisons,
+    )

@@ -30,8 +30,14 @@ __all__ = ["ReleaseRecord", "register_and_decide", "revoke"]
 
 
 def register_and_decide(
-    cfg: Config, release: ReleaseCfg, model_info: Any, candidate_metrics: dict[str, float | None],
-    gates: GatesResult | None, run_id: str | None, pipeline_id: str | None, feature_space: str | None = None,
+    cfg: Config,
+    release: ReleaseCfg,
+    model_info: Any,
+    candidate_metrics: dict[str, float | None],
+    gates: GatesResult | None,
+    run_id: str | None,
+    pipeline_id: str | None,
+    feature_space: str | None = None,
 ) -> ReleaseRecord:
     """Register the logged model, alias it `candidate`, and move `champion` when the rule allows (`gates`
     None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its
@@ -43,13 +49,17 @@ def register_and_decide(
     champion_metrics = version_metrics(champion) if champion else {}
     champion_space = (champion.tags or {}).get(FEATURE_SPACE_TAG) if champion else None
     same = not (feature_space and champion_space and feature_space != champion_space)
-    comparisons = compare(candidate_metrics, champion_metrics, release.compare, same_space=same) if champion else []
+    comparisons = (
+        compare(candidate_metrics, champion_metrics, release.compare, same_space=same) if champion else []
+    )
     champion_version = str(champion.version) if champion else None
     decision = decide(gates, comparisons, champion_version, release)
     tags = {f"{METRIC_TAG}{k}": repr(v) for k, v in candidate_metrics.items() if v is not None}
-    tags |= {"diffaudit.gates_passed": str(gates.passed if gates is not None else "not run"),
-             "diffaudit.decision": "champion" if decision.promote else "refused",
-             "diffaudit.reasons": "; ".join(decision.reasons)[:4900]}
+    tags |= {
+        "diffaudit.gates_passed": str(gates.passed if gates is not None else "not run"),
+        "diffaudit.decision": "champion" if decision.promote else "refused",
+        "diffaudit.reasons": "; ".join(decision.reasons)[:4900],
+    }
     if pipeline_id:
         tags["diffaudit.pipeline_id"] = pipeline_id
     if feature_space:
@@ -59,13 +69,18 @@ def register_and_decide(
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
     return ReleaseRecord(
-        model_name=name, candidate_version=str(mv.version),
+        model_name=name,
+        candidate_version=str(mv.version),
         champion_version=str(mv.version) if decision.promote else champion_version,
         previous_champion_version=champion_version,
-        promoted=decision.promote, reasons=decision.reasons, comparisons=decision.comparisons,
-        gates_ran=gates is not None, gates_passed=gates is not None and gates.passed,
+        promoted=decision.promote,
+        reasons=decision.reasons,
+        comparisons=decision.comparisons,
+        gates_ran=gates is not None,
+        gates_passed=gates is not None and gates.passed,
         model_uri=f"models:/{name}/{mv.version}",
-        run_id=run_id, pipeline_id=pipeline_id,
+        run_id=run_id,
+        pipeline_id=pipeline_id,
     )
 
 

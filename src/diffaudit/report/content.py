@@ -58,10 +58,16 @@ SECTIONS: tuple[Section, ...] = (
     Section("quality", "Quality", QualityResult, ("quality/**/*",), "evaluate"),
     Section("sampler_study", "Sampler study", SamplerStudyResult, ("sampler_study/**/*",), "sampler_study"),
     Section("explain", "Explainability", ExplainMetrics, ("explain/**/*",), "explain"),
-    Section("fairness", "Fairness", FairnessResult,
-            ("fairness/**/*", "audit/*mitigat*", "audit/*fairness*", "audit/*group*", "audit/*bias*"), "audit"),
-    Section("privacy", "Privacy", PrivacyResult, ("privacy/**/*", "audit/*memoriz*", "audit/*privacy*"),
-            "audit"),
+    Section(
+        "fairness",
+        "Fairness",
+        FairnessResult,
+        ("fairness/**/*", "audit/*mitigat*", "audit/*fairness*", "audit/*group*", "audit/*bias*"),
+        "audit",
+    ),
+    Section(
+        "privacy", "Privacy", PrivacyResult, ("privacy/**/*", "audit/*memoriz*", "audit/*privacy*"), "audit"
+    ),
 )
 
 
@@ -160,9 +166,14 @@ def load_content(cfg: Config, params_path: str | Path = "params.yaml") -> RunCon
     else:
         params_text = params_file.read_text()
     return RunContent(
-        cfg=cfg, results=results, images=images, samples=samples,
-        class_names=list(meta.get("class_names", [])), attribute_groups=dict(meta.get("attribute_groups", {})),
-        unet_config=unet_config, params_text=params_text,
+        cfg=cfg,
+        results=results,
+        images=images,
+        samples=samples,
+        class_names=list(meta.get("class_names", [])),
+        attribute_groups=dict(meta.get("attribute_groups", {})),
+        unet_config=unet_config,
+        params_text=params_text,
     )
 
 
@@ -183,9 +194,12 @@ def headline_of(result: ResultFile) -> dict[str, Any]:
 
 def quality_label(quantity: str, space: str) -> str:
     """How the report names a quality headline metric (QualityRow.quantity)."""
-    return {"fid": f"FID ({space} features)", "kid": f"KID ({space} features)",
-            "conditional_accuracy": "conditional accuracy",
-            "cas": "CAS (classifier trained on generated images)"}.get(quantity, quantity)
+    return {
+        "fid": f"FID ({space} features)",
+        "kid": f"KID ({space} features)",
+        "conditional_accuracy": "conditional accuracy",
+        "cas": "CAS (classifier trained on generated images)",
+    }.get(quantity, quantity)
 
 
 # ---- typed results -> tables, shared by the HTML report and the Markdown model card ----
@@ -213,7 +227,8 @@ def fmt_cell(x: Any) -> str:
             return "[" + ", ".join(fmt_cell(v) for v in x) + "]"
         nums = [v for v in x if _num(v)]
         if len(nums) == len(x):
-            return f"{len(x)} values: {fmt_num(x[0])} → {fmt_num(x[-1])} (min {fmt_num(min(nums))}, max {fmt_num(max(nums))})"
+            lo, hi = fmt_num(min(nums)), fmt_num(max(nums))
+            return f"{len(x)} values: {fmt_num(x[0])} → {fmt_num(x[-1])} (min {lo}, max {hi})"
         return f"{len(x)} items"
     if isinstance(x, str) and len(x) > 200:
         return x[:200] + "…"
@@ -258,8 +273,9 @@ def _flat(v: Any) -> list[tuple[str, Any]] | None:
     return sub if sub and all(is_cell(x) for _, x in sub) else None
 
 
-def to_tables(obj: Any, title: str = "", depth: int = 0, skip: tuple[str, ...] = (),
-              max_depth: int = 5) -> list[Table]:
+def to_tables(
+    obj: Any, title: str = "", depth: int = 0, skip: tuple[str, ...] = (), max_depth: int = 5
+) -> list[Table]:
     """A typed result (or any part of it) as tables: cells as key/value rows, sibling flat mappings
     with the same keys as one matrix, lists of flat mappings and lists of lists as one table each,
     anything deeper recursively under a dotted title (down to `max_depth` levels)."""

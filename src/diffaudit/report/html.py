@@ -28,11 +28,18 @@ from diffaudit.results import FairnessResult, PrivacyResult, QualityResult, Rele
 from diffaudit.utils.format import fmt_num
 from diffaudit.utils.images import grid
 
-MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-        ".webp": "image/webp", ".svg": "image/svg+xml"}
+MIME = {
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+}
 
 CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;
+background:#f6f7f9}
 main{max-width:1100px;margin:0 auto;padding:24px}
 h1{margin:0 0 4px}h2{border-bottom:2px solid #d8dde3;padding-bottom:4px;margin-top:36px}
 section{background:#fff;border:1px solid #e1e5ea;border-radius:8px;padding:4px 20px 16px;margin:18px 0}
@@ -47,7 +54,8 @@ td.pass,td.fail,td.warn{font-weight:600}
 figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top}
 figcaption{font-size:12px;color:#555;max-width:420px;word-break:break-all}
 img{image-rendering:pixelated;max-width:100%}
-.strip td{vertical-align:middle}pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480px}
+.strip td{vertical-align:middle}
+pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480px}
 .muted{color:#6b7280;font-size:13px}
 """
 
@@ -65,8 +73,10 @@ def pil_uri(img: Image.Image) -> str:
 
 def _figure(src: str, caption: str, width: int | None = None) -> str:
     w = f' width="{width}"' if width else ""
-    return (f'<figure><img src="{src}" alt="{escape(caption)}"{w}>'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{src}" alt="{escape(caption)}"{w}>'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def _table_html(t: Table) -> str:
@@ -97,8 +107,10 @@ def _images_html(paths: list[Path], root: Path, limit: int) -> str:
 def _not_run(sec: Section, content: RunContent) -> str:
     where = Layout.of(content.cfg).metrics_dir / (sec.metrics_file or "")
     what = f"{where} not found" if sec.metrics_file else "no samples found"
-    return (f'<div class="notrun-box" data-status="not-run"><strong>Not run.</strong> {escape(what)}: '
-            f"the <code>{escape(sec.stage)}</code> stage has not produced it for this run.</div>")
+    return (
+        f'<div class="notrun-box" data-status="not-run"><strong>Not run.</strong> {escape(what)}: '
+        f"the <code>{escape(sec.stage)}</code> stage has not produced it for this run.</div>"
+    )
 
 
 def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
@@ -107,7 +119,10 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
         banner = ("pass", f"RELEASED: {record.model_name} v{record.candidate_version} is the champion")
     elif record is not None:
         keep = f"champion stays v{record.champion_version}" if record.champion_version else "no champion"
-        banner = ("fail", f"REFUSED: {record.model_name} v{record.candidate_version} stays candidate ({keep})")
+        banner = (
+            "fail",
+            f"REFUSED: {record.model_name} v{record.candidate_version} stays candidate ({keep})",
+        )
     elif g is None:
         banner = ("warn", "NOT AUDITED: gates not run, model not registered")
     else:
@@ -116,33 +131,45 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
     if record is not None:
         parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in record.reasons) + "</ul>")
     if g is not None:
-        summary = (f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass" if g.gates
-                   else "no gates configured")
+        summary = (
+            f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass"
+            if g.gates
+            else "no gates configured"
+        )
         rows = []
         for name, gate in g.gates.items():
             cls, word = ("pass", "pass") if gate.passed else ("fail", "FAIL")
             mitigated = g.with_mitigation.get(name) if g.with_mitigation else None
             after = "" if mitigated is None else f"; with mitigation: {'pass' if mitigated else 'FAIL'}"
             detail = f"must be {gate.op} {fmt_num(gate.threshold)}; {gate.source}{after}"
-            rows.append(f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(gate.value))}</td>"
-                        f"<td>{escape(fmt_num(gate.threshold))}</td><td class='{cls}'>{word}</td>"
-                        f"<td>{escape(detail)}</td></tr>")
-        parts.append(f"<h3>Gates ({escape(summary)})</h3><table id='gates'><thead><tr><th>gate</th><th>value</th>"
-                     f"<th>threshold</th><th>verdict</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
-                     "</tbody></table>")
+            rows.append(
+                f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(gate.value))}</td>"
+                f"<td>{escape(fmt_num(gate.threshold))}</td><td class='{cls}'>{word}</td>"
+                f"<td>{escape(detail)}</td></tr>"
+            )
+        parts.append(
+            f"<h3>Gates ({escape(summary)})</h3><table id='gates'><thead><tr><th>gate</th><th>value</th>"
+            f"<th>threshold</th><th>verdict</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table>"
+        )
     else:
-        parts.append(f'<div class="notrun-box" data-status="not-run"><strong>Gates not run.</strong> '
-                     f"{escape(content.gates_missing_note())}</div>")
+        parts.append(
+            f'<div class="notrun-box" data-status="not-run"><strong>Gates not run.</strong> '
+            f"{escape(content.gates_missing_note())}</div>"
+        )
     if record is not None and record.comparisons:
         rows = "".join(
             f"<tr><td>{escape(c.metric)}</td><td>{escape(fmt_num(c.candidate))}</td>"
             f"<td>{escape(fmt_num(c.reference))}</td><td>{escape(c.mode)}</td>"
             f"<td>{c.tolerance:g}{' (relative)' if c.relative else ''}</td>"
             f"<td class='{'pass' if c.ok else 'fail'}'>{'ok' if c.ok else 'REGRESSED'}</td></tr>"
-            for c in record.comparisons)
-        parts.append(f"<h3>Against the champion (v{escape(str(record.previous_champion_version))})</h3>"
-                     "<table id='comparison'><thead><tr><th>metric</th><th>candidate</th><th>champion</th>"
-                     f"<th>better</th><th>tolerance</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>")
+            for c in record.comparisons
+        )
+        parts.append(
+            f"<h3>Against the champion (v{escape(str(record.previous_champion_version))})</h3>"
+            "<table id='comparison'><thead><tr><th>metric</th><th>candidate</th><th>champion</th>"
+            f"<th>better</th><th>tolerance</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
     return "".join(parts)
 
 
@@ -159,14 +186,21 @@ def _samples(content: RunContent) -> str:
             continue
         acc = per_class.get(name)
         acc_txt = f"conditional accuracy {fmt_num(acc)}" if acc is not None else ""
-        rows.append(f"<tr><th>{escape(name)}</th><td><img src='{pil_uri(grid(sel, ncol=10, scale=3))}' "
-                    f"alt='samples of class {escape(name)}'></td><td class='muted'>{escape(acc_txt)}</td></tr>")
+        rows.append(
+            f"<tr><th>{escape(name)}</th><td><img src='{pil_uri(grid(sel, ncol=10, scale=3))}' "
+            f"alt='samples of class {escape(name)}'></td><td class='muted'>{escape(acc_txt)}</td></tr>"
+        )
     cfg = content.cfg.sampler
-    head = (f"<p>{len(labels)} images, {escape(cfg.name)} sampler, {cfg.steps} steps, guidance scale "
-            f"{cfg.guidance_scale:g}; each row: the first 10 images conditioned on that class.</p>")
+    head = (
+        f"<p>{len(labels)} images, {escape(cfg.name)} sampler, {cfg.steps} steps, guidance scale "
+        f"{cfg.guidance_scale:g}; each row: the first 10 images conditioned on that class.</p>"
+    )
     real = Layout.of(content.cfg).real_grid
-    real_html = (f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), str(real), 420)}"
-                 if real.is_file() else "")
+    real_html = (
+        f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), str(real), 420)}"
+        if real.is_file()
+        else ""
+    )
     return f"{head}<table class='strip'><tbody>{''.join(rows)}</tbody></table>{real_html}"
 
 
@@ -200,17 +234,24 @@ def _quality(q: QualityResult) -> str:
     for r in q.rows():
         gap = "" if r.value is None or r.floor is None else f"{r.value - r.floor:+.4g} over the floor"
         spread = "" if r.spread is None else f"± {fmt_num(r.spread)} (std over subsets)"
-        note = {"fid": gap, "kid": spread,
-                "conditional_accuracy": "evaluator agrees with the conditioning label"}.get(r.quantity, "")
+        note = {
+            "fid": gap,
+            "kid": spread,
+            "conditional_accuracy": "evaluator agrees with the conditioning label",
+        }.get(r.quantity, "")
         ci = f" {fmt_cell(r.ci)}" if r.ci is not None else ""
-        rows.append(f"<tr><td>{escape(quality_label(r.quantity, q.feature_space))}</td>"
-                    f"<td>{escape(fmt_num(r.value) + ci)}</td><td>{escape(fmt_num(r.floor))}</td>"
-                    f"<td>{escape(fmt_num(r.n))}</td><td>{escape(note)}</td></tr>")
-    head = ("<p>Floor: the same metric between real training and real test images of the same count, "
-            "the best a generator can expect in this feature space.</p>"
-            "<table id='quality-headline'><thead><tr><th>metric</th><th>value [95% CI]</th>"
-            "<th>real-vs-real floor</th><th>n</th><th>note</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+        rows.append(
+            f"<tr><td>{escape(quality_label(r.quantity, q.feature_space))}</td>"
+            f"<td>{escape(fmt_num(r.value) + ci)}</td><td>{escape(fmt_num(r.floor))}</td>"
+            f"<td>{escape(fmt_num(r.n))}</td><td>{escape(note)}</td></tr>"
+        )
+    head = (
+        "<p>Floor: the same metric between real training and real test images of the same count, "
+        "the best a generator can expect in this feature space.</p>"
+        "<table id='quality-headline'><thead><tr><th>metric</th><th>value [95% CI]</th>"
+        "<th>real-vs-real floor</th><th>n</th><th>note</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
     per_class = q.conditional_accuracy_per_class
     chart = _bar_chart(dict(per_class), "conditional accuracy per class") if per_class else ""
     return head + chart
@@ -230,20 +271,30 @@ def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
         ("MLflow tracking", escape(lin.tracking_uri)),
         ("MLflow report run", link(lin.run_url, lin.run_id)),
         ("MLflow pipeline run", link(lin.pipeline_url, lin.pipeline_run_id)),
-        ("registered model", link(lin.model_url, f"{record.model_name} v{record.candidate_version}"
-                                  if record and record.candidate_version else None)),
+        (
+            "registered model",
+            link(
+                lin.model_url,
+                f"{record.model_name} v{record.candidate_version}"
+                if record and record.candidate_version
+                else None,
+            ),
+        ),
         ("generated", escape(lin.generated_at)),
     ]
     body = "".join(f"<tr><th>{k}</th><td id='lineage-{i}'>{v}</td></tr>" for i, (k, v) in enumerate(rows))
     data = content.results.data
     data_html = f"<h3>Data card</h3>{tables_html(data)}" if data else ""
-    return (f"<table id='lineage'><tbody>{body}</tbody></table>{data_html}"
-            f"<details><summary>Composed config (params.yaml)</summary><pre>{escape(content.params_text)}</pre>"
-            "</details>")
+    return (
+        f"<table id='lineage'><tbody>{body}</tbody></table>{data_html}"
+        f"<details><summary>Composed config (params.yaml)</summary><pre>{escape(content.params_text)}</pre>"
+        "</details>"
+    )
 
 
-def _error_bar_chart(groups: list[str], series: dict[str, tuple[list[float], list[list[float]] | None]],
-                     title: str) -> str:
+def _error_bar_chart(
+    groups: list[str], series: dict[str, tuple[list[float], list[list[float]] | None]], title: str
+) -> str:
     """Grouped bars with interval whiskers (the distributions the fairness audit compares)."""
     import matplotlib
 
@@ -275,11 +326,17 @@ def _fairness_distributions(f: FairnessResult) -> str:
         series: dict[str, tuple[list[float], list[list[float]] | None]] = {"reference": (rep.p_ref, None)}
         series |= {f"generated ({est})": (rep.p_gen(est), rep.p_gen_ci(est)) for est in estimates}
         cols = ["group", "p_ref", *(f"p_gen {est} [CI]" for est in estimates)]
-        rows = [[g, fmt_num(rep.p_ref[i]),
-                 *(f"{fmt_num(rep.p_gen(est)[i])} {fmt_cell(rep.p_gen_ci(est)[i])}" for est in estimates)]
-                for i, g in enumerate(rep.groups)]
-        fd_txt = "; ".join(f"FD ({est}) {fmt_cell(rep.discrepancies(est).fd_l2.estimate())}"
-                           for est in estimates)
+        rows = [
+            [
+                g,
+                fmt_num(rep.p_ref[i]),
+                *(f"{fmt_num(rep.p_gen(est)[i])} {fmt_cell(rep.p_gen_ci(est)[i])}" for est in estimates),
+            ]
+            for i, g in enumerate(rep.groups)
+        ]
+        fd_txt = "; ".join(
+            f"FD ({est}) {fmt_cell(rep.discrepancies(est).fd_l2.estimate())}" for est in estimates
+        )
         out.append(_table_html(Table(f"{attr}: generated vs reference shares ({fd_txt})", cols, rows)))
         out.append(_error_bar_chart(rep.groups, series, f"{attr}: group shares with intervals"))
     return "".join(out)
@@ -295,10 +352,14 @@ def _section_body(sec: Section, data: ResultFile | None, content: RunContent, ma
     else:
         head = headline_of(data)
         if isinstance(data, PrivacyResult):
-            head = {space: {k: v for k, v in m.entries() if k != "closest_pairs"}
-                    for space, m in data.memorization.items()}
-            body += (f"<p>Memorized: generated images whose nearest training image is much closer than the "
-                     f"second nearest (d1/d2 &lt; {fmt_num(data.ratio)}).</p>")
+            head = {
+                space: {k: v for k, v in m.entries() if k != "closest_pairs"}
+                for space, m in data.memorization.items()
+            }
+            body += (
+                f"<p>Memorized: generated images whose nearest training image is much closer than the "
+                f"second nearest (d1/d2 &lt; {fmt_num(data.ratio)}).</p>"
+            )
         if head:
             body += f"<h3>Headline</h3>{tables_html(head, max_depth=2)}"
         if isinstance(data, FairnessResult):
@@ -308,13 +369,16 @@ def _section_body(sec: Section, data: ResultFile | None, content: RunContent, ma
         body += f"<h3>Figures</h3>{_images_html(imgs, root, max_images)}"
     if data is not None:
         skip = ("sampler",) if sec.key == "quality" else ()
-        body += (f"<details><summary>All numbers ({escape(sec.metrics_file or '')})</summary>"
-                 f"{tables_html(data, skip=skip)}</details>")
+        body += (
+            f"<details><summary>All numbers ({escape(sec.metrics_file or '')})</summary>"
+            f"{tables_html(data, skip=skip)}</details>"
+        )
     return body
 
 
-def render_html(content: RunContent, lineage: Lineage, record: ReleaseRecord | None = None,
-                max_images: int = 24) -> str:
+def render_html(
+    content: RunContent, lineage: Lineage, record: ReleaseRecord | None = None, max_images: int = 24
+) -> str:
     """The whole page as a string; every image inline, so the file can be mailed or archived alone."""
     sections: list[tuple[str, str, bool, str]] = [("verdict", "Verdict", True, _verdict(content, record))]
     for sec in SECTIONS:
@@ -327,11 +391,14 @@ def render_html(content: RunContent, lineage: Lineage, record: ReleaseRecord | N
             body = _section_body(sec, content.section_data(sec.key), content, max_images)
         sections.append((sec.key, sec.title, ran, body))
     sections.append(("lineage", "Config and lineage", True, _lineage(content, lineage, record)))
-    nav = "".join(f"<a href='#{k}' class='{'' if ran else 'notrun'}'>{escape(t)}{'' if ran else ' (not run)'}</a>"
-                  for k, t, ran, _ in sections)
+    nav = "".join(
+        f"<a href='#{k}' class='{'' if ran else 'notrun'}'>{escape(t)}{'' if ran else ' (not run)'}</a>"
+        for k, t, ran, _ in sections
+    )
     body = "".join(
         f"<section id='{k}' data-status='{'ok' if ran else 'not-run'}'><h2>{escape(t)}</h2>{b}</section>"
-        for k, t, ran, b in sections)
+        for k, t, ran, b in sections
+    )
     name = content.cfg.tracking.registered_model_name
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -347,6 +414,8 @@ def render_html(content: RunContent, lineage: Lineage, record: ReleaseRecord | N
 def mark_revoked(page: str, reasons: list[str]) -> str:
     """Put a revocation banner above the verdict of an already written report."""
     items = "".join(f"<li>{escape(r)}</li>" for r in reasons)
-    note = (f"<div class='banner fail' id='revoked'>REVOKED after the report: not the champion</div>"
-            f"<ul>{items}</ul>")
+    note = (
+        f"<div class='banner fail' id='revoked'>REVOKED after the report: not the champion</div>"
+        f"<ul>{items}</ul>"
+    )
     return page.replace("<section id='verdict'", note + "<section id='verdict'", 1)

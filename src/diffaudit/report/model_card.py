@@ -29,8 +29,7 @@ def _md_cell(s: str) -> str:
 
 def md_table(t: Table) -> str:
     lines = [f"**{_md_cell(t.title)}**", ""] if t.title else []
-    lines += ["| " + " | ".join(_md_cell(h) or " " for h in t.headers) + " |",
-              "|" + "---|" * len(t.headers)]
+    lines += ["| " + " | ".join(_md_cell(h) or " " for h in t.headers) + " |", "|" + "---|" * len(t.headers)]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
     if t.more:
         lines.append(f"\n_{t.more} more rows in the JSON file._")
@@ -43,8 +42,10 @@ def md_tables(obj: Any, skip: tuple[str, ...] = (), max_depth: int = 5) -> str:
 
 def _not_run(content: RunContent, key: str) -> str:
     sec = next(s for s in SECTIONS if s.key == key)
-    return (f"_Not measured for this run: `{Layout.of(content.cfg).metrics_dir / (sec.metrics_file or '')}` "
-            f"was not produced (by the `{sec.stage}` stage)._\n")
+    return (
+        f"_Not measured for this run: `{Layout.of(content.cfg).metrics_dir / (sec.metrics_file or '')}` "
+        f"was not produced (by the `{sec.stage}` stage)._\n"
+    )
 
 
 def _param_count(model_dir: Path) -> int | None:
@@ -65,26 +66,47 @@ def _details(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
     n_params = _param_count(Layout.of(cfg).diffusion)
     status = "not registered"
     if record is not None:
-        status = (f"version {record.candidate_version}: "
-                  + ("champion (released)" if record.promoted else "candidate, not released"))
+        status = f"version {record.candidate_version}: " + (
+            "champion (released)" if record.promoted else "candidate, not released"
+        )
     rows = [
         ("Name", f"`{cfg.tracking.registered_model_name}` ({status})"),
-        ("Type", "class-conditional image diffusion model (diffusers `UNet2DModel`) with classifier-free guidance"),
-        ("Architecture", f"block_out_channels {u.get('block_out_channels', cfg.model.block_out_channels)}, "
-                         f"layers_per_block {cfg.model.layers_per_block}, attention {cfg.model.attention}, "
-                         f"{(u.get('num_class_embeds') or 1) - 1} classes + 1 null class"
-                         + (f", {n_params:,} parameters" if n_params else "")),
-        ("Diffusion", f"{cfg.diffusion.num_train_timesteps} steps, `{cfg.diffusion.beta_schedule}` schedule, "
-                      f"`{cfg.diffusion.prediction_type}` objective"),
-        ("Training", f"{cfg.train.max_steps} steps, batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, EMA decay "
-                     f"{cfg.train.ema_decay:g}, condition dropout {cfg.train.cond_drop_prob:g}, seed {cfg.seed}"),
-        ("Sampling (as evaluated)", f"`{cfg.sampler.name}`, {cfg.sampler.steps} steps, guidance scale "
-                                    f"{cfg.sampler.guidance_scale:g}"),
+        (
+            "Type",
+            "class-conditional image diffusion model (diffusers `UNet2DModel`) with classifier-free guidance",
+        ),
+        (
+            "Architecture",
+            f"block_out_channels {u.get('block_out_channels', cfg.model.block_out_channels)}, "
+            f"layers_per_block {cfg.model.layers_per_block}, attention {cfg.model.attention}, "
+            f"{(u.get('num_class_embeds') or 1) - 1} classes + 1 null class"
+            + (f", {n_params:,} parameters" if n_params else ""),
+        ),
+        (
+            "Diffusion",
+            f"{cfg.diffusion.num_train_timesteps} steps, `{cfg.diffusion.beta_schedule}` schedule, "
+            f"`{cfg.diffusion.prediction_type}` objective",
+        ),
+        (
+            "Training",
+            f"{cfg.train.max_steps} steps, batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, EMA decay "
+            f"{cfg.train.ema_decay:g}, condition dropout {cfg.train.cond_drop_prob:g}, seed {cfg.seed}",
+        ),
+        (
+            "Sampling (as evaluated)",
+            f"`{cfg.sampler.name}`, {cfg.sampler.steps} steps, guidance scale {cfg.sampler.guidance_scale:g}",
+        ),
         ("Code", f"git commit `{lin.git_commit}`"),
-        ("MLflow", f"report run `{lin.run_id or '–'}`, pipeline run `{lin.pipeline_run_id or '–'}` "
-                   f"({lin.tracking_uri})"),
-        ("Serving", "MLflow pyfunc: input rows `label` (class id), `guidance_scale`, `seed`; output uint8 images "
-                    "(N, H, W, C); `make serve` serves the champion"),
+        (
+            "MLflow",
+            f"report run `{lin.run_id or '–'}`, pipeline run `{lin.pipeline_run_id or '–'}` "
+            f"({lin.tracking_uri})",
+        ),
+        (
+            "Serving",
+            "MLflow pyfunc: input rows `label` (class id), `guidance_scale`, `seed`; output uint8 images "
+            "(N, H, W, C); `make serve` serves the champion",
+        ),
         ("Card generated", lin.generated_at),
     ]
     return md_table(Table("", ["", ""], [[k, v] for k, v in rows]))
@@ -94,10 +116,16 @@ def _headline(content: RunContent) -> str:
     q = content.results.quality
     if q is None:
         return _not_run(content, "quality")
-    rows = [[quality_label(r.quantity, q.feature_space),
-             fmt_num(r.value) + (f" {fmt_cell(r.ci)}" if r.ci else ""),
-             fmt_num(r.floor), f"± {fmt_num(r.spread)} (std)" if r.spread is not None else ""]
-            for r in q.rows() if r.quantity in ("fid", "kid", "conditional_accuracy")]
+    rows = [
+        [
+            quality_label(r.quantity, q.feature_space),
+            fmt_num(r.value) + (f" {fmt_cell(r.ci)}" if r.ci else ""),
+            fmt_num(r.floor),
+            f"± {fmt_num(r.spread)} (std)" if r.spread is not None else "",
+        ]
+        for r in q.rows()
+        if r.quantity in ("fid", "kid", "conditional_accuracy")
+    ]
     return md_table(Table("", ["metric", "value [95% CI]", "real-vs-real floor", "spread"], rows))
 
 
@@ -107,24 +135,36 @@ def _caveats(content: RunContent, record: ReleaseRecord | None) -> list[str]:
     if g is None:
         out.append("The release gates were not evaluated for this run: do not deploy it.")
     elif g.failed:
-        out.append("Failed gates: " + ", ".join(f"{name} ({fmt_num(x.value)} vs {fmt_num(x.threshold)})"
-                                                for name, x in g.failed_gates().items()) + ".")
+        out.append(
+            "Failed gates: "
+            + ", ".join(
+                f"{name} ({fmt_num(x.value)} vs {fmt_num(x.threshold)})"
+                for name, x in g.failed_gates().items()
+            )
+            + "."
+        )
     missing = [s.title for s in SECTIONS if not content.section_ran(s.key)]
     if missing:
         out.append("Not measured for this run: " + ", ".join(missing) + ".")
     q = content.results.quality
     if q is not None and q.feature_space == "evaluator":
-        out.append("FID/KID are measured in the project's own evaluator feature space (not InceptionV3): compare "
-                   "them only with runs that share the evaluator, never with published FID numbers.")
+        out.append(
+            "FID/KID are measured in the project's own evaluator feature space (not InceptionV3): compare "
+            "them only with runs that share the evaluator, never with published FID numbers."
+        )
     if q is not None and q.n_images < 1000:
-        out.append(f"FID/KID use {q.n_images} images per side: biased upward at this size; read them against "
-                   "the real-vs-real floor of the same size.")
+        out.append(
+            f"FID/KID use {q.n_images} images per side: biased upward at this size; read them against "
+            "the real-vs-real floor of the same size."
+        )
     ev = content.results.evaluator
     accs = {k: v.accuracy for k, v in ev.heads.items()} if ev else {}
     if accs:
-        out.append("Fairness and conditional accuracy are judged by an evaluator classifier with its own errors "
-                   f"(held-out accuracy: {', '.join(f'{k} {fmt_num(v)}' for k, v in accs.items())}); the audit "
-                   "corrects group shares for them where it reports corrected values.")
+        out.append(
+            "Fairness and conditional accuracy are judged by an evaluator classifier with its own errors "
+            f"(held-out accuracy: {', '.join(f'{k} {fmt_num(v)}' for k, v in accs.items())}); the audit "
+            "corrects group shares for them where it reports corrected values."
+        )
     if record is not None and not record.promoted:
         out.append("Release refused: " + "; ".join(record.reasons))
     return out
@@ -137,14 +177,18 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
     splits = data.splits if data else {}
     groups = content.attribute_groups
     classes = ", ".join(content.class_names) or "–"
-    parts = [f"# Model card: {cfg.tracking.registered_model_name}\n",
-             "_Generated by the `report` stage from this run's metrics; edit the pipeline, not this file._\n",
-             "## Model details\n", _details(content, lineage, record)]
+    parts = [
+        f"# Model card: {cfg.tracking.registered_model_name}\n",
+        "_Generated by the `report` stage from this run's metrics; edit the pipeline, not this file._\n",
+        "## Model details\n",
+        _details(content, lineage, record),
+    ]
     parts += [
         "## Intended use\n",
         f"- Research and teaching on training, evaluating and auditing class-conditional diffusion models on "
         f"`{cfg.data.name}` ({classes}).\n"
-        "- Producing sample sets to test measurement code (quality, explainability, fairness, privacy metrics).\n",
+        "- Producing sample sets to test measurement code (quality, explainability, fairness, privacy "
+        "metrics).\n",
         "## Out-of-scope uses\n",
         "- Any decision about a person, or data used to make one.\n"
         f"- Images outside the `{cfg.data.name}` domain, or presented as real data.\n"
@@ -153,7 +197,8 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
         "## Training data\n",
         f"Source: `{data.source if data else cfg.data.name}`, image size "
         f"{data.image_size if data else cfg.data.image_size}, data md5 `{lineage.data_md5 or '–'}`."
-        + (f" Deliberately skewed: `{data.bias.model_dump()}`." if data and data.bias else "") + "\n",
+        + (f" Deliberately skewed: `{data.bias.model_dump()}`." if data and data.bias else "")
+        + "\n",
     ]
     train = splits.get("train")
     if train:
@@ -163,19 +208,29 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
         "Held-out splits of the same source: "
         + ", ".join(f"{k} {v.n} images" for k, v in splits.items() if k != "train")
         + ". Samples are judged by an evaluator classifier trained on the training split "
-        "(`metrics/evaluator.json`).\n" if splits else "_No data card (metrics/data.json) found._\n")
-    parts += ["## Factors\n",
-              f"Classes: {classes}.\n\n"
-              + ("Audited groups: " + "; ".join(f"`{a}` ({', '.join(v)})" for a, v in groups.items()) + ".\n"
-                 if groups else "No attribute groups in this dataset: only per-class factors are audited.\n")]
-    parts += ["## Metrics\n",
-              "- FID and KID between generated and real test images, beside the real-vs-real floor (real train vs "
-              "real test of the same count).\n"
-              "- Conditional accuracy: the evaluator's agreement with the conditioning label.\n"
-              "- Fairness discrepancy, bias amplification and per-group quality over the audited groups, with "
-              "bootstrap intervals where the audit reports them.\n"
-              "- Memorization: share of samples much closer to one training image than to any other.\n",
-              _headline(content)]
+        "(`metrics/evaluator.json`).\n"
+        if splits
+        else "_No data card (metrics/data.json) found._\n"
+    )
+    parts += [
+        "## Factors\n",
+        f"Classes: {classes}.\n\n"
+        + (
+            "Audited groups: " + "; ".join(f"`{a}` ({', '.join(v)})" for a, v in groups.items()) + ".\n"
+            if groups
+            else "No attribute groups in this dataset: only per-class factors are audited.\n"
+        ),
+    ]
+    parts += [
+        "## Metrics\n",
+        "- FID and KID between generated and real test images, beside the real-vs-real floor (real train vs "
+        "real test of the same count).\n"
+        "- Conditional accuracy: the evaluator's agreement with the conditioning label.\n"
+        "- Fairness discrepancy, bias amplification and per-group quality over the audited groups, with "
+        "bootstrap intervals where the audit reports them.\n"
+        "- Memorization: share of samples much closer to one training image than to any other.\n",
+        _headline(content),
+    ]
     parts += ["## Quantitative analyses\n", "### Quality\n"]
     r = content.results
     parts.append(md_tables(r.quality, skip=("sampler",)) if r.quality else _not_run(content, "quality"))
@@ -184,13 +239,18 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
     parts.append("### Disaggregated by group (fairness)\n")
     parts.append(md_tables(r.fairness) if r.fairness else _not_run(content, "fairness"))
     parts += ["## Model examination\n"]
-    parts.append(md_tables(headline_of(r.explain), max_depth=2) + "\nAll numbers and figures: the "
-                 "Explainability section of `reports/audit.html` and `metrics/explain.json`.\n" if r.explain
-                 else _not_run(content, "explain"))
-    parts += ["## Ethical considerations\n",
-              "The model reproduces its training distribution, including its skews; the fairness section measures "
-              "how far generated group shares drift from it. Memorization (below) measures copying of training "
-              "images, which matters as soon as the training data is personal.\n\n"]
+    parts.append(
+        md_tables(headline_of(r.explain), max_depth=2) + "\nAll numbers and figures: the "
+        "Explainability section of `reports/audit.html` and `metrics/explain.json`.\n"
+        if r.explain
+        else _not_run(content, "explain")
+    )
+    parts += [
+        "## Ethical considerations\n",
+        "The model reproduces its training distribution, including its skews; the fairness section measures "
+        "how far generated group shares drift from it. Memorization (below) measures copying of training "
+        "images, which matters as soon as the training data is personal.\n\n",
+    ]
     parts.append(md_tables(r.privacy) if r.privacy else _not_run(content, "privacy"))
     parts += ["## Caveats and recommendations\n"]
     parts.append("".join(f"- {c}\n" for c in _caveats(content, record)) or "- None recorded.\n")

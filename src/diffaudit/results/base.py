@@ -30,8 +30,11 @@ class ResultModel(BaseModel):
 
     def entries(self) -> list[tuple[str, Any]]:
         """(file key, value) of every key present, in declaration order, typed values kept (for rendering)."""
-        out = [(f.alias or name, getattr(self, name)) for name, f in type(self).model_fields.items()
-               if name in self.model_fields_set]
+        out = [
+            (f.alias or name, getattr(self, name))
+            for name, f in type(self).model_fields.items()
+            if name in self.model_fields_set
+        ]
         return out + list((self.model_extra or {}).items())
 
 

@@ -65,8 +65,10 @@ def _guidance_kind(v: Any) -> str:
     return "note" if isinstance(v, GuidanceNote) or (isinstance(v, dict) and "note" in v) else "summary"
 
 
-Guidance = Annotated[Annotated[GuidanceSummary, Tag("summary")] | Annotated[GuidanceNote, Tag("note")],
-                     Discriminator(_guidance_kind)]
+Guidance = Annotated[
+    Annotated[GuidanceSummary, Tag("summary")] | Annotated[GuidanceNote, Tag("note")],
+    Discriminator(_guidance_kind),
+]
 
 
 class ConvergenceDelta(ResultModel):
@@ -123,8 +125,13 @@ class ExplainSeconds(ResultModel):
 
 class ExplainMetrics(ResultFile):
     FILE: ClassVar[str] = "explain.json"
-    HEADLINE: ClassVar[tuple[str, ...]] = ("commitment", "emergence", "guidance",
-                                           "attribution.ig_convergence_delta", "spectrum")
+    HEADLINE: ClassVar[tuple[str, ...]] = (
+        "commitment",
+        "emergence",
+        "guidance",
+        "attribution.ig_convergence_delta",
+        "spectrum",
+    )
 
     sampler: ExplainSampler
     num_images: int

@@ -107,8 +107,9 @@ def _overall_kind(v: Any) -> str:
     return "none" if isinstance(v, NoGroups) or v == {} else "metrics"
 
 
-Overall = Annotated[Annotated[GroupMetrics, Tag("metrics")] | Annotated[NoGroups, Tag("none")],
-                    Discriminator(_overall_kind)]
+Overall = Annotated[
+    Annotated[GroupMetrics, Tag("metrics")] | Annotated[NoGroups, Tag("none")], Discriminator(_overall_kind)
+]
 
 
 class GroupGap(Estimate):
@@ -222,8 +223,9 @@ class FairnessResult(FairnessReport, ResultFile):
     seconds: float
 
     @classmethod
-    def of(cls, report: FairnessReport, seconds: float,
-           mitigation: Mitigation | None = None) -> FairnessResult:
+    def of(
+        cls, report: FairnessReport, seconds: float, mitigation: Mitigation | None = None
+    ) -> FairnessResult:
         """The file: the report of the generated set, its mitigation (if any) and the stage's time."""
         extra = {"mitigation": mitigation} if mitigation is not None else {}
         parts = {name: getattr(report, name) for name in type(report).model_fields}

@@ -29,8 +29,14 @@ from diffaudit.results.sampler_study import SamplerStudyResult
 
 # The files of metrics/ (reports/release.json is the report stage's own output, not an input).
 METRICS_FILES: tuple[type[ResultFile], ...] = (
-    DataResult, EvaluatorResult, QualityResult, SamplerStudyResult, ExplainMetrics, FairnessResult,
-    PrivacyResult, GatesResult,
+    DataResult,
+    EvaluatorResult,
+    QualityResult,
+    SamplerStudyResult,
+    ExplainMetrics,
+    FairnessResult,
+    PrivacyResult,
+    GatesResult,
 )
 
 
@@ -97,15 +103,18 @@ def _model_of(name: str) -> tuple[type[ResultFile], list[str]]:
     stem, _, key = name.partition(".")
     model = next((m for m in METRICS_FILES if m.stem() == stem), None)
     if model is None:
-        raise ConfigError(f"metric {name!r}: no metrics file {stem}.json (one of "
-                          f"{', '.join(m.stem() for m in METRICS_FILES)})")
+        raise ConfigError(
+            f"metric {name!r}: no metrics file {stem}.json (one of "
+            f"{', '.join(m.stem() for m in METRICS_FILES)})"
+        )
     parts = key.split(".")
     types_: list[Any] = [model]
     for part in parts:
         types_ = [c for t in types_ for c in _child_types(t, part)]
         if not types_:
-            raise ConfigError(f"metric {name!r}: {model.FILE} has no field {key!r} "
-                              f"({part!r} is not a key there)")
+            raise ConfigError(
+                f"metric {name!r}: {model.FILE} has no field {key!r} ({part!r} is not a key there)"
+            )
     if not any(_is_number_type(t) for t in types_):
         raise ConfigError(f"metric {name!r}: {model.FILE} field {key!r} is not a number")
     return model, parts
@@ -135,5 +144,7 @@ def measured_by_evaluator(name: str) -> bool:
     everything but the quality keys named after InceptionV3's feature space. A champion measured by
     another evaluator cannot be compared on these."""
     stem, _, key = name.partition(".")
-    return not (stem in (QualityResult.stem(), SamplerStudyResult.stem())
-                and space_of(key.rpartition(".")[2]) == "inception")
+    return not (
+        stem in (QualityResult.stem(), SamplerStudyResult.stem())
+        and space_of(key.rpartition(".")[2]) == "inception"
+    )

@@ -24,8 +24,10 @@ class GateEntry(ResultModel):
 
     def describe(self, name: str) -> str:
         value = fmt_num(self.value) if self.measured else "not measured"
-        return (f"gate {name} {'passed' if self.passed else 'failed'}: value {value}, threshold "
-                f"{fmt_num(self.threshold)} (must be {self.op} {fmt_num(self.threshold)}; {self.source})")
+        return (
+            f"gate {name} {'passed' if self.passed else 'failed'}: value {value}, threshold "
+            f"{fmt_num(self.threshold)} (must be {self.op} {fmt_num(self.threshold)}; {self.source})"
+        )
 
 
 class GatesResult(ResultFile):

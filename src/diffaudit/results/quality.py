@@ -78,8 +78,9 @@ class SpaceKeyed(ResultModel):
         space = self._declared_space() or self.space()
         stray = sorted(k for k in self.model_fields_set if space_of(k) not in (None, space))
         if stray:
-            raise FieldError(stray[0], f"a key of the {space_of(stray[0])} feature space in {space}-space "
-                                       "metrics")
+            raise FieldError(
+                stray[0], f"a key of the {space_of(stray[0])} feature space in {space}-space metrics"
+            )
         for q in self.SPACE_QUANTITIES:
             if space_key(q, space) not in self.model_fields_set:
                 raise FieldError(space_key(q, space), "Field required")
@@ -172,8 +173,15 @@ class QualityResult(SpaceKeyed, ResultFile):
     # Added by the evaluate stage (absent from evaluate_quality's own result).
     sampler: SamplerRun | None = None
 
-    CAS_KEYS: ClassVar[tuple[str, ...]] = ("cas", "cas_ci", "cas_n_train", "cas_floor", "cas_floor_ci",
-                                           "cas_floor_n_train", "cas_n_test")
+    CAS_KEYS: ClassVar[tuple[str, ...]] = (
+        "cas",
+        "cas_ci",
+        "cas_n_train",
+        "cas_floor",
+        "cas_floor_ci",
+        "cas_floor_n_train",
+        "cas_n_test",
+    )
 
     def _declared_space(self) -> FeatureSpace | None:
         return self.feature_space
@@ -194,14 +202,22 @@ class QualityResult(SpaceKeyed, ResultFile):
         """The headline metrics in reading order: FID, KID, precision, recall, conditional accuracy, CAS."""
         fs, n = self.feature_space, self.n_images
         v = self.space_value
-        out = [QualityRow("fid", space_key("fid", fs), v("fid"), v("fid_ci"), v("fid_floor"), n),
-               QualityRow("kid", space_key("kid", fs), v("kid"), v("kid_ci"), v("kid_floor"), n,
-                          spread=v("kid_std")),
-               QualityRow("precision", "precision", self.precision, self.precision_ci, self.precision_floor,
-                          n),
-               QualityRow("recall", "recall", self.recall, self.recall_ci, self.recall_floor, n),
-               QualityRow("conditional_accuracy", "conditional_accuracy", self.conditional_accuracy,
-                          self.conditional_accuracy_ci, self.conditional_accuracy_floor, self.n_generated)]
+        out = [
+            QualityRow("fid", space_key("fid", fs), v("fid"), v("fid_ci"), v("fid_floor"), n),
+            QualityRow(
+                "kid", space_key("kid", fs), v("kid"), v("kid_ci"), v("kid_floor"), n, spread=v("kid_std")
+            ),
+            QualityRow("precision", "precision", self.precision, self.precision_ci, self.precision_floor, n),
+            QualityRow("recall", "recall", self.recall, self.recall_ci, self.recall_floor, n),
+            QualityRow(
+                "conditional_accuracy",
+                "conditional_accuracy",
+                self.conditional_accuracy,
+                self.conditional_accuracy_ci,
+                self.conditional_accuracy_floor,
+                self.n_generated,
+            ),
+        ]
         if self.has_cas:
             out.append(QualityRow("cas", "cas", self.cas, self.cas_ci, self.cas_floor, self.cas_n_test))
         return out

@@ -66,8 +66,16 @@ class BestPoint(ResultModel):
 
 class SamplerStudyResult(ResultFile):
     FILE: ClassVar[str] = "sampler_study.json"
-    HEADLINE: ClassVar[tuple[str, ...]] = ("feature_space", "n_images", "num_per_class", "guidance_scale",
-                                           "target", "fewest_nfe_to_target", "best", "seconds")
+    HEADLINE: ClassVar[tuple[str, ...]] = (
+        "feature_space",
+        "n_images",
+        "num_per_class",
+        "guidance_scale",
+        "target",
+        "fewest_nfe_to_target",
+        "best",
+        "seconds",
+    )
 
     feature_space: FeatureSpace
     n_images: int
@@ -89,6 +97,9 @@ class SamplerStudyResult(ResultFile):
         for path, entry in where.items():
             if entry.space() != self.feature_space:
                 key = next(k for k in entry.model_fields_set if space_of(k))
-                raise FieldError(f"{path}.{key}", f"a key of the {entry.space()} feature space in a study of "
-                                                  f"feature_space {self.feature_space!r}")
+                raise FieldError(
+                    f"{path}.{key}",
+                    f"a key of the {entry.space()} feature space in a study of "
+                    f"feature_space {self.feature_space!r}",
+                )
         return self

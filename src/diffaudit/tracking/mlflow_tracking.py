@@ -119,13 +119,15 @@ def find_or_create_parent(experiment_id: str, pid: str, cfg: Config | None = Non
     """The parent run of pipeline execution `pid`, created (and left FINISHED) on first use."""
     client = MlflowClient()
     found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{STAGE_TAG}` = 'pipeline'",
         max_results=1,
     )
     if found:
         return found[0].info.run_id
     run = client.create_run(
-        experiment_id, run_name=f"pipeline-{pid[:24]}",
+        experiment_id,
+        run_name=f"pipeline-{pid[:24]}",
         tags={PIPELINE_TAG: pid, STAGE_TAG: "pipeline", "git_commit": git_commit()},
     )
     if cfg is not None:
@@ -155,7 +157,9 @@ def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = No
     pid = pipeline_id(cfg)
     parent = find_or_create_parent(experiment_id, pid, cfg)
     tags = {
-        STAGE_TAG: stage, PIPELINE_TAG: pid, "git_commit": git_commit(),
+        STAGE_TAG: stage,
+        PIPELINE_TAG: pid,
+        "git_commit": git_commit(),
         "mlflow.parentRunId": parent,  # nests the run under the pipeline in the UI
     }
     for name, path in (inputs or {}).items():
@@ -172,7 +176,10 @@ def peak_rss_mib() -> float:
     """The largest resident set this process (or any child it waited for) reached, in MiB."""
     import resource
 
-    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
     return kib / 1024
 
 

@@ -26,14 +26,21 @@ MAX_ROWS = 1024  # one request must not occupy a server for minutes
 
 def signature(image_size: int, channels: int, steps: int, sampler: str) -> ModelSignature:
     """Input: one row per image; guidance_scale and seed may be left out. Output: (N, H, W, C) uint8."""
-    inputs = Schema([
-        ColSpec("long", "label"),
-        ColSpec("double", "guidance_scale", required=False),
-        ColSpec("long", "seed", required=False),
-    ])
+    inputs = Schema(
+        [
+            ColSpec("long", "label"),
+            ColSpec("double", "guidance_scale", required=False),
+            ColSpec("long", "seed", required=False),
+        ]
+    )
     outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, channels))])
-    params = ParamSchema([ParamSpec("steps", "long", steps), ParamSpec("sampler", "string", sampler),
-                          ParamSpec("batch_size", "long", 64)])
+    params = ParamSchema(
+        [
+            ParamSpec("steps", "long", steps),
+            ParamSpec("sampler", "string", sampler),
+            ParamSpec("batch_size", "long", 64),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -56,7 +63,9 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         self.pipe = ClassConditionalPipeline.from_exported(Path(context.artifacts["diffusion"]), SAMPLERS[0])
         self.num_classes = self.pipe.num_classes
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         import torch
 
         from diffaudit.utils.images import to_uint8
@@ -76,14 +85,23 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
             raise _bad(f"send between 1 and {MAX_ROWS} rows, got {len(df)}")
         labels = df["label"].astype("int64").to_numpy()
         if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise _bad(f"label must be a class id in [0, {self.num_classes - 1}]; classes: "
-                       f"{self.config.get('class_names', list(range(self.num_classes)))}")
+            raise _bad(
+                f"label must be a class id in [0, {self.num_classes - 1}]; classes: "
+                f"{self.config.get('class_names', list(range(self.num_classes)))}"
+            )
         default_w = float(self.config.get("guidance_scale", 1.0))
-        guidance = (df["guidance_scale"].fillna(default_w) if "guidance_scale" in df else
-                    pd.Series(default_w, index=df.index)).astype("float64").to_numpy()
+        guidance = (
+            (
+                df["guidance_scale"].fillna(default_w)
+                if "guidance_scale" in df
+                else pd.Series(default_w, index=df.index)
+            )
+            .astype("float64")
+            .to_numpy()
+        )
         if (guidance < 0).any():
             raise _bad("guidance_scale must be >= 0")
-        seeds = (df["seed"].fillna(0) if "seed" in df else pd.Series(range(len(df)), index=df.index))
+        seeds = df["seed"].fillna(0) if "seed" in df else pd.Series(range(len(df)), index=df.index)
         seeds = seeds.astype("int64").to_numpy()
 
         out = np.zeros((len(df), *self._image_shape()), dtype=np.uint8)
@@ -92,8 +110,12 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
             for start in range(0, len(idx), batch_size):
                 part = idx[start : start + batch_size]
                 pipe = self.pipe.with_sampler(sampler)  # the scheduler is stateful: a fresh one per call
-                images = pipe(labels=torch.from_numpy(labels[part]), seeds=[int(s) for s in seeds[part]],
-                              num_inference_steps=steps, guidance_scale=float(w)).images
+                images = pipe(
+                    labels=torch.from_numpy(labels[part]),
+                    seeds=[int(s) for s in seeds[part]],
+                    num_inference_steps=steps,
+                    guidance_scale=float(w),
+                ).images
                 out[part] = to_uint8(images)
         return out
 

@@ -23,8 +23,18 @@ CHAMPION = "champion"
 METRIC_TAG = "diffaudit.metric."
 FEATURE_SPACE_TAG = "diffaudit.feature_space"  # "<eval.feature>+evaluator:<md5>": who measured a version
 MODEL_NAME_IN_RUN = "model"
-SERVING_REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pandas", "mlflow", "lightning", "pydantic",
-                        "pyyaml", "tqdm")
+SERVING_REQUIREMENTS = (
+    "torch",
+    "diffusers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "mlflow",
+    "lightning",
+    "pydantic",
+    "pyyaml",
+    "tqdm",
+)
 
 
 def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> ModelVersion | None:
@@ -71,8 +81,14 @@ def log_model(cfg: Config, model_dir: str | Path, class_names: list[str], releas
         name=MODEL_NAME_IN_RUN,
         python_model=pyfunc_model.__file__,
         artifacts={"diffusion": str(model_dir)},
-        signature=pyfunc_model.signature(int(unet_cfg["sample_size"]), int(unet_cfg["in_channels"]), steps, cfg.sampler.name),
-        model_config={"class_names": class_names, "guidance_scale": cfg.sampler.guidance_scale,
-                      "steps": steps, "sampler": cfg.sampler.name},
+        signature=pyfunc_model.signature(
+            int(unet_cfg["sample_size"]), int(unet_cfg["in_channels"]), steps, cfg.sampler.name
+        ),
+        model_config={
+            "class_names": class_names,
+            "guidance_scale": cfg.sampler.guidance_scale,
+            "steps": steps,
+            "sampler": cfg.sampler.name,
+        },
         pip_requirements=_requirements(),
     )

@@ -1,4 +1,5 @@
-"""Train the diffusion model with Lightning: resume from the last checkpoint of the same config, export EMA."""
+"""Train the diffusion model with Lightning: resume from the last checkpoint of the same config, export
+EMA."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ from diffaudit.utils.lineage import config_hash
 
 def training_config_hash(cfg: Config, meta: DataMeta) -> str:
     """What a checkpoint must share with the current run to be resumed (not seeds or step counts)."""
-    return config_hash({
-        "model": cfg.model.model_dump(), "diffusion": cfg.diffusion.model_dump(),
-        "data": cfg.data.model_dump(), "classes": meta.class_names,
-    })
+    return config_hash(
+        {
+            "model": cfg.model.model_dump(),
+            "diffusion": cfg.diffusion.model_dump(),
+            "data": cfg.data.model_dump(),
+            "classes": meta.class_names,
+        }
+    )
 
 
 def checkpoint_hash(path: str | Path) -> str | None:
@@ -72,8 +77,12 @@ def explicit_resume(path: str | Path, expected_hash: str) -> Path:
 def make_loaders(train: Split, val: Split, cfg: Config) -> tuple[DataLoader, DataLoader]:
     gen = torch.Generator().manual_seed(cfg.seed)
     train_dl = DataLoader(
-        TensorDataset(train.images, train.labels), batch_size=cfg.train.batch_size, shuffle=True,
-        drop_last=len(train) > cfg.train.batch_size, generator=gen, num_workers=cfg.train.num_workers,
+        TensorDataset(train.images, train.labels),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=len(train) > cfg.train.batch_size,
+        generator=gen,
+        num_workers=cfg.train.num_workers,
         persistent_workers=cfg.train.num_workers > 0,
     )
     val_dl = DataLoader(TensorDataset(val.images, val.labels), batch_size=512, shuffle=False)
@@ -81,27 +90,51 @@ def make_loaders(train: Split, val: Split, cfg: Config) -> tuple[DataLoader, Dat
 
 
 def build_trainer(
-    cfg: Config, ckpt_dir: Path, logger: Logger | bool, progress: bool = True, extra_callbacks: list | None = None
+    cfg: Config,
+    ckpt_dir: Path,
+    logger: Logger | bool,
+    progress: bool = True,
+    extra_callbacks: list | None = None,
 ) -> L.Trainer:
     t = cfg.trainer
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=0,
-                        every_n_train_steps=cfg.train.checkpoint_every_n_steps, auto_insert_metric_name=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                        auto_insert_metric_name=False),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step{step}",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.train.checkpoint_every_n_steps,
+            auto_insert_metric_name=False,
+        ),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        ),
     ] + list(extra_callbacks or [])
     if progress:  # tqdm rather than rich: it also prints progress into DVC's and CI's logs
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every_n_steps)))
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
         precision=t.precision,
         gradient_clip_val=cfg.train.grad_clip or None,
         val_check_interval=min(cfg.train.checkpoint_every_n_steps, cfg.train.max_steps),
         check_val_every_n_epoch=None,
         log_every_n_steps=cfg.train.log_every_n_steps,
-        logger=logger, callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
-        deterministic=True, default_root_dir=str(ckpt_dir.parent), num_sanity_val_steps=0,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=str(ckpt_dir.parent),
+        num_sanity_val_steps=0,
     )
     # deterministic=True also NaN-fills every new tensor (a debugging aid, not needed for determinism):
     # measured at ~5% of a CPU training step (docs/performance.md).
@@ -110,8 +143,14 @@ def build_trainer(
 
 
 def train_diffusion(
-    cfg: Config, train: Split, val: Split, meta: DataMeta, ckpt_dir: str | Path,
-    logger: Logger | bool = False, progress: bool = True, extra_callbacks: list | None = None,
+    cfg: Config,
+    train: Split,
+    val: Split,
+    meta: DataMeta,
+    ckpt_dir: str | Path,
+    logger: Logger | bool = False,
+    progress: bool = True,
+    extra_callbacks: list | None = None,
 ) -> tuple[DiffusionModule, L.Trainer]:
     """Fit (or resume) the diffusion model; returns the module with its EMA state."""
     ckpt_dir = Path(ckpt_dir)
@@ -123,8 +162,13 @@ def train_diffusion(
     if resume is None and cfg.train.resume_from:
         resume = explicit_resume(cfg.train.resume_from, expected)
     module = DiffusionModule(
-        model=cfg.model.model_dump(), diffusion=cfg.diffusion.model_dump(), train=cfg.train.model_dump(),
-        image_size=meta.image_size, channels=meta.channels, num_classes=meta.num_classes, config_hash=expected,
+        model=cfg.model.model_dump(),
+        diffusion=cfg.diffusion.model_dump(),
+        train=cfg.train.model_dump(),
+        image_size=meta.image_size,
+        channels=meta.channels,
+        num_classes=meta.num_classes,
+        config_hash=expected,
     )
     train_dl, val_dl = make_loaders(train, val, cfg)
     trainer = build_trainer(cfg, ckpt_dir, logger, progress, extra_callbacks)

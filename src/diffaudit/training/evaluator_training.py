@@ -31,7 +31,9 @@ def train_evaluator(
     """Fit the multi-head classifier; keep the weights of the epoch with the best validation accuracy."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Evaluator(meta.channels, meta.num_classes, {a: len(g) for a, g in meta.attribute_groups.items()}, cfg.width)
+    model = Evaluator(
+        meta.channels, meta.num_classes, {a: len(g) for a, g in meta.attribute_groups.items()}, cfg.width
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)

@@ -25,14 +25,18 @@ def grid(images: torch.Tensor, ncol: int, pad: int = 1, scale: int = 1) -> Image
     canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, ncol)
-        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = arr[i]
+        canvas[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w
+        ] = arr[i]
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode="L" if c == 1 else "RGB")
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return img
 
 
-def class_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_row: int = 10, scale: int = 4) -> Image.Image:
+def class_grid(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_row: int = 10, scale: int = 4
+) -> Image.Image:
     """One row per class with its first `per_row` images (blank cells where a class has fewer)."""
     rows = []
     blank = torch.ones_like(images[:1])
@@ -49,5 +53,9 @@ def save_png(img: Image.Image, path: str | Path) -> None:
 
 
 def save_gif(frames: list[Image.Image], path: str | Path, duration_ms: int = 120) -> None:
-    write_with(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                                                duration=duration_ms, loop=0))
+    write_with(
+        path,
+        lambda tmp: frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0
+        ),
+    )

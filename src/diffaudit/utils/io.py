@@ -78,7 +78,9 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
 METADATA_KEY = "diffaudit"
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Save tensors as safetensors (no pickle, safe to load from untrusted sources), atomically.
 
     The metadata goes in as one key holding sorted JSON: safetensors writes a metadata dict in hash-map

@@ -32,8 +32,14 @@ class StepClassLogit(nn.Module):
     """f(x_t) = evaluator class logits of the clipped x0-prediction at one fixed sampling step."""
 
     def __init__(
-        self, unet: UNet2DModel, evaluator: Evaluator, timestep: torch.Tensor, alpha_bar: float,
-        input_scale: float, guidance_scale: float, prediction_type: str,
+        self,
+        unet: UNet2DModel,
+        evaluator: Evaluator,
+        timestep: torch.Tensor,
+        alpha_bar: float,
+        input_scale: float,
+        guidance_scale: float,
+        prediction_type: str,
     ) -> None:
         super().__init__()
         self.unet, self.evaluator = unet, evaluator
@@ -43,16 +49,30 @@ class StepClassLogit(nn.Module):
 
     @classmethod
     def at_step(
-        cls, unet: UNet2DModel, evaluator: Evaluator, traj: Trajectory, step: int, guidance_scale: float,
+        cls,
+        unet: UNet2DModel,
+        evaluator: Evaluator,
+        traj: Trajectory,
+        step: int,
+        guidance_scale: float,
         prediction_type: str,
     ) -> StepClassLogit:
-        return cls(unet, evaluator, traj.timesteps[step], float(traj.alpha_bar[step]), float(traj.input_scale[step]),
-                   guidance_scale, prediction_type)
+        return cls(
+            unet,
+            evaluator,
+            traj.timesteps[step],
+            float(traj.alpha_bar[step]),
+            float(traj.input_scale[step]),
+            guidance_scale,
+            prediction_type,
+        )
 
     def x0(self, x_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The x0-prediction of this step, exactly as the sampler forms it (clipped to [-1, 1])."""
         x_in = x_t * self.input_scale
-        out, _, _ = guided_output(self.unet, x_in, self.timestep, labels, null_class(self.unet), self.guidance_scale)
+        out, _, _ = guided_output(
+            self.unet, x_in, self.timestep, labels, null_class(self.unet), self.guidance_scale
+        )
         x0, _ = to_x0_eps(out, x_in, self.alpha_bar, self.prediction_type)
         return x0.clamp(-1.0, 1.0)
 
@@ -79,26 +99,40 @@ def trajectory_steps(fractions: list[float], num_steps: int) -> list[int]:
     return sorted({min(num_steps - 1, round(f * (num_steps - 1))) for f in fractions})
 
 
-def target_logit(f: StepClassLogit, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def target_logit(
+    f: StepClassLogit, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     with torch.no_grad():
         return f(x, labels).gather(1, target.view(-1, 1)).squeeze(1)
 
 
-def _ig(f: StepClassLogit, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, cfg: ExplainCfg
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def _ig(
+    f: StepClassLogit, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, cfg: ExplainCfg
+) -> tuple[torch.Tensor, torch.Tensor]:
     attr, delta = IntegratedGradients(f).attribute(
-        x, baselines=torch.zeros_like(x), target=target, additional_forward_args=(labels,),
-        n_steps=cfg.ig_steps, internal_batch_size=cfg.ig_internal_batch, return_convergence_delta=True,
+        x,
+        baselines=torch.zeros_like(x),
+        target=target,
+        additional_forward_args=(labels,),
+        n_steps=cfg.ig_steps,
+        internal_batch_size=cfg.ig_internal_batch,
+        return_convergence_delta=True,
     )
     return attr.detach(), delta.detach()
 
 
-def _smoothgrad(f: StepClassLogit, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, cfg: ExplainCfg,
-                seed: int) -> torch.Tensor:
+def _smoothgrad(
+    f: StepClassLogit, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, cfg: ExplainCfg, seed: int
+) -> torch.Tensor:
     torch.manual_seed(seed)  # NoiseTunnel draws its noise from the global generator
     attr = NoiseTunnel(Saliency(f)).attribute(
-        x, nt_type="smoothgrad", nt_samples=cfg.smoothgrad_samples, stdevs=cfg.smoothgrad_stdev, target=target,
-        additional_forward_args=(labels,), nt_samples_batch_size=max(1, cfg.ig_internal_batch // len(x)),
+        x,
+        nt_type="smoothgrad",
+        nt_samples=cfg.smoothgrad_samples,
+        stdevs=cfg.smoothgrad_stdev,
+        target=target,
+        additional_forward_args=(labels,),
+        nt_samples_batch_size=max(1, cfg.ig_internal_batch // len(x)),
     )
     return attr.detach()
 
@@ -110,10 +144,16 @@ def randomized_like(unet: UNet2DModel, seed: int) -> UNet2DModel:
 
 
 def attribute(
-    pipe: ClassConditionalPipeline, evaluator: Evaluator, traj: Trajectory, target: torch.Tensor, cfg: ExplainCfg,
-    guidance_scale: float, seed: int,
+    pipe: ClassConditionalPipeline,
+    evaluator: Evaluator,
+    traj: Trajectory,
+    target: torch.Tensor,
+    cfg: ExplainCfg,
+    guidance_scale: float,
+    seed: int,
 ) -> Attributions:
-    """IG and SmoothGrad of the target class logit w.r.t. x_t at the configured steps (and the randomized check)."""
+    """IG and SmoothGrad of the target class logit w.r.t. x_t at the configured steps (and the randomized
+    check)."""
     unet, prediction_type = pipe.unet, pipe.prediction_type
     steps = trajectory_steps(cfg.attribution_steps, traj.num_steps)
     random_unet = randomized_like(unet, seed) if cfg.randomization_check else None
@@ -124,16 +164,24 @@ def attribute(
         a, d = _ig(f, x, traj.labels, target, cfg)
         ig.append(a)
         delta.append(d)
-        gap.append(target_logit(f, x, traj.labels, target) - target_logit(f, torch.zeros_like(x), traj.labels, target))
+        gap.append(
+            target_logit(f, x, traj.labels, target)
+            - target_logit(f, torch.zeros_like(x), traj.labels, target)
+        )
         sg.append(_smoothgrad(f, x, traj.labels, target, cfg, seed + k))
         if random_unet is not None:
             fr = StepClassLogit.at_step(random_unet, evaluator, traj, k, guidance_scale, prediction_type)
             ig_r.append(_ig(fr, x, traj.labels, target, cfg)[0])
             sg_r.append(_smoothgrad(fr, x, traj.labels, target, cfg, seed + k))
     return Attributions(
-        steps=steps, target=target, ig=torch.stack(ig), ig_delta=torch.stack(delta), f_gap=torch.stack(gap),
+        steps=steps,
+        target=target,
+        ig=torch.stack(ig),
+        ig_delta=torch.stack(delta),
+        f_gap=torch.stack(gap),
         smoothgrad=torch.stack(sg),
-        ig_random=torch.stack(ig_r) if ig_r else None, smoothgrad_random=torch.stack(sg_r) if sg_r else None,
+        ig_random=torch.stack(ig_r) if ig_r else None,
+        smoothgrad_random=torch.stack(sg_r) if sg_r else None,
     )
 
 
@@ -141,8 +189,12 @@ def rank_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(..., C, H, W) maps -> (...) Spearman correlation of their per-pixel magnitudes (channels summed)."""
     ma = a.abs().sum(-3).flatten(-2).reshape(-1, a.shape[-1] * a.shape[-2]).double().numpy()
     mb = b.abs().sum(-3).flatten(-2).reshape(-1, b.shape[-1] * b.shape[-2]).double().numpy()
-    rho = [spearmanr(x, y).statistic if x.std() > 0 and y.std() > 0 else 0.0 for x, y in zip(ma, mb, strict=True)]
-    return torch.tensor(np.nan_to_num(np.asarray(rho, dtype=np.float64)), dtype=torch.float64).reshape(a.shape[:-3])
+    rho = [
+        spearmanr(x, y).statistic if x.std() > 0 and y.std() > 0 else 0.0 for x, y in zip(ma, mb, strict=True)
+    ]
+    return torch.tensor(np.nan_to_num(np.asarray(rho, dtype=np.float64)), dtype=torch.float64).reshape(
+        a.shape[:-3]
+    )
 
 
 def attribution_summary(attr: Attributions, traj: Trajectory) -> dict:
@@ -152,8 +204,10 @@ def attribution_summary(attr: Attributions, traj: Trajectory) -> dict:
         "steps": attr.steps,
         "timesteps": [int(traj.timesteps[k]) for k in attr.steps],
         "ig_convergence_delta": {
-            "max_abs": float(attr.ig_delta.abs().max()), "mean_abs": float(attr.ig_delta.abs().mean()),
-            "max_relative": float(rel.max()), "mean_relative": float(rel.mean()),
+            "max_abs": float(attr.ig_delta.abs().max()),
+            "mean_abs": float(attr.ig_delta.abs().mean()),
+            "max_relative": float(rel.max()),
+            "mean_relative": float(rel.mean()),
         },
         "logit_gap_mean": float(attr.f_gap.mean()),
     }
@@ -161,8 +215,14 @@ def attribution_summary(attr: Attributions, traj: Trajectory) -> dict:
         rho_ig = rank_similarity(attr.ig, attr.ig_random)
         rho_sg = rank_similarity(attr.smoothgrad, attr.smoothgrad_random)
         out["randomization_spearman"] = {
-            "integrated_gradients": float(rho_ig.mean()), "smoothgrad": float(rho_sg.mean()),
-            "per_step": {str(k): {"integrated_gradients": float(rho_ig[i].mean()),
-                                  "smoothgrad": float(rho_sg[i].mean())} for i, k in enumerate(attr.steps)},
+            "integrated_gradients": float(rho_ig.mean()),
+            "smoothgrad": float(rho_sg.mean()),
+            "per_step": {
+                str(k): {
+                    "integrated_gradients": float(rho_ig[i].mean()),
+                    "smoothgrad": float(rho_sg[i].mean()),
+                }
+                for i, k in enumerate(attr.steps)
+            },
         }
     return out

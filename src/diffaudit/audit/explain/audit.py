@@ -49,8 +49,13 @@ def filmstrip_index(num_classes: int, per_class: int, film_per_class: int) -> to
 
 
 def explain_model(
-    cfg: ExplainCfg, sampler: SamplerCfg, seed: int, pipe: ClassConditionalPipeline,
-    evaluator: Evaluator, meta: DataMeta, val: Split,
+    cfg: ExplainCfg,
+    sampler: SamplerCfg,
+    seed: int,
+    pipe: ClassConditionalPipeline,
+    evaluator: Evaluator,
+    meta: DataMeta,
+    val: Split,
 ) -> ExplainResult:
     """Run every explainability measurement on the exported model with the pipeline's own sampler.
 
@@ -115,10 +120,13 @@ def explain_model(
     lap("attribution")
 
     rows = loss_by_timestep(pipe, val.images, val.labels, cfg.timestep_bins, cfg.loss_images, seed)
-    metrics["loss_by_timestep"] = {f"t{r['t_lo']:04d}_{r['t_hi']:04d}": {k: r[k] for k in ("loss", "x0_mse")}
-                                   for r in rows}
+    metrics["loss_by_timestep"] = {
+        f"t{r['t_lo']:04d}_{r['t_hi']:04d}": {k: r[k] for k in ("loss", "x0_mse")} for r in rows
+    }
     res.figures["loss_by_timestep"] = figures.loss_figure(rows, len(pipe.noise_scheduler.alphas_cumprod))
-    res.tables["loss_by_timestep"] = _csv(["t_mid", "loss", "x0_mse"], [[r["t_mid"], r["loss"], r["x0_mse"]] for r in rows])
+    res.tables["loss_by_timestep"] = _csv(
+        ["t_mid", "loss", "x0_mse"], [[r["t_mid"], r["loss"], r["x0_mse"]] for r in rows]
+    )
     lap("loss_by_timestep")
 
     spectra = spectrum_per_step(traj.x0)
@@ -126,15 +134,18 @@ def explain_model(
     res.figures["spectrum"] = figures.spectrum_figure(spectra, metrics["spectrum"]["settle_step"])
     r = spectra.shape[1]
     res.step_metrics["spectrum.high_frequency_share"] = (
-        spectra[:, r // 2 :].sum(1) / spectra[:, 1:].sum(1).clamp_min(1e-12)).tolist()
+        spectra[:, r // 2 :].sum(1) / spectra[:, 1:].sum(1).clamp_min(1e-12)
+    ).tolist()
     lap("spectrum")
 
     heads = list(em.prob_final)
     guid = res.step_metrics.get("guidance.mean_abs", [float("nan")] * traj.num_steps)
     res.tables["emergence"] = _csv(
         ["step", "timestep"] + [f"{h}_prob" for h in heads] + ["guidance"],
-        [[i, float(traj.timesteps[i])] + [res.step_metrics[f"emergence.{h}"][i] for h in heads] + [guid[i]]
-         for i in range(traj.num_steps)],
+        [
+            [i, float(traj.timesteps[i])] + [res.step_metrics[f"emergence.{h}"][i] for h in heads] + [guid[i]]
+            for i in range(traj.num_steps)
+        ],
     )
     metrics["seconds"] = timings | {"total": round(float(np.sum(list(timings.values()))), 3)}
     res.metrics = ExplainMetrics.model_validate(metrics)

@@ -65,15 +65,20 @@ def band_curves(
         out[head] = {}
         for c in sorted(labels.unique().tolist()):
             p = prob[:, labels == c].double().numpy()
-            out[head][int(c)] = {"mean": p.mean(1), "lo": np.quantile(p, band[0], axis=1),
-                                 "hi": np.quantile(p, band[1], axis=1)}
+            out[head][int(c)] = {
+                "mean": p.mean(1),
+                "lo": np.quantile(p, band[0], axis=1),
+                "hi": np.quantile(p, band[1], axis=1),
+            }
     return out
 
 
 def _stats(steps: torch.Tensor, num_steps: int) -> dict[str, float]:
     x = steps.double()
     return {
-        "mean": float(x.mean()), "median": float(x.median()), "std": float(x.std()) if len(x) > 1 else 0.0,
+        "mean": float(x.mean()),
+        "median": float(x.median()),
+        "std": float(x.std()) if len(x) > 1 else 0.0,
         "mean_fraction": float(x.mean() / num_steps),
         "never_settled": float((steps >= num_steps).double().mean()),
     }
@@ -83,7 +88,9 @@ def commitment_summary(em: Emergence, labels: torch.Tensor, num_steps: int) -> d
     """Commitment statistics per head (overall and per conditioning class), and attribute-vs-class order."""
     out: dict = {}
     for head, steps in em.commitment.items():
-        per_class = {str(int(c)): _stats(steps[labels == c], num_steps) for c in sorted(labels.unique().tolist())}
+        per_class = {
+            str(int(c)): _stats(steps[labels == c], num_steps) for c in sorted(labels.unique().tolist())
+        }
         out[head] = _stats(steps, num_steps) | {"per_class": per_class}
     order = {}
     for head in em.heads:

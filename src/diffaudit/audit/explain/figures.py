@@ -28,7 +28,9 @@ def image_tiles(images: torch.Tensor) -> list[np.ndarray]:
     return list(x.permute(0, 2, 3, 1).numpy())
 
 
-def heat_tiles(maps: torch.Tensor, cmap: str, vmin: np.ndarray | float, vmax: np.ndarray | float) -> list[np.ndarray]:
+def heat_tiles(
+    maps: torch.Tensor, cmap: str, vmin: np.ndarray | float, vmax: np.ndarray | float
+) -> list[np.ndarray]:
     """(N, H, W) -> N RGB uint8 tiles through a colormap, with per-map (or shared) limits."""
     m = maps.detach().double().numpy()
     lo = np.broadcast_to(np.asarray(vmin, dtype=np.float64), (len(m),)).reshape(-1, 1, 1)
@@ -49,8 +51,13 @@ def canvas(rows: list[list[np.ndarray]]) -> np.ndarray:
     return out
 
 
-def tile_figure(rows: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], title: str,
-                inch_per_tile: float = 0.42) -> Figure:
+def tile_figure(
+    rows: list[list[np.ndarray]],
+    row_labels: list[str],
+    col_labels: list[str],
+    title: str,
+    inch_per_tile: float = 0.42,
+) -> Figure:
     """One imshow of the tiled canvas, with a label per row and column (margins sized to the labels)."""
     img = canvas(rows)
     h, w = rows[0][0].shape[:2]
@@ -65,7 +72,9 @@ def tile_figure(rows: list[list[np.ndarray]], row_labels: list[str], col_labels:
     fig = Figure(figsize=(fig_w, fig_h), dpi=100)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, width_in / fig_w, height_in / fig_h))
     ax.imshow(img, interpolation="nearest", aspect="auto")
-    ax.set_xticks([PAD + j * (w + PAD) + w / 2 for j in range(len(col_labels))], col_labels, fontsize=6, rotation=90)
+    ax.set_xticks(
+        [PAD + j * (w + PAD) + w / 2 for j in range(len(col_labels))], col_labels, fontsize=6, rotation=90
+    )
     ax.set_yticks([PAD + i * (h + PAD) + h / 2 for i in range(nrow)], row_labels, fontsize=6)
     ax.tick_params(length=0)
     for side in ax.spines.values():
@@ -87,7 +96,9 @@ def filmstrip_figure(traj: Trajectory, class_names: list[str]) -> Figure:
         rows.append(image_tiles(traj.x_t[:, n]) + image_tiles(traj.final[n : n + 1]))
         rows.append(image_tiles(traj.x0[:, n]) + image_tiles(traj.final[n : n + 1]))
         labels += [f"{name} (seed {traj.seeds[n]}) x_t", f"{name} x0-prediction"]
-    return tile_figure(rows, labels, _step_labels(traj) + ["final"], "Filmstrips: x_t and x0-prediction per step")
+    return tile_figure(
+        rows, labels, _step_labels(traj) + ["final"], "Filmstrips: x_t and x0-prediction per step"
+    )
 
 
 def guidance_figure(maps: torch.Tensor, traj: Trajectory, class_names: list[str]) -> Figure:
@@ -97,8 +108,12 @@ def guidance_figure(maps: torch.Tensor, traj: Trajectory, class_names: list[str]
         m = maps[:, n]
         rows.append(heat_tiles(m, "magma", 0.0, float(m.max())))
         labels.append(f"{class_names[int(traj.labels[n])]} (seed {traj.seeds[n]})")
-    return tile_figure(rows, labels, _step_labels(traj),
-                       "Guidance maps |eps_cond - eps_uncond| (per row: black = 0, yellow = that image's maximum)")
+    return tile_figure(
+        rows,
+        labels,
+        _step_labels(traj),
+        "Guidance maps |eps_cond - eps_uncond| (per row: black = 0, yellow = that image's maximum)",
+    )
 
 
 def filmstrip_frames(traj: Trajectory, maps: torch.Tensor | None, scale: int = 4) -> list[Image.Image]:
@@ -136,30 +151,48 @@ def attribution_figure(attr: Attributions, traj: Trajectory, class_names: list[s
             ig = attr.ig[i, n].sum(0, keepdim=True)
             sg = attr.smoothgrad[i, n].sum(0, keepdim=True)
             lim = float(ig.abs().max())
-            row = (image_tiles(traj.x_t[k, n : n + 1]) + image_tiles(traj.x0[k, n : n + 1])
-                   + heat_tiles(ig, "RdBu_r", -lim, lim) + heat_tiles(sg, "magma", 0.0, float(sg.max())))
+            row = (
+                image_tiles(traj.x_t[k, n : n + 1])
+                + image_tiles(traj.x0[k, n : n + 1])
+                + heat_tiles(ig, "RdBu_r", -lim, lim)
+                + heat_tiles(sg, "magma", 0.0, float(sg.max()))
+            )
             if attr.ig_random is not None and attr.smoothgrad_random is not None:
                 igr = attr.ig_random[i, n].sum(0, keepdim=True)
                 sgr = attr.smoothgrad_random[i, n].sum(0, keepdim=True)
                 limr = float(igr.abs().max())
-                row += heat_tiles(igr, "RdBu_r", -limr, limr) + heat_tiles(sgr, "magma", 0.0, float(sgr.max()))
+                row += heat_tiles(igr, "RdBu_r", -limr, limr) + heat_tiles(
+                    sgr, "magma", 0.0, float(sgr.max())
+                )
             rows.append(row)
             target = class_names[int(attr.target[n])]
             labels.append(f"{target} (seed {traj.seeds[n]}) step {k} t={float(traj.timesteps[k]):.0f}")
-    return tile_figure(rows, labels, cols, "Attributions of the final-class logit to x_t (each map scaled to its own maximum)",
-                       inch_per_tile=0.55)
+    return tile_figure(
+        rows,
+        labels,
+        cols,
+        "Attributions of the final-class logit to x_t (each map scaled to its own maximum)",
+        inch_per_tile=0.55,
+    )
 
 
 # -- curves ------------------------------------------------------------------------------------------
-def emergence_figure(curves: dict[str, dict[int, dict[str, np.ndarray]]], class_names: list[str],
-                     band: tuple[float, float]) -> Figure:
+def emergence_figure(
+    curves: dict[str, dict[int, dict[str, np.ndarray]]], class_names: list[str], band: tuple[float, float]
+) -> Figure:
     """One panel per class: mean probability of the final value per head, with a quantile band."""
     classes = sorted(next(iter(curves.values())))
     ncol = min(5, len(classes))
     nrow = int(np.ceil(len(classes) / ncol))
     fig = Figure(figsize=(2.4 * ncol + 0.6, 2.0 * nrow + 0.9), dpi=100)
-    fig.subplots_adjust(left=0.6 / fig.get_figwidth(), right=0.98, bottom=0.5 / fig.get_figheight(),
-                        top=1 - 0.5 / fig.get_figheight(), wspace=0.08, hspace=0.3)
+    fig.subplots_adjust(
+        left=0.6 / fig.get_figwidth(),
+        right=0.98,
+        bottom=0.5 / fig.get_figheight(),
+        top=1 - 0.5 / fig.get_figheight(),
+        wspace=0.08,
+        hspace=0.3,
+    )
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False)).ravel()
     for ax, c in zip(axes, classes, strict=False):
         for j, (head, per_class) in enumerate(curves.items()):
@@ -188,7 +221,13 @@ def commitment_figure(em: Emergence, num_steps: int) -> Figure:
     ax = fig.add_subplot()
     bins = np.arange(num_steps + 2) - 0.5
     for j, (head, steps) in enumerate(em.commitment.items()):
-        ax.hist(steps.numpy(), bins=bins, alpha=0.45, color=f"C{j}", label=f"{head} (mean {float(steps.double().mean()):.1f})")
+        ax.hist(
+            steps.numpy(),
+            bins=bins,
+            alpha=0.45,
+            color=f"C{j}",
+            label=f"{head} (mean {float(steps.double().mean()):.1f})",
+        )
     ax.set_xlabel(f"commitment step (first step from which the argmax is final; {num_steps} = never)")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
@@ -196,7 +235,9 @@ def commitment_figure(em: Emergence, num_steps: int) -> Figure:
     return fig
 
 
-def guidance_profile_figure(profile: dict[str, np.ndarray], timesteps: torch.Tensor, band: tuple[float, float]) -> Figure:
+def guidance_profile_figure(
+    profile: dict[str, np.ndarray], timesteps: torch.Tensor, band: tuple[float, float]
+) -> Figure:
     fig = Figure(figsize=(6, 3), dpi=100)
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.17, top=0.88, wspace=0.25)
     ax = fig.add_subplot()
@@ -205,7 +246,9 @@ def guidance_profile_figure(profile: dict[str, np.ndarray], timesteps: torch.Ten
     ax.fill_between(steps, profile["lo"], profile["hi"], color="C3", alpha=0.2, linewidth=0)
     ax.set_xlabel("sampling step")
     ax.set_ylabel("mean |eps_cond - eps_uncond|")
-    ax.set_title(f"Guidance strength per step (mean, {band[0]:.0%}-{band[1]:.0%} band over images)", fontsize=9)
+    ax.set_title(
+        f"Guidance strength per step (mean, {band[0]:.0%}-{band[1]:.0%} band over images)", fontsize=9
+    )
     return fig
 
 
@@ -225,7 +268,8 @@ def loss_figure(rows: list[dict[str, float]], num_train_timesteps: int) -> Figur
 
 
 def spectrum_figure(spectra: torch.Tensor, settle: dict[str, int]) -> Figure:
-    """Left: power per radius, one line per step (dark = early). Right: band power relative to the final one."""
+    """Left: power per radius, one line per step (dark = early). Right: band power relative to the final
+    one."""
     from diffaudit.audit.explain.spectrum import band_edges
 
     fig = Figure(figsize=(9, 3.2), dpi=100)
@@ -244,8 +288,12 @@ def spectrum_figure(spectra: torch.Tensor, settle: dict[str, int]) -> Figure:
         if lo >= hi:
             continue
         p = spectra[:, lo:hi].sum(1)
-        ax2.plot(np.arange(s), (p / p[-1].clamp_min(1e-12)).numpy(), color=f"C{j}",
-                 label=f"{name} r={lo}-{hi - 1} (settles at {settle.get(name, '-')})")
+        ax2.plot(
+            np.arange(s),
+            (p / p[-1].clamp_min(1e-12)).numpy(),
+            color=f"C{j}",
+            label=f"{name} r={lo}-{hi - 1} (settles at {settle.get(name, '-')})",
+        )
     ax2.axhline(1.0, color="grey", linewidth=0.5)
     ax2.set_xlabel("sampling step")
     ax2.set_ylabel("band power / final")

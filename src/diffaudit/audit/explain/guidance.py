@@ -22,8 +22,11 @@ def guidance_maps(traj: Trajectory) -> torch.Tensor:
 def guidance_profile(traj: Trajectory, band: tuple[float, float]) -> dict[str, np.ndarray]:
     """Mean |eps_cond - eps_uncond| per image and step, summarised over images: mean and quantile band."""
     per_image = guidance_maps(traj).mean(dim=(2, 3)).double().numpy()  # (S, N)
-    return {"mean": per_image.mean(1), "lo": np.quantile(per_image, band[0], axis=1),
-            "hi": np.quantile(per_image, band[1], axis=1)}
+    return {
+        "mean": per_image.mean(1),
+        "lo": np.quantile(per_image, band[0], axis=1),
+        "hi": np.quantile(per_image, band[1], axis=1),
+    }
 
 
 def guidance_summary(traj: Trajectory, band: tuple[float, float]) -> dict:

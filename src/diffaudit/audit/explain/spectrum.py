@@ -11,7 +11,8 @@ import torch
 
 
 def radial_power_spectrum(images: torch.Tensor) -> torch.Tensor:
-    """(..., C, H, W) -> (..., R) mean power at integer radius r = 0 .. min(H, W) // 2 (per-image mean removed)."""
+    """(..., C, H, W) -> (..., R) mean power at integer radius r = 0 .. min(H, W) // 2 (per-image mean
+    removed)."""
     h, w = images.shape[-2:]
     x = images.double() - images.double().mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.fft2(x).abs().pow(2).mean(dim=-3) / (h * w)  # channels averaged
@@ -41,7 +42,8 @@ def band_edges(num_radii: int) -> dict[str, tuple[int, int]]:
 
 
 def settle_steps(spectra: torch.Tensor, tolerance: float) -> dict[str, int]:
-    """Per band: the first step after which its power stays within `tolerance` (relative) of the last step's."""
+    """Per band: the first step after which its power stays within `tolerance` (relative) of the last
+    step's."""
     s = spectra.shape[0]
     out = {}
     for name, (lo, hi) in band_edges(spectra.shape[1]).items():
@@ -54,16 +56,24 @@ def settle_steps(spectra: torch.Tensor, tolerance: float) -> dict[str, int]:
 
 
 def spectrum_summary(spectra: torch.Tensor, tolerance: float) -> dict:
-    """Settle step and first-step power ratio per band; share of power above the middle radius over the steps."""
+    """Settle step and first-step power ratio per band; share of power above the middle radius over the
+    steps."""
     r = spectra.shape[1]
     high = spectra[:, r // 2 :].sum(1) / spectra[:, 1:].sum(1).clamp_min(1e-12)
     s = spectra.shape[0]
     settle = settle_steps(spectra, tolerance)
-    ratio = {name: float(spectra[0, lo:hi].sum() / spectra[-1, lo:hi].sum().clamp_min(1e-12))
-             for name, (lo, hi) in band_edges(r).items() if lo < hi}
+    ratio = {
+        name: float(spectra[0, lo:hi].sum() / spectra[-1, lo:hi].sum().clamp_min(1e-12))
+        for name, (lo, hi) in band_edges(r).items()
+        if lo < hi
+    }
     return {
         "settle_step": settle,
         "coarse_to_fine": bool(settle.get("low", 0) <= settle.get("mid", 0) <= settle.get("high", 0)),
         "first_step_power_ratio": ratio,  # band power at step 0 / at the last step (1 = already final)
-        "high_frequency_share": {"first": float(high[0]), "middle": float(high[s // 2]), "last": float(high[-1])},
+        "high_frequency_share": {
+            "first": float(high[0]),
+            "middle": float(high[s // 2]),
+            "last": float(high[-1]),
+        },
     }

@@ -20,14 +20,23 @@ def _se(v: torch.Tensor) -> float:
 
 @torch.no_grad()
 def loss_by_timestep(
-    pipe: ClassConditionalPipeline, images: torch.Tensor, labels: torch.Tensor, bins: int, max_images: int,
-    seed: int, batch_size: int = 256,
+    pipe: ClassConditionalPipeline,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    bins: int,
+    max_images: int,
+    seed: int,
+    batch_size: int = 256,
 ) -> list[dict[str, float]]:
     """Per bin of [0, T): the objective's MSE and the (clipped) x0-prediction's MSE, mean and standard error.
 
     The bins cover `pipe`'s training noise schedule; the objective is the model's prediction type.
     """
-    unet, alphas_cumprod, prediction_type = pipe.unet, pipe.noise_scheduler.alphas_cumprod, pipe.prediction_type
+    unet, alphas_cumprod, prediction_type = (
+        pipe.unet,
+        pipe.noise_scheduler.alphas_cumprod,
+        pipe.prediction_type,
+    )
     gen = torch.Generator().manual_seed(seed)
     n = min(max_images, len(images))
     pick = torch.randperm(len(images), generator=gen)[:n]
@@ -41,15 +50,32 @@ def loss_by_timestep(
         noise = torch.randn(x0_all.shape, generator=gen)
         losses, x0_err = [], []
         for i in range(0, n, batch_size):
-            x0, y, tt, eps = x0_all[i : i + batch_size], y_all[i : i + batch_size], t[i : i + batch_size], noise[i : i + batch_size]
+            x0, y, tt, eps = (
+                x0_all[i : i + batch_size],
+                y_all[i : i + batch_size],
+                t[i : i + batch_size],
+                noise[i : i + batch_size],
+            )
             a = alphas_cumprod[tt].to(x0.dtype).view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
             out = unet(x_t, tt, class_labels=y).sample
             target = training_target(x0, eps, a.flatten(), prediction_type)
             losses.append(F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)))
             pred_x0, _ = to_x0_eps(out, x_t, a.flatten(), prediction_type)
-            x0_err.append(F.mse_loss(pred_x0.clamp(-1, 1).float(), x0.float(), reduction="none").mean(dim=(1, 2, 3)))
+            x0_err.append(
+                F.mse_loss(pred_x0.clamp(-1, 1).float(), x0.float(), reduction="none").mean(dim=(1, 2, 3))
+            )
         loss, err = torch.cat(losses).double(), torch.cat(x0_err).double()
-        rows.append({"t_lo": lo, "t_hi": hi - 1, "t_mid": (lo + hi - 1) / 2, "loss": float(loss.mean()),
-                     "loss_se": _se(loss), "x0_mse": float(err.mean()), "x0_mse_se": _se(err), "n": n})
+        rows.append(
+            {
+                "t_lo": lo,
+                "t_hi": hi - 1,
+                "t_mid": (lo + hi - 1) / 2,
+                "loss": float(loss.mean()),
+                "loss_se": _se(loss),
+                "x0_mse": float(err.mean()),
+                "x0_mse_se": _se(err),
+                "n": n,
+            }
+        )
     return rows

@@ -40,8 +40,15 @@ class Trajectory:
         """The trajectories of some of the images (all steps)."""
         g = None if self.guidance is None else self.guidance[:, index]
         return Trajectory(
-            self.labels[index], [self.seeds[int(i)] for i in index], self.timesteps, self.alpha_bar,
-            self.input_scale, self.x_t[:, index], self.x0[:, index], g, self.final[index],
+            self.labels[index],
+            [self.seeds[int(i)] for i in index],
+            self.timesteps,
+            self.alpha_bar,
+            self.input_scale,
+            self.x_t[:, index],
+            self.x0[:, index],
+            g,
+            self.final[index],
         )
 
 
@@ -67,7 +74,8 @@ def scheduler_x0(scheduler: SchedulerMixin, info: StepInfo) -> torch.Tensor:
     others return it as `pred_original_sample`, which the pipeline passes on in StepInfo.
     """
     if isinstance(scheduler, DPMSolverMultistepScheduler) and scheduler.config.algorithm_type in (
-        "dpmsolver++", "sde-dpmsolver++",
+        "dpmsolver++",
+        "sde-dpmsolver++",
     ):
         return scheduler.model_outputs[-1].detach().clone()
     return info.x0_pred.detach().clone()
@@ -100,21 +108,34 @@ class _Recorder:
         self.x_t.append(info.x_t.detach().cpu().clone())
         self.x0.append(scheduler_x0(self.scheduler, info).cpu())
         if info.eps_cond is not None and info.eps_uncond is not None:
-            self.guidance.append(epsilon_difference(info.eps_cond, info.eps_uncond, a, self.prediction_type).cpu())
+            self.guidance.append(
+                epsilon_difference(info.eps_cond, info.eps_uncond, a, self.prediction_type).cpu()
+            )
 
 
 def record_trajectories(
-    pipe: ClassConditionalPipeline, labels: torch.Tensor, seeds: list[int], num_inference_steps: int,
-    guidance_scale: float, batch_size: int,
+    pipe: ClassConditionalPipeline,
+    labels: torch.Tensor,
+    seeds: list[int],
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int,
 ) -> Trajectory:
     """Sample with `pipe` (its own sampler), in batches, keeping every step of every image."""
     parts: list[_Recorder] = []
     finals = []
     for i in range(0, len(labels), batch_size):
         rec = _Recorder(pipe.scheduler, pipe.prediction_type)
-        finals.append(pipe(labels=labels[i : i + batch_size], seeds=seeds[i : i + batch_size],
-                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, on_step=rec,
-                           with_uncond=True).images)
+        finals.append(
+            pipe(
+                labels=labels[i : i + batch_size],
+                seeds=seeds[i : i + batch_size],
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                on_step=rec,
+                with_uncond=True,
+            ).images
+        )
         parts.append(rec)
     first = parts[0]
     has_guidance = all(len(p.guidance) == len(p.x_t) for p in parts)
