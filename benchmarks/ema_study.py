@@ -94,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in sorted(snaps.saved):
         for weights, state in snaps.saved[step].items():
             pipe.unet.load_state_dict(state)
-            x = pipe(
-                labels=labels,
-                seeds=seeds,
-                num_inference_steps=cfg.sampler.steps,
-                guidance_scale=cfg.sampler.guidance_scale,
-                batch_size=cfg.sampler.batch_size,
-            ).images
+            x = pipe.sample_as_configured(cfg.sampler, labels=labels, seeds=seeds).images
             j = judge(evaluator, x)
             row: dict[str, Any] = {
                 "step": step,

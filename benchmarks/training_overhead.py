@@ -39,7 +39,7 @@ from diffaudit.diffusion.lit_module import DiffusionModule
 from diffaudit.diffusion.parameterization import training_target
 from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.models.unet import build_unet
-from diffaudit.training.diffusion_training import build_trainer, make_loaders
+from diffaudit.training.diffusion_training import build_module, build_trainer, make_loaders
 
 TARGET_RATIO = 1.05
 
@@ -259,15 +259,7 @@ def measure(
     """Interleaved Lightning vs bare timings over `steps` steps in segments of `segment`."""
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
     torch.manual_seed(cfg.seed)
-    module = DiffusionModule(
-        model=cfg.model.model_dump(),
-        diffusion=cfg.diffusion.model_dump(),
-        train=cfg.train.model_dump(),
-        image_size=meta.image_size,
-        channels=meta.channels,
-        num_classes=meta.num_classes,
-        config_hash="bench",
-    )
+    module = build_module(cfg, meta, config_hash="bench")
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
     bare = BareLoop(cfg, meta, train, val, module.unet, device)
     flops = bare.step_flops()

@@ -34,14 +34,11 @@ def _generator(cfg: Config, layout: Layout) -> Generate:
         return ClassConditionalPipeline.from_exported(layout.diffusion, cfg.sampler.name)
 
     def draw(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        return pipe()(
-            labels=labels,
-            seeds=seeds,
-            num_inference_steps=cfg.sampler.steps,
-            guidance_scale=cfg.sampler.guidance_scale,
-            batch_size=cfg.sampler.batch_size,
-            progress=progress_enabled(),
-        ).images
+        return (
+            pipe()
+            .sample_as_configured(cfg.sampler, labels=labels, seeds=seeds, progress=progress_enabled())
+            .images
+        )
 
     return draw
 

@@ -26,13 +26,8 @@ def main(cfg: Config) -> None:
         seeds = sample_seeds(cfg.seed, len(labels))
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        images = pipe(
-            labels=labels,
-            seeds=seeds,
-            num_inference_steps=cfg.sampler.steps,
-            guidance_scale=cfg.sampler.guidance_scale,
-            batch_size=cfg.sampler.batch_size,
-            progress=progress_enabled(),
+        images = pipe.sample_as_configured(
+            cfg.sampler, labels=labels, seeds=seeds, progress=progress_enabled()
         ).images
         seconds = time.perf_counter() - t0
         save_tensors(

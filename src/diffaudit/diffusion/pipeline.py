@@ -21,6 +21,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
+from diffaudit.config.eval_schema import SamplerCfg
 from diffaudit.diffusion.parameterization import eps_from_x0, to_x0_eps
 from diffaudit.diffusion.sampling import StepInfo, guided_output, initial_noise
 from diffaudit.diffusion.schedulers import SAMPLERS, build_sampler
@@ -145,6 +146,27 @@ class ClassConditionalPipeline(DiffusionPipeline):
     def num_classes(self) -> int:
         """The number of real classes (the null class excluded)."""
         return self.null_class
+
+    def sample_as_configured(
+        self, settings: SamplerCfg, *, labels: torch.Tensor, seeds: Sequence[int], progress: bool = False
+    ) -> ClassConditionalPipelineOutput:
+        r"""
+        The run's own sampling (the `sampler` config group's steps, guidance scale and batch size).
+
+        Args:
+            settings ([`SamplerCfg`]):
+                The composed config's `sampler` section (its `name` chose this pipeline's scheduler).
+            labels (`torch.Tensor`), seeds (`Sequence[int]`), progress (`bool`):
+                As in [`~ClassConditionalPipeline.__call__`].
+        """
+        return self(
+            labels=labels,
+            seeds=seeds,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            batch_size=settings.batch_size,
+            progress=progress,
+        )
 
     @torch.no_grad()
     def __call__(

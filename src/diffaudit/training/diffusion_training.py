@@ -142,6 +142,19 @@ def build_trainer(
     return trainer
 
 
+def build_module(cfg: Config, meta: DataMeta, config_hash: str) -> DiffusionModule:
+    """The Lightning module for this config and data (fresh weights from the seeded RNG)."""
+    return DiffusionModule(
+        model=cfg.model.model_dump(),
+        diffusion=cfg.diffusion.model_dump(),
+        train=cfg.train.model_dump(),
+        image_size=meta.image_size,
+        channels=meta.channels,
+        num_classes=meta.num_classes,
+        config_hash=config_hash,
+    )
+
+
 def train_diffusion(
     cfg: Config,
     train: Split,
@@ -161,15 +174,7 @@ def train_diffusion(
     resume = resume_path(ckpt_dir, expected)
     if resume is None and cfg.train.resume_from:
         resume = explicit_resume(cfg.train.resume_from, expected)
-    module = DiffusionModule(
-        model=cfg.model.model_dump(),
-        diffusion=cfg.diffusion.model_dump(),
-        train=cfg.train.model_dump(),
-        image_size=meta.image_size,
-        channels=meta.channels,
-        num_classes=meta.num_classes,
-        config_hash=expected,
-    )
+    module = build_module(cfg, meta, config_hash=expected)
     train_dl, val_dl = make_loaders(train, val, cfg)
     trainer = build_trainer(cfg, ckpt_dir, logger, progress, extra_callbacks)
     if resume is not None and trainer.is_global_zero:
