@@ -17,7 +17,7 @@ from mlflow.entities import Run
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config
 from diffaudit.layout import Layout
-from diffaudit.models.export import exported_unet_config
+from diffaudit.models.export import exported_unet_config, model_fingerprint
 from diffaudit.release.promote import register_and_decide
 from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
@@ -90,7 +90,9 @@ def main(cfg: Config) -> None:
             # The evaluator judges conditional accuracy and, by default, spans FID's feature space: a champion
             # measured by another one (new data retrains it) has incomparable numbers.
             evaluator = layout.evaluator
-            space = f"{cfg.eval.feature}+evaluator:{path_md5(evaluator)}" if evaluator.is_dir() else None
+            space = (
+                f"{cfg.eval.feature}+evaluator:{model_fingerprint(evaluator)}" if evaluator.is_dir() else None
+            )
             record = register_and_decide(
                 cfg,
                 release,

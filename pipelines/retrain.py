@@ -21,7 +21,8 @@ from diffaudit.config.compose import compose_config, write_params
 from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config, load_params
 from diffaudit.errors import ConfigError, ResultFileError
-from diffaudit.release.policy import Comparison, compare
+from diffaudit.layout import Layout
+from diffaudit.release.policy import compare
 from diffaudit.release.promote import revoke
 from diffaudit.report.html import mark_revoked
 from diffaudit.results import (
@@ -80,7 +81,7 @@ def baseline_metrics(rev: str, release: ReleaseCfg) -> dict[str, float | None] |
 def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool, list[str]]:
     """(released, lines to print) from reports/release.json and, when asked, the baseline revision."""
     release = release_config(cfg)
-    path = Path(cfg.paths.reports) / ReleaseSummary.FILE
+    path = Layout.of(cfg).release
     if not path.is_file():
         return False, [f"no {path}: the report stage has not run"]
     summary = read_result(path, ReleaseSummary)
@@ -106,12 +107,12 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
         if old is None:
             lines.append(f"  - baseline {baseline_rev}: metrics unavailable, not compared")
         else:
-            results = load_results(cfg.paths.metrics)
-            new = {s.metric: metric_value(results, s.metric) for s in release.compare}
-            results: list[Comparison] = compare(new, old, release.compare, against=baseline_rev)
-            for c in results:
+            run = load_results(Layout.of(cfg).metrics_dir)
+            new = {s.metric: metric_value(run, s.metric) for s in release.compare}
+            comparisons = compare(new, old, release.compare, against=baseline_rev)
+            for c in comparisons:
                 lines.append(f"  - {c.note}")
-            failed = [c.note for c in results if not c.ok]
+            failed = [c.note for c in comparisons if not c.ok]
             if failed:
                 if released and record is not None:
                     _revoke(cfg, summary, failed)
@@ -133,9 +134,9 @@ def _revoke(cfg: Config, summary: ReleaseSummary, reasons: list[str]) -> None:
     record.promoted, record.champion_version = False, record.previous_champion_version
     record.reasons = record.reasons + reasons
     summary.promoted, summary.revoked = False, reasons
-    reports = Path(cfg.paths.reports)
-    write_result(reports / ReleaseSummary.FILE, summary)
-    html, card = reports / "audit.html", reports / "MODEL_CARD.md"
+    layout = Layout.of(cfg)
+    write_result(layout.release, summary)
+    html, card = layout.report_html, layout.model_card
     if html.is_file():
         write_text(html, mark_revoked(html.read_text(), reasons))
     if card.is_file():
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = os.environ.get("DIFFAUDIT_PIPELINE_ID")
             if rc != 0:
                 cfg = load_params(args.params)
-                gates = Path(cfg.paths.metrics) / GatesResult.FILE
+                gates = Layout.of(cfg).gates
                 why = (
                     " (a release gate failed and audit.fail_on_gate stopped it: see " + str(gates) + ")"
                     if gates.is_file() and not read_result(gates, GatesResult).passed

@@ -397,13 +397,6 @@ def test_metric_value_resolves_through_the_models(real_files: dict[str, Path]) -
             metric_value(results, bad)
 
 
-def test_release_record_lives_in_results() -> None:
-    from diffaudit.release import promote
-    from diffaudit.results.release import ReleaseRecord
-
-    assert promote.ReleaseRecord is ReleaseRecord
-
-
 # ---- consumers ---------------------------------------------------------------------------------------
 
 

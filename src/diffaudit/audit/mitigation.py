@@ -58,9 +58,8 @@ def balanced_selection(
             short = want[c] - have
             room = budget[c] - len(a)
             if (short > 0).any() and room > 0:
-                share = (have + 1.0) / (
-                    len(a) + 2.0
-                )  # Laplace: a group never seen still gets a finite estimate
+                # Laplace: a group never seen still gets a finite estimate
+                share = (have + 1.0) / (len(a) + 2.0)
                 request[c] = int(min(room, math.ceil(float(np.max(np.where(short > 0, short / share, 0.0))))))
         if not request:
             break

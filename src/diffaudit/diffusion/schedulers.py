@@ -50,7 +50,7 @@ def build_sampler(name: str, train_config: dict[str, Any]) -> SchedulerMixin:
             lower_order_final=True,
         )
     if name == "euler":
-        # Euler has no clipping option of its own: sampling.py clips the x0-prediction and hands Euler the
-        # matching epsilon, so Euler is configured for epsilon whatever the model was trained to predict.
+        # Euler has no clipping option of its own: diffusion/pipeline.py clips the x0-prediction and hands
+        # Euler the matching epsilon, so Euler is configured for epsilon whatever the model predicts.
         return EulerDiscreteScheduler.from_config(train_config, prediction_type="epsilon")
     raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")

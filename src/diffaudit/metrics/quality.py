@@ -68,19 +68,6 @@ def _accuracy_report(
     )
 
 
-def conditional_accuracy(
-    evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]
-) -> tuple[float, dict[str, float]]:
-    """Share of generated images the evaluator assigns to their conditioning class (overall, per class)."""
-    hits = class_hits(evaluator, images, labels)
-    per_class = {
-        name: float(hits[labels == c].double().mean())
-        for c, name in enumerate(class_names)
-        if (labels == c).any()
-    }
-    return float(hits.double().mean()), per_class
-
-
 def _kid_full_ci(ref: torch.Tensor, gen: torch.Tensor, reps: int, seed: int) -> Interval | None:
     """Bootstrap interval of the unbiased MMD^2 (KID's kernel) over the full sets, in bounded memory."""
     if reps <= 0:

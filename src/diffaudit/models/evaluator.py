@@ -17,6 +17,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from diffaudit.models.export import WEIGHTS_NAME
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.SiLU())
@@ -62,8 +64,9 @@ class Evaluator(ModelMixin, ConfigMixin):
         the same path whether or not accelerate is installed, and no warning when it is not.
         """
         model_dir = Path(pretrained_model_name_or_path)
-        if not (model_dir / cls.config_name).is_file():
-            raise FileNotFoundError(f"{model_dir}/{cls.config_name} not found: run the evaluator stage first")
+        for name in (cls.config_name, WEIGHTS_NAME):
+            if not (model_dir / name).is_file():  # also an evaluator saved before diffaudit 0.1's format
+                raise FileNotFoundError(f"{model_dir}/{name} not found: run the evaluator stage first")
         kwargs = {"low_cpu_mem_usage": False} | kwargs | {"local_files_only": True}
         return super().from_pretrained(model_dir, **kwargs)
 

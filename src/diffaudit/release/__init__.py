@@ -1,1 +1,2 @@
-"""The release rule, apart from where versions are stored (tracking/registry.py applies it in MLflow)."""
+"""The release rule: `policy` (pure compare and decide) and `promote` (the rule applied in the MLflow
+registry, through tracking/registry.py's primitives)."""

@@ -1,7 +1,7 @@
 """The release rule as pure functions: compare a candidate's metrics with the champion's, and decide.
 
 `champion` moves to a candidate only when every gate passes and it is no worse than the current
-champion beyond the configured tolerance. No MLflow here: tracking/registry.py applies the decision.
+champion beyond the configured tolerance. No MLflow here: release/promote.py applies the decision.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from diffaudit.results.files import measured_by_evaluator
 from diffaudit.results.gates import GatesResult
 from diffaudit.results.release import Comparison
 from diffaudit.utils.format import fmt_num
-
-__all__ = ["Comparison", "Decision", "allowed_bound", "compare", "decide"]
 
 
 @dataclass
@@ -103,7 +101,7 @@ def decide(
     reasons: list[str] = []
     if gates is None:
         if release.require_gates:
-            reasons.append(f"gates not run: no metrics/{GatesResult.FILE} (release.require_gates)")
+            reasons.append(f"gates not run: no {GatesResult.FILE} (release.require_gates)")
     elif not gates.passed:
         reasons += [entry.describe(name) for name, entry in gates.failed_gates().items()]
     regressions = [c.note for c in comparisons if not c.ok]

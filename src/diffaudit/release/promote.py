@@ -25,9 +25,6 @@ from diffaudit.tracking.registry import (
     version_metrics,
 )
 
-# ReleaseRecord (the `record` of reports/release.json) is typed in results.release; re-exported here.
-__all__ = ["ReleaseRecord", "register_and_decide", "revoke"]
-
 
 def register_and_decide(
     cfg: Config,

@@ -343,7 +343,7 @@ def _fairness_distributions(f: FairnessResult) -> str:
 
 
 def _section_body(sec: Section, data: ResultFile | None, content: RunContent, max_images: int) -> str:
-    root = Path(content.cfg.paths.metrics).parent
+    root = Layout.of(content.cfg).metrics_dir.parent
     body = ""
     if data is None:
         body += f'<p class="muted">{escape(sec.metrics_file or "")} not found; figures only.</p>'

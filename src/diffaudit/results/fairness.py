@@ -1,6 +1,7 @@
 """metrics/fairness.json: audit/fairness_report.py `fairness_report` (representation from audit/fairness.py,
 bias amplification from audit/bias.py, per-group quality from audit/per_group.py), the mitigation section
-built by the audit stage (pipelines/audit.py `_mitigate`) and the stage's `seconds`."""
+(audit/model_audit.py `_mitigate`) and the audit's `seconds` (its inputs loaded; the work of
+audit/model_audit.py `audit_model`)."""
 
 from __future__ import annotations
 

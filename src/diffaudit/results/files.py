@@ -56,9 +56,6 @@ class RunResults:
     def get(self, stem: str) -> ResultFile | None:
         return getattr(self, stem) if stem in {f.name for f in fields(self)} else None
 
-    def present(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
 
 def load_results(metrics_dir: str | Path) -> RunResults:
     """Read every metrics file that exists, strictly (a malformed one raises ResultFileError)."""
@@ -146,5 +143,5 @@ def measured_by_evaluator(name: str) -> bool:
     stem, _, key = name.partition(".")
     return not (
         stem in (QualityResult.stem(), SamplerStudyResult.stem())
-        and space_of(key.rpartition(".")[2]) == "inception"
+        and any(space_of(part) == "inception" for part in key.split("."))
     )
