@@ -11,10 +11,9 @@ from diffaudit.data.prepare import (
     data_card,
     load_raw,
     stratified_split,
-    to_model_tensor,
     validate,
 )
-from diffaudit.data.store import save_prepared
+from diffaudit.data.store import save_prepared, to_model_tensor
 from diffaudit.layout import Layout
 from diffaudit.results import DataResult, write_result
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run

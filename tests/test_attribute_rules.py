@@ -17,8 +17,8 @@ from diffaudit.audit.attribute_rules import (
 from diffaudit.audit.fairness_report import Judged
 from diffaudit.data.attributes import add_derived_attributes
 from diffaudit.data.digits import load_digits
-from diffaudit.data.prepare import stratified_split, to_model_tensor
-from diffaudit.data.store import DataMeta, Split
+from diffaudit.data.prepare import stratified_split
+from diffaudit.data.store import DataMeta, Split, to_model_tensor
 from diffaudit.errors import DataError
 
 

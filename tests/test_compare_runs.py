@@ -29,3 +29,17 @@ def test_compare_dirs_reports_missing_files_and_exits_1(tmp_path: Path) -> None:
     (a / "gates.json").write_text('{"passed": true}')
     assert compare_dirs(a, b) == {"gates.json": ["only in A"], "quality.json": []}
     assert main([str(a), str(b)]) == 1
+
+
+def test_the_study_best_is_left_to_the_clock_and_nothing_else(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    study = {"best": {"sampler": "euler", "nfe": 10}, "fewest_nfe_to_target": {"euler": 10, "ddim": 10}}
+    (a / "sampler_study.json").write_text(json.dumps(study))
+    (b / "sampler_study.json").write_text(json.dumps(study | {"best": {"sampler": "ddim", "nfe": 10}}))
+    assert compare_dirs(a, b) == {"sampler_study.json": []}
+    (b / "sampler_study.json").write_text(json.dumps(study | {"fewest_nfe_to_target": {"euler": 20}}))
+    assert compare_dirs(a, b)["sampler_study.json"] == [
+        "fewest_nfe_to_target.ddim: only in A",
+        "fewest_nfe_to_target.euler: 10 != 20",
+    ]

@@ -15,10 +15,9 @@ from diffaudit.data.prepare import (
     data_card,
     load_raw,
     stratified_split,
-    to_model_tensor,
     validate,
 )
-from diffaudit.data.store import load_meta, load_split, save_prepared
+from diffaudit.data.store import load_meta, load_split, save_prepared, to_model_tensor
 from diffaudit.data.types import RawDataset
 from diffaudit.errors import DataError
 

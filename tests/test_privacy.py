@@ -16,7 +16,7 @@ from diffaudit.audit.privacy import (
     two_nearest,
 )
 from diffaudit.data.digits import load_digits
-from diffaudit.data.prepare import to_model_tensor
+from diffaudit.data.store import to_model_tensor
 
 
 @pytest.fixture(scope="module")

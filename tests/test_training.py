@@ -105,3 +105,41 @@ def test_evaluator_round_trips_in_diffusers_format(tmp_path) -> None:
     assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(FileNotFoundError, match="run the evaluator stage first"):
         Evaluator.from_pretrained(tmp_path / "missing", use_safetensors=True)
+
+
+def test_an_old_format_evaluator_folder_is_a_one_line_error(tmp_path) -> None:
+    """A folder written before the diffusers format (config.json beside model.safetensors) names the
+    missing weights file and the stage to run, instead of diffusers' OSError."""
+    import pytest
+
+    from diffaudit.models.evaluator import Evaluator
+
+    old = tmp_path / "evaluator"
+    old.mkdir()
+    (old / "config.json").write_text('{"channels": 1, "num_classes": 3, "attribute_sizes": {}, "width": 4}')
+    (old / "model.safetensors").write_bytes(b"")
+    with pytest.raises(
+        FileNotFoundError, match=r"diffusion_pytorch_model\.safetensors not found: run the evaluator"
+    ):
+        Evaluator.from_pretrained(old, use_safetensors=True)
+
+
+def test_the_evaluator_fingerprint_ignores_only_diffusers_bookkeeping(tmp_path) -> None:
+    import json
+
+    from diffaudit.models.evaluator import Evaluator
+    from diffaudit.models.export import model_fingerprint
+
+    torch.manual_seed(0)
+    Evaluator(1, 3, {"a": 2}, width=4).save_pretrained(tmp_path / "e", safe_serialization=True)
+    before = model_fingerprint(tmp_path / "e")
+    cfg_path = tmp_path / "e" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"_diffusers_version": "9.9.9"}))
+    assert model_fingerprint(tmp_path / "e") == before  # a library upgrade rewrote its version stamp
+    cfg_path.write_text(json.dumps(cfg | {"width": 8}))
+    assert model_fingerprint(tmp_path / "e") != before  # another architecture
+    torch.manual_seed(1)
+    cfg_path.write_text(json.dumps(cfg))
+    Evaluator(1, 3, {"a": 2}, width=4).save_pretrained(tmp_path / "e", safe_serialization=True)
+    assert model_fingerprint(tmp_path / "e") != before  # other weights

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from diffaudit.config.schema import BiasCfg, DataCfg
 from diffaudit.data.attributes import add_derived_attributes
@@ -83,7 +81,7 @@ def stratified_split(
     ds: RawDataset, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, RawDataset]:
     """Deterministic train/val/test split, stratified by class (and first attribute where possible)."""
-    from sklearn.model_selection import train_test_split  # here: every stage imports this module via store
+    from sklearn.model_selection import train_test_split  # lazily: a heavy import only this needs
 
     idx = np.arange(len(ds))
     strata = ds.labels.copy()
@@ -127,14 +125,6 @@ def apply_bias(ds: RawDataset, bias: BiasCfg, seed: int) -> RawDataset:
     kept = rng.choice(hit_idx, n_keep, replace=False) if n_keep else np.array([], dtype=np.int64)
     keep = np.sort(np.concatenate([np.flatnonzero(~hit), kept]))
     return ds.subset(keep)
-
-
-def to_model_tensor(images: np.ndarray, size: int) -> torch.Tensor:
-    """[0, 1] images -> float32 tensor resized to size x size (antialiased bilinear) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
 
 
 def data_card(splits: dict[str, RawDataset]) -> dict:

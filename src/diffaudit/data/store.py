@@ -5,14 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from diffaudit.data.prepare import to_model_tensor
 from diffaudit.data.types import RawDataset
 from diffaudit.utils.io import load_tensors, read_json, save_tensors, write_json
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"  # names, sizes and source, beside one safetensors file per split
+
+
+def to_model_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """[0, 1] images -> float32 tensor resized to size x size (antialiased bilinear) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
 
 
 @dataclass
