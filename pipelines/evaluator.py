@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import mlflow
-
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.layout import Layout
@@ -29,13 +27,8 @@ def main(cfg: Config) -> None:
             for k, v in report.items()
         }
         write_result(layout.evaluator_metrics, EvaluatorResult.model_validate(result))
-        if mlflow.active_run():
-            for h in history:  # curves: one metric history per quantity, step = epoch
-                mlflow.log_metrics(
-                    {"train_loss": h["train_loss"], "val_class_accuracy": h["val_class_accuracy"]},
-                    step=h["epoch"],
-                )
         log_outputs(
+            curves={q: {h["epoch"]: h[q] for h in history} for q in ("train_loss", "val_class_accuracy")},
             metrics={k: v["accuracy"] for k, v in report.items()},
             prefix="test_accuracy.",
             files=[layout.evaluator_metrics],

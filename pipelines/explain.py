@@ -3,12 +3,6 @@ attributions, loss by timestep, coarse-to-fine spectrum); writes metrics/explain
 
 from __future__ import annotations
 
-import time
-
-import mlflow
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
-
 from diffaudit.audit.explain import explain_model
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
@@ -20,21 +14,6 @@ from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_gif
 from diffaudit.utils.io import write_text, write_with
 from pipelines._stage import run
-
-
-def _log_step_metrics(series: dict[str, list[float]]) -> None:
-    """Per-step curves as MLflow metric histories (x axis = sampling step), in one batched call."""
-    if not mlflow.active_run():
-        return
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(f"explain.step.{name}", float(v), now, i)
-        for name, values in series.items()
-        for i, v in enumerate(values)
-    ]
-    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
 def main(cfg: Config) -> None:
@@ -62,12 +41,13 @@ def main(cfg: Config) -> None:
         for name, text in result.tables.items():
             write_text(tables[name], text)
         write_result(layout.explain, result.metrics)
-        _log_step_metrics(result.step_metrics)
         log_outputs(
             metrics=result.metrics.dump(exclude={"sampler"}),
             prefix="explain.",
             files=[layout.explain],
             folders={"explain": fig_dir},
+            # per-step curves (x axis: the sampling step)
+            curves={f"explain.step.{name}": dict(enumerate(v)) for name, v in result.step_metrics.items()},
         )
         log_outputs(files=tables.values(), artifact_path="explain")
         m = result.metrics

@@ -3,7 +3,6 @@ counts and guidance scales (eval.study); writes metrics/sampler_study.json and p
 
 from __future__ import annotations
 
-import mlflow
 import torch
 
 from diffaudit.config.schema import Config
@@ -52,12 +51,12 @@ def main(cfg: Config) -> None:
         )
         write_result(layout.sampler_study, result)
         write_study_outputs(result, layout.sampler_study_plots)
-        _log_curves(result)
         log_outputs(
             metrics={"floor": result.floor.dump(), "seconds": result.seconds},
             prefix="study.",
             files=[layout.sampler_study],
             folders={"sampler_study": layout.sampler_study_plots},
+            curves=_curves(result),
         )
         best = result.best
         verdict = (
@@ -71,27 +70,24 @@ def main(cfg: Config) -> None:
         )
 
 
-def _log_curves(result: SamplerStudyResult) -> None:
-    """Curves as step-wise MLflow metrics (step = NFE, or guidance x 100)."""
-    if not mlflow.active_run():
-        return
+def _curves(result: SamplerStudyResult) -> dict[str, dict[int, float]]:
+    """The study as metric histories: step = NFE for each sampler, guidance x 100 for the guidance sweep."""
     fid = space_key("fid", result.feature_space)
+    curves: dict[str, dict[int, float]] = {}
     for s, pts in result.nfe_sweep.items():
         for m in pts.values():
-            mlflow.log_metrics(
-                {
-                    f"study.{s}.{fid}": m.space_value("fid"),
-                    f"study.{s}.fid_over_floor": m.fid_over_floor,
-                    f"study.{s}.conditional_accuracy": m.conditional_accuracy,
-                    f"study.{s}.seconds": m.seconds,
-                },
-                step=m.nfe,
-            )
+            for name, value in (
+                (fid, m.space_value("fid")),
+                ("fid_over_floor", m.fid_over_floor),
+                ("conditional_accuracy", m.conditional_accuracy),
+                ("seconds", m.seconds),
+            ):
+                curves.setdefault(f"study.{s}.{name}", {})[m.nfe] = value
     for m in result.guidance_sweep.points.values():
-        mlflow.log_metrics(
-            {"study.guidance.precision": m.precision, "study.guidance.recall": m.recall},
-            step=round(m.guidance_scale * 100),
-        )
+        step = round(m.guidance_scale * 100)
+        curves.setdefault("study.guidance.precision", {})[step] = m.precision
+        curves.setdefault("study.guidance.recall", {})[step] = m.recall
+    return curves
 
 
 if __name__ == "__main__":

@@ -85,3 +85,32 @@ def test_unreachable_server_fails_within_seconds() -> None:
     with pytest.raises(TrackingError, match=f"127.0.0.1:{port}.*unreachable"):
         check_reachable(f"http://127.0.0.1:{port}", timeout=3)
     assert time.monotonic() - start < 10
+
+
+def test_log_outputs_writes_metrics_curves_files_and_tags_in_one_call(tmp_path, monkeypatch) -> None:
+    from diffaudit.tracking.mlflow_tracking import log_outputs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test, as is the global below
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
+    log_outputs(metrics={"a": 1.0})  # outside a run (another rank): nothing, no error
+    (tmp_path / "f.json").write_text("{}")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "p.png").write_bytes(b"png")
+    mlflow.set_experiment("curves")
+    with mlflow.start_run() as run:
+        curve = {i: 0.5 * i for i in range(1500)}  # more than one MLflow batch
+        log_outputs(
+            metrics={"q": {"fid": 2.0, "name": "skipped: not a number"}},
+            prefix="x.",
+            curves={"loss": curve},
+            files=[tmp_path / "f.json"],
+            folders={"figs": tmp_path / "plots"},
+            tags={"t": "v"},
+        )
+    client = MlflowClient()
+    done = client.get_run(run.info.run_id)
+    assert done.data.metrics == {"x.q.fid": 2.0, "loss": 0.5 * 1499} and done.data.tags["t"] == "v"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == sorted(curve.items())
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"f.json", "figs"}

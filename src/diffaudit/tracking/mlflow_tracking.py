@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
@@ -207,17 +208,34 @@ def log_outputs(
     folders: Mapping[str, str | Path] | None = None,
     artifact_path: str | None = None,
     tags: Mapping[str, str] | None = None,
+    curves: Mapping[str, Mapping[int, float]] | None = None,
 ) -> None:
     """What a stage leaves in its MLflow run, in one call: every numeric leaf of `metrics` (dotted names
-    after `prefix`), `files` as artifacts (under `artifact_path`), each folder under its artifact name,
-    and tags. Does nothing outside a run (ranks other than 0), so stages call it unconditionally."""
+    after `prefix`), `curves` as metric histories (name -> {step: value}, the dashboard's line charts),
+    `files` as artifacts (under `artifact_path`), each folder under its artifact name, and tags. Does
+    nothing outside a run (ranks other than 0), so stages call it unconditionally."""
     if not mlflow.active_run():
         return
     if metrics:
         log_metrics_flat(dict(metrics), prefix=prefix)
+    if curves:
+        _log_curves(curves)
     for f in files:
         mlflow.log_artifact(str(f), artifact_path)
     for name, folder in (folders or {}).items():
         mlflow.log_artifacts(str(folder), name)
     if tags:
         mlflow.set_tags(dict(tags))
+
+
+def _log_curves(curves: Mapping[str, Mapping[int, float]]) -> None:
+    """Metric histories in batched calls (MLflow takes at most 1000 metrics per batch)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts.items()
+    ]
+    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
