@@ -4,8 +4,6 @@ outputs, metrics, MLflow runs, and DVC's cache (a sampler change reruns only wha
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.config import ROOT
+from benchmarks.end_to_end import copy_repo
 
 pytestmark = pytest.mark.slow
-
-VENV_BIN = Path(sys.executable).parent
 
 
 def _sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -29,36 +25,10 @@ def _sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1500) -> 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A copy of the project's tracked (and unignored) files as a fresh git repo, smoke config as default."""
+    """A copy of the project's tracked (and unignored) files as a fresh git repo, smoke config as default
+    (the benchmark's own copy, so both run the same repository)."""
     repo = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
-    config = repo / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: smoke"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIFFAUDIT_", "DVC_"))}
-    env |= {
-        "PATH": f"{VENV_BIN}:{env['PATH']}",
-        "PYTHONPATH": str(repo / "src"),
-        "DIFFAUDIT_PROGRESS": "0",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    _sh(["git", "init", "-q", "-b", "main"], repo, env)
-    _sh([sys.executable, "-m", "pipelines.compose"], repo, env)
-    _sh(["git", "add", "-A"], repo, env)
-    _sh(["git", "commit", "-qm", "init"], repo, env)
-    return repo, env
+    return repo, copy_repo(repo)
 
 
 def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
