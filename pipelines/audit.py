@@ -19,6 +19,7 @@ from diffaudit.errors import GateFailedError
 from diffaudit.layout import Layout
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import QualityResult, read_result, write_result
+from diffaudit.results.gates import CROSSING_NOTE
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_png
 from diffaudit.utils.io import load_tensors, write_text
@@ -102,7 +103,7 @@ def _log(out: AuditOutcome) -> None:
         "fairness.fd_l2_corrected": {h: r.corrected.fd_l2.value for h, r in fairness.representation.items()},
         "memorized_fraction": {s: m.fraction for s, m in privacy.memorization.items()},
         "gate": {
-            v.gate: {"passed": float(v.passed)}
+            v.gate: {"passed": float(v.passed), "ci_crosses_threshold": float(v.crosses)}
             | ({} if v.value is None or v.value != v.value else {"value": float(v.value)})
             for v in out.verdicts
         },
@@ -114,6 +115,7 @@ def _log(out: AuditOutcome) -> None:
             "extra_draws": mit.selection.extra_draws,
         }
     tags = {f"gate.{v.gate}": "pass" if v.passed else "fail" for v in out.verdicts}
+    tags |= {f"gate.{v.gate}.note": CROSSING_NOTE[v.passed] for v in out.verdicts if v.crosses}
     log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates.passed).lower()})
 
 

@@ -10,7 +10,7 @@ from diffaudit.layout import Layout
 from diffaudit.metrics.quality import evaluate_quality
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import Interval, QualityResult, write_result
-from diffaudit.results.quality import SamplerRun
+from diffaudit.results.quality import QualityRow, SamplerRun
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.io import load_tensors, write_text
 from pipelines._stage import run
@@ -58,12 +58,17 @@ def _hi(ci: Interval | None) -> float:
 def summary(result: QualityResult) -> str:
     """One line per metric: value [95% interval] (floor), n."""
 
-    def line(key: str, value: float, ci: Interval | None, floor: float, n: object) -> str:
-        interval = f" [{ci.low:.4g}, {ci.high:.4g}]" if ci else ""
-        return f"  {key}={value:.4g}{interval} (floor {floor:.4g}), n={n}"
+    def line(r: QualityRow) -> str:
+        ci = f" [{r.ci.low:.4g}, {r.ci.high:.4g}] {r.ci.method}" if r.ci else ""
+        value = (
+            f"{r.value:.4g}{ci}"
+            if r.corrected is None
+            else f"{r.value:.4g} (bias-corrected {r.corrected:.4g}{ci})"
+        )
+        return f"  {r.key}={value} (floor {r.floor:.4g}), n={r.n}"
 
-    return "[evaluate] quality (value [95% CI] (real-vs-real floor), n):\n" + "\n".join(
-        line(r.key, r.value, r.ci, r.floor, r.n) for r in result.rows()
+    return "[evaluate] quality (value [95% CI] method (real-vs-real floor), n):\n" + "\n".join(
+        line(r) for r in result.rows()
     )
 
 

@@ -16,9 +16,9 @@ from diffaudit.config.compose import compose_config
 from diffaudit.config.schema import validate_config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.errors import ConfigError
-from diffaudit.metrics.bootstrap import bootstrap_ci, mean_ci
+from diffaudit.metrics.bootstrap import half_indices, half_sample_ci, mean_ci
 from diffaudit.metrics.features import FeatureCache
-from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features
+from diffaudit.metrics.fid import fid_features, kid_features, kid_half_samples
 from diffaudit.metrics.precision_recall import precision_recall
 from diffaudit.metrics.quality import cas_score, class_hits, evaluate_quality, feature_module
 from diffaudit.models.evaluator import Evaluator
@@ -125,24 +125,53 @@ def test_bootstrap_intervals_cover_the_estimate_and_are_reproducible() -> None:
     assert isinstance(ci, Interval)
     assert ci.low < 0.75 < ci.high and ci.high - ci.low < 0.15
     assert mean_ci(hits, reps=300, seed=0) == ci and mean_ci(hits, reps=0, seed=0) is None
+    assert ci.method == "percentile"
     a, b = gaussian(200, 4, seed=14), gaussian(200, 4, mean=0.5, seed=15)
-    fci = bootstrap_ci(fid_features, a, b, reps=50, seed=0)
-    assert fci is not None and fci.low < fid_features(a, b) < fci.high
+    plug_in = fid_features(a, b)
+    out = half_sample_ci(fid_features, plug_in, a, b, reps=50, seed=0)
+    assert out is not None and out == half_sample_ci(fid_features, plug_in, a, b, reps=50, seed=0)
+    corrected, fci = out
+    # The correction lowers the upward-biased plug-in, and the interval holds the corrected estimate.
+    assert corrected < plug_in and fci.low <= corrected <= fci.high and fci.method == "half_sample"
 
 
-def test_kid_bootstrap_from_counts_equals_the_resampled_sets() -> None:
+def test_half_samples_are_drawn_without_replacement() -> None:
+    idx = half_indices(11, reps=30, gen=torch.Generator().manual_seed(0))
+    assert idx.shape == (30, 5)
+    assert all(len(set(row.tolist())) == 5 for row in idx) and int(idx.max()) <= 10
+
+
+def test_kid_half_samples_from_weights_equal_the_subsets() -> None:
     from torchmetrics.image.kid import maximum_mean_discrepancy, poly_kernel
 
-    real, fake = gaussian(60, 5, seed=16), gaussian(45, 5, mean=0.4, seed=17)
-    fast = kid_bootstrap(real, fake, reps=4, seed=3, chunk=7)
+    real, fake = gaussian(60, 5, seed=16), gaussian(46, 5, mean=0.4, seed=17)
+    fast = kid_half_samples(real, fake, reps=4, seed=3, chunk=7)
     # the same draws, done the slow way: index the sets, full kernels, torchmetrics' MMD^2
     gen = torch.Generator().manual_seed(3)
-    i_r, i_g = torch.randint(60, (4, 45), generator=gen), torch.randint(45, (4, 45), generator=gen)
+    i_r, i_g = half_indices(60, 4, gen), half_indices(46, 4, gen)
     for r in range(4):
         x, y = real.double()[i_r[r]], fake.double()[i_g[r]]
-        slow = maximum_mean_discrepancy(poly_kernel(x, x), poly_kernel(x, y), poly_kernel(y, y))
+        assert len(x) != len(y)  # torchmetrics' formula needs equal sizes only for the cross term's mean
+        kxx, kyy, kxy = poly_kernel(x, x), poly_kernel(y, y), poly_kernel(x, y)
+        m, n = len(x), len(y)
+        slow = (
+            (kxx.sum() - kxx.diag().sum()) / (m * (m - 1))
+            + (kyy.sum() - kyy.diag().sum()) / (n * (n - 1))
+            - 2 * kxy.mean()
+        )
         assert float(fast[r]) == pytest.approx(float(slow), rel=1e-9, abs=1e-12)
-    assert torch.allclose(kid_bootstrap(real, fake, reps=4, seed=3, chunk=1000), fast, rtol=1e-12)
+    x, y = real.double()[i_r[0][:23]], fake.double()[i_g[0]]
+    assert float(maximum_mean_discrepancy(poly_kernel(x, x), poly_kernel(x, y), poly_kernel(y, y))) == (
+        pytest.approx(
+            float(
+                (poly_kernel(x, x).sum() - poly_kernel(x, x).diag().sum()) / (23 * 22)
+                + (poly_kernel(y, y).sum() - poly_kernel(y, y).diag().sum()) / (23 * 22)
+                - 2 * poly_kernel(x, y).mean()
+            ),
+            rel=1e-9,
+        )
+    )  # the slow formula is torchmetrics' own at equal sizes
+    assert torch.allclose(kid_half_samples(real, fake, reps=4, seed=3, chunk=1000), fast, rtol=1e-12)
 
 
 class CountingFeatures(torch.nn.Module):
@@ -211,10 +240,13 @@ QUALITY_KEYS = [
     "sampler",
     *(
         f"{m}{s}{t}"
-        for m in ("fid_evaluator", "kid_evaluator", "precision", "recall")
+        for m in ("kid_evaluator", "precision", "recall", "density", "coverage")
         for s in ("", "_floor")
         for t in ("", "_ci")
     ),
+    *(f"fid_evaluator{s}{t}" for s in ("", "_floor") for t in ("", "_debiased", "_debiased_ci")),
+    "vendi_per_class",
+    "vendi_floor_per_class",
     "kid_evaluator_std",
     "kid_evaluator_floor_std",
     *(
@@ -237,11 +269,22 @@ def test_evaluate_stage_writes_every_quality_key(tiny_run) -> None:
     assert sorted(QUALITY_KEYS) == sorted(q)
     assert list(q) == [k for k in QualityResult.model_fields if k in q]  # written in the model's order
     assert q["feature_space"] == "evaluator" and q["n_generated"] == 60 and q["n_images"] == 60
-    for key in ("fid_evaluator", "kid_evaluator", "precision", "recall", "conditional_accuracy", "cas"):
-        for k in (key, f"{key}_floor"):
+    for key in (
+        "fid_evaluator_debiased",
+        "kid_evaluator",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "conditional_accuracy",
+        "cas",
+    ):
+        for k in (key, key.replace("_debiased", "_floor_debiased") if "fid" in key else f"{key}_floor"):
             assert math.isfinite(q[k]), k
             ci = q[f"{k}_ci"]
-            assert ci["low"] <= ci["high"], k
+            assert ci["low"] <= q[k] <= ci["high"], k
+            assert ci["method"] in ("percentile", "half_sample"), k
+    assert sorted(q["vendi_per_class"]) == sorted(q["vendi_floor_per_class"])
     assert q["fid_evaluator_floor"] < q["fid_evaluator"]  # 30 training steps: far from the real images
     assert 0 <= q["precision"] <= 1 and 0 <= q["conditional_accuracy"] <= 1
     meta = load_meta(Path(tiny_run.cfg.paths.data) / "prepared")
@@ -287,7 +330,7 @@ def test_metric_keys_name_the_feature_space(tiny_run) -> None:
     assert isinstance(result, QualityResult) and result.space() == "inception"
     q = result.dump()
     assert q["feature_space"] == "inception" and "fid_inception" in q and "kid_inception_floor" in q
-    assert not any("evaluator" in k for k in q) and q["fid_inception_ci"] is None and "cas" not in q
+    assert not any("evaluator" in k for k in q) and q["fid_inception_debiased_ci"] is None and "cas" not in q
     assert result.space_value("fid_floor") == q["fid_inception_floor"] and not result.has_cas
     assert QualityResult.model_validate(q) == result  # what the stage writes reads back
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from diffaudit.config.audit_schema import GatesCfg
 from diffaudit.results.fairness import FairnessReport
-from diffaudit.results.gates import GateEntry, GatesResult
+from diffaudit.results.gates import CROSSING_NOTE, GateEntry, GatesResult, crosses
 from diffaudit.results.privacy import PrivacyResult
 from diffaudit.results.quality import QualityResult, space_key
 
@@ -26,6 +26,10 @@ GATES: dict[str, tuple[str, str]] = {
 }
 
 
+# What a gate reads: (value, what it is) or (value, what it is, the interval of the gated statistic).
+Measured = tuple[float | None, str] | tuple[float | None, str, list[float] | None]
+
+
 @dataclass(frozen=True)
 class Verdict:
     gate: str
@@ -34,25 +38,34 @@ class Verdict:
     op: str
     passed: bool
     source: str  # what was measured (e.g. "thickness, corrected, fd_l2, estimate")
+    ci: list[float] | None = None  # the interval of the gated statistic, where it has one
+
+    @property
+    def crosses(self) -> bool:
+        """Whether the interval reaches both sides of the threshold: the verdict rests on the estimate."""
+        return crosses(self.ci, self.threshold)
 
     def message(self) -> str:
         v = "not measured" if self.value is None or math.isnan(self.value) else f"{self.value:.4g}"
         state = "passed" if self.passed else "FAILED"
-        return f"gate {self.gate} {state}: value {v} (must be {self.op} {self.threshold:g}; {self.source})"
+        note = f"; {CROSSING_NOTE[self.passed]}" if self.crosses else ""
+        return (
+            f"gate {self.gate} {state}: value {v} (must be {self.op} {self.threshold:g}; {self.source}){note}"
+        )
 
 
-def evaluate_gates(cfg: GatesCfg, measured: dict[str, tuple[float | None, str]]) -> list[Verdict]:
-    """One verdict per configured gate; `measured` maps gate name -> (value, what it is)."""
+def evaluate_gates(cfg: GatesCfg, measured: dict[str, Measured]) -> list[Verdict]:
+    """One verdict per configured gate; `measured` maps gate name -> (value, what it is[, interval])."""
     verdicts = []
     for gate, (key, op) in GATES.items():
         threshold = getattr(cfg, key)
         if threshold is None:
             continue
-        value, source = measured.get(gate, (None, "not measured"))
+        value, source, ci = (*measured.get(gate, (None, "not measured")), None)[:3]
         ok = value is not None and not math.isnan(value)
         if ok:
             ok = value >= threshold if op == ">=" else value <= threshold
-        verdicts.append(Verdict(gate, value, float(threshold), op, bool(ok), source))
+        verdicts.append(Verdict(gate, value, float(threshold), op, bool(ok), source, ci))
     return verdicts
 
 
@@ -62,7 +75,15 @@ def report(verdicts: list[Verdict]) -> GatesResult:
         passed=all(v.passed for v in verdicts),
         failed=[v.gate for v in verdicts if not v.passed],
         gates={
-            v.gate: GateEntry(value=v.value, threshold=v.threshold, op=v.op, passed=v.passed, source=v.source)
+            v.gate: GateEntry(
+                value=v.value,
+                threshold=v.threshold,
+                op=v.op,
+                passed=v.passed,
+                source=v.source,
+                ci=v.ci,
+                ci_crosses_threshold=v.crosses,
+            )
             for v in verdicts
         },
     )
@@ -70,12 +91,12 @@ def report(verdicts: list[Verdict]) -> GatesResult:
 
 def measurements(
     fairness: FairnessReport, privacy: PrivacyResult, quality: QualityResult | None
-) -> dict[str, tuple[float | None, str]]:
+) -> dict[str, Measured]:
     """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors
     (no quality file: the quality gates are not measured, so they fail)."""
     head = fairness.headline
-    out: dict[str, tuple[float | None, str]] = {
-        gate: (h.value, f"{h.where}, {head.estimate}, {head.statistic}")
+    out: dict[str, Measured] = {
+        gate: (h.value, f"{h.where}, {head.estimate}, {head.statistic}", h.ci)
         for gate, h in (
             ("fairness_discrepancy", head.fairness_discrepancy),
             ("bias_amplification", head.bias_amplification),
@@ -87,7 +108,12 @@ def measurements(
         worst = max(spaces, key=lambda s: spaces[s].fraction)
         out["memorized_fraction"] = (spaces[worst].fraction, f"{worst} space, d1/d2 < {privacy.ratio:.3g}")
     if quality is not None:
-        out["conditional_accuracy"] = (quality.conditional_accuracy, QualityResult.FILE)
+        ci = quality.conditional_accuracy_ci
+        out["conditional_accuracy"] = (
+            quality.conditional_accuracy,
+            QualityResult.FILE,
+            None if ci is None else [ci.low, ci.high],
+        )
         fid, floor = (space_key(q, quality.feature_space) for q in ("fid", "fid_floor"))
         excess = quality.space_value("fid") - quality.space_value("fid_floor")
         out["fid_over_floor"] = (excess, f"{fid} - {floor}, {QualityResult.FILE}")

@@ -1,26 +1,24 @@
-"""Percentile bootstrap intervals (95 % by default) for the quality metrics.
+"""Intervals of the quality metrics (95 % by default), each made by the method its statistic needs
+(utils/intervals.py explains the methods and why).
 
-Two forms: `mean_ci` resamples per-item values (accuracy hits, manifold memberships) in one
-vectorised draw; `bootstrap_ci` resamples whole sets and recomputes a statistic (FID, KID).
-Intervals are `results.Interval`, written as {"low": ..., "high": ...} so DVC and MLflow show both ends.
+- `mean_ci`: per-item values (accuracy hits, manifold memberships): percentile bootstrap of the mean,
+  in one vectorised draw.
+- `half_sample_ci`: a statistic of whole sets (FID): recomputed on half-samples drawn without
+  replacement, giving a bias-corrected estimate and its basic interval.
+Intervals are `results.Interval` ({"low", "high", "method"}), so DVC and MLflow show both ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from diffaudit.results.intervals import Interval
+from diffaudit.utils import intervals
 
 LEVEL = 0.95
-
-
-def interval(values: torch.Tensor, level: float = LEVEL) -> Interval:
-    lo, hi = torch.quantile(
-        values.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    )
-    return Interval(low=float(lo), high=float(hi))
 
 
 def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) -> Interval | None:
@@ -34,17 +32,31 @@ def mean_ci(values: torch.Tensor, reps: int, seed: int, level: float = LEVEL) ->
         if len(v) * reps > 50_000_000
         else v[torch.randint(len(v), (reps, len(v)), generator=gen)].mean(1)
     )
-    return interval(means, level)
+    lo, hi = intervals.percentile(means.numpy(), level)
+    return Interval(low=lo, high=hi, method=intervals.PERCENTILE)
 
 
-def bootstrap_ci(
-    statistic: Callable[..., float], *samples: torch.Tensor, reps: int, seed: int, level: float = LEVEL
-) -> Interval | None:
-    """Interval of statistic(*samples) with every sample resampled (with replacement) independently."""
+def half_indices(n: int, reps: int, gen: torch.Generator) -> torch.Tensor:
+    """(reps, n // 2) indices, each row a half-sample of range(n) drawn without replacement."""
+    return torch.rand(reps, n, generator=gen).argsort(1)[:, : n // 2]
+
+
+def half_sample_ci(
+    statistic: Callable[..., float],
+    estimate: float,
+    *samples: torch.Tensor,
+    reps: int,
+    seed: int,
+    level: float = LEVEL,
+) -> tuple[float, Interval] | None:
+    """(bias-corrected estimate, its basic interval) of statistic(*samples) = `estimate`, from `reps`
+    half-samples of every sample drawn independently without replacement; None when reps is 0."""
     if reps <= 0:
         return None
     gen = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(reps):
-        values.append(statistic(*(s[torch.randint(len(s), (len(s),), generator=gen)] for s in samples)))
-    return interval(torch.tensor(values, dtype=torch.float64), level)
+    picks = [half_indices(len(s), reps, gen) for s in samples]
+    values = np.array(
+        [statistic(*(s[p[r]] for s, p in zip(samples, picks, strict=True))) for r in range(reps)]
+    )
+    corrected, (lo, hi) = intervals.half_sample_basic(estimate, values, level)
+    return corrected, Interval(low=lo, high=hi, method=intervals.HALF_SAMPLE)

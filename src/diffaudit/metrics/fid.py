@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from diffaudit.metrics.bootstrap import half_indices
 from diffaudit.metrics.features import CachedFeatures, extract, single_thread
 
 
@@ -63,33 +64,32 @@ def _weighted_kernel_sums(
     return total
 
 
-def kid_bootstrap(
+def kid_half_samples(
     real: torch.Tensor, fake: torch.Tensor, reps: int, seed: int, chunk: int = 512
 ) -> torch.Tensor:
-    """The unbiased MMD^2 of KID's kernel over the full sets, recomputed on `reps` bootstrap resamples.
+    """The unbiased MMD^2 of KID's kernel between half-samples (without replacement, metrics/bootstrap.py
+    `half_indices`) of the two sets, for `reps` draws.
 
-    A resample of m = min(N_real, N_fake) draws is a count vector w, and the MMD^2 of the resampled sets
-    is exact from w alone: the off-diagonal sum over positions is w^T K w - sum_j w_j K_jj. So all
-    replicates come from one blocked pass over each kernel, memory O(reps x N) rather than O(N^2).
+    A half-sample is a 0/1 weight vector w, and the MMD^2 of the subsets is exact from w alone: the
+    off-diagonal sum is w^T K w - sum_j w_j K_jj. So all replicates come from one blocked pass over each
+    kernel, memory O(reps x N) rather than O(N^2).
     """
     real, fake = real.double(), fake.double()
-    m = min(len(real), len(fake))
     gen = torch.Generator().manual_seed(seed)
 
-    def counts(n: int) -> torch.Tensor:
-        idx = torch.randint(n, (reps, m), generator=gen)
-        return torch.zeros(reps, n, dtype=torch.float64).scatter_add_(
-            1, idx, torch.ones(reps, m, dtype=torch.float64)
-        )
+    def weights(n: int) -> torch.Tensor:
+        idx = half_indices(n, reps, gen)
+        return torch.zeros(reps, n, dtype=torch.float64).scatter_(1, idx, 1.0)
 
-    wr, wg = counts(len(real)).to(real.device), counts(len(fake)).to(fake.device)
+    wr, wg = weights(len(real)).to(real.device), weights(len(fake)).to(fake.device)
+    mr, mg = len(real) // 2, len(fake) // 2
     with single_thread():
         diag_r = (wr * _poly_kernel_diag(real)).sum(1)
         diag_g = (wg * _poly_kernel_diag(fake)).sum(1)
         rr = _weighted_kernel_sums(real, real, wr, wr, chunk) - diag_r
         gg = _weighted_kernel_sums(fake, fake, wg, wg, chunk) - diag_g
         rg = _weighted_kernel_sums(real, fake, wr, wg, chunk)
-    return (rr + gg) / (m * (m - 1)) - 2 * rg / (m * m)
+    return rr / (mr * (mr - 1)) + gg / (mg * (mg - 1)) - 2 * rg / (mr * mg)
 
 
 def _poly_kernel_diag(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,12 @@
-"""Improved precision and recall (Kynkäänniemi et al. 2019): k-NN balls in feature space.
+"""k-NN manifold metrics in feature space, all from the same balls (a point's distance to its k-th
+nearest neighbour in its own set).
 
-precision = share of generated points inside some real point's k-NN ball; recall = the reverse.
+- Improved precision and recall (Kynkäänniemi et al. 2019): precision = share of generated points
+  inside some real point's ball; recall = share of real points inside some generated point's ball.
+- Density and coverage (Naeem et al. 2020), which use only the real balls and so are not inflated by
+  generated outliers: density = how many real balls hold a generated point, over k, averaged over
+  generated points (about 1 for matching distributions, above 1 where samples crowd real modes);
+  coverage = share of real points whose ball holds at least one generated point.
 Distances are computed in chunks, so memory stays O(chunk * N) rather than O(N^2).
 """
 
@@ -27,6 +33,32 @@ def coverage_share(
         d = torch.cdist(queries[i : i + chunk], support)
         inside.append((d <= radii[None, :]).any(dim=1).float())
     return torch.cat(inside)
+
+
+def balls_holding(
+    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per query: how many support balls hold it, per support point: 1.0 if its ball holds a query)."""
+    counts, held = [], torch.zeros(len(support), dtype=torch.bool)
+    for i in range(0, len(queries), chunk):
+        inside = torch.cdist(queries[i : i + chunk], support) <= radii[None, :]
+        counts.append(inside.sum(1).double())
+        held |= inside.any(0)
+    return torch.cat(counts), held.double()
+
+
+def density_coverage_indicators(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point terms: (real balls holding each fake point / k, real point's ball holds a fake point).
+
+    Their means are density and coverage (Naeem et al. 2020); the real balls are held fixed.
+    """
+    real, fake = real.double(), fake.double()
+    if len(real) <= k:
+        raise ValueError(f"density/coverage with k={k} needs more than {k} real points (got {len(real)})")
+    counts, covered = balls_holding(fake, real, knn_radii(real, k, chunk), chunk)
+    return counts / k, covered
 
 
 def precision_recall_indicators(

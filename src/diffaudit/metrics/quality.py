@@ -18,14 +18,16 @@ from torch import nn
 from diffaudit.config.schema import EvalCfg, EvaluatorCfg
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.errors import ConfigError
-from diffaudit.metrics.bootstrap import LEVEL, bootstrap_ci, interval, mean_ci
+from diffaudit.metrics.bootstrap import LEVEL, half_sample_ci, mean_ci
 from diffaudit.metrics.features import EvaluatorFeatures, FeatureCache, single_thread
-from diffaudit.metrics.fid import fid_features, kid_bootstrap, kid_features
-from diffaudit.metrics.precision_recall import precision_recall_indicators
+from diffaudit.metrics.fid import fid_features, kid_features, kid_half_samples
+from diffaudit.metrics.precision_recall import density_coverage_indicators, precision_recall_indicators
+from diffaudit.metrics.vendi import vendi_per_class
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results.intervals import Interval
 from diffaudit.results.quality import BootstrapSetting, QualityResult, space_keys
 from diffaudit.training.evaluator_training import predict, train_evaluator
+from diffaudit.utils import intervals
 
 
 def feature_module(cfg: EvalCfg, evaluator: Evaluator) -> nn.Module:
@@ -68,33 +70,43 @@ def _accuracy_report(
     )
 
 
-def _kid_full_ci(ref: torch.Tensor, gen: torch.Tensor, reps: int, seed: int) -> Interval | None:
-    """Bootstrap interval of the unbiased MMD^2 (KID's kernel) over the full sets, in bounded memory."""
+def _kid_ci(ref: torch.Tensor, gen: torch.Tensor, kid: float, reps: int, seed: int) -> Interval | None:
+    """KID's interval: the spread of the full-set unbiased MMD^2 over half-samples (no duplicated
+    images), placed around KID's own (unbiased) estimate, in bounded memory."""
     if reps <= 0:
         return None
-    return interval(kid_bootstrap(ref, gen, reps, seed))
+    lo, hi = intervals.centred(kid, kid_half_samples(ref, gen, reps, seed).numpy(), LEVEL)
+    return Interval(low=lo, high=hi, method=intervals.HALF_SAMPLE)
 
 
 @dataclass(frozen=True)
 class SetMetrics:
-    """FID, KID (mean and std over subsets), precision and recall of one feature set against a reference,
-    in the feature space of the features; the intervals are None without `with_ci` (or with 0 resamples)."""
+    """FID, KID (mean and std over subsets), precision, recall, density and coverage of one feature set
+    against a reference, in the feature space of the features. FID's plug-in is biased upward (more so
+    at small n), so beside it stands its half-sample bias correction, which the interval belongs to.
+    The intervals (and the correction) are None without `with_ci` (or with 0 resamples)."""
 
     fid: float
     kid: float
     kid_std: float
     precision: float
     recall: float
-    fid_ci: Interval | None = None
+    density: float
+    coverage: float
+    fid_debiased: float | None = None
+    fid_debiased_ci: Interval | None = None
     kid_ci: Interval | None = None
     precision_ci: Interval | None = None
     recall_ci: Interval | None = None
+    density_ci: Interval | None = None
+    coverage_ci: Interval | None = None
 
 
 def set_metrics(
     ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int, with_ci: bool = True
 ) -> SetMetrics:
-    """FID, KID, precision and recall of feature set `gen` against `ref`, with bootstrap intervals."""
+    """FID, KID, precision, recall, density and coverage of feature set `gen` against `ref`, with
+    intervals."""
     with single_thread():
         return _set_metrics(ref, gen, cfg, seed, with_ci)
 
@@ -102,22 +114,29 @@ def set_metrics(
 def _set_metrics(ref: torch.Tensor, gen: torch.Tensor, cfg: EvalCfg, seed: int, with_ci: bool) -> SetMetrics:
     kid_mean, kid_std = kid_features(ref, gen, cfg.kid_subset_size, cfg.kid_subsets, seed)
     in_ref, in_gen = precision_recall_indicators(ref, gen, cfg.pr_k)
+    dens, covered = density_coverage_indicators(ref, gen, cfg.pr_k)
     point = SetMetrics(
         fid=fid_features(ref, gen),
         kid=kid_mean,
         kid_std=kid_std,
         precision=float(in_ref.double().mean()),
         recall=float(in_gen.double().mean()),
+        density=float(dens.mean()),
+        coverage=float(covered.mean()),
     )
     if not with_ci:
         return point
     reps = cfg.bootstrap
+    fid_bc = half_sample_ci(fid_features, point.fid, ref, gen, reps=reps, seed=seed)
     return replace(
         point,
-        fid_ci=bootstrap_ci(fid_features, ref, gen, reps=reps, seed=seed),
-        kid_ci=_kid_full_ci(ref, gen, reps, seed),
+        fid_debiased=fid_bc[0] if fid_bc else None,
+        fid_debiased_ci=fid_bc[1] if fid_bc else None,
+        kid_ci=_kid_ci(ref, gen, kid_mean, reps, seed),
         precision_ci=mean_ci(in_ref, reps, seed),
         recall_ci=mean_ci(in_gen, reps, seed + 1),
+        density_ci=mean_ci(dens, reps, seed + 2),
+        coverage_ci=mean_ci(covered, reps, seed + 3),
     )
 
 
@@ -133,6 +152,16 @@ def cas_score(
 
 def _class_only(images: torch.Tensor, labels: torch.Tensor) -> Split:
     return Split(images=images, labels=labels, attributes={})
+
+
+def _per_class_pick(pool: torch.Tensor, wanted: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Indices into `pool` labels: per class, a seeded random min(count in wanted, count in pool)."""
+    picks = []
+    for c in torch.unique(wanted):
+        idx = torch.nonzero(pool == c).flatten()
+        n = min(int((wanted == c).sum()), len(idx))
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+    return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
 
 
 def evaluate_quality(
@@ -160,6 +189,9 @@ def evaluate_quality(
     r = set_metrics(ref, f_train[pick_train], cfg, seed)  # the floor: real train images
     reps = cfg.bootstrap
     names = meta.class_names
+    # The Vendi floor: as many real train images per class as were generated for it (the score grows
+    # with n, so it is compared at equal counts).
+    pick_vendi = _per_class_pick(train.labels, gen_labels, gen)
     acc = _accuracy_report(class_hits(evaluator, gen_images, gen_labels), gen_labels, names, reps, seed)
     real = _accuracy_report(class_hits(evaluator, test.images, test.labels), test.labels, names, reps, seed)
     cas: dict[str, Any] = {}
@@ -192,12 +224,14 @@ def evaluate_quality(
             fid=g.fid,
             kid=g.kid,
             kid_std=g.kid_std,
-            fid_ci=g.fid_ci,
+            fid_debiased=g.fid_debiased,
+            fid_debiased_ci=g.fid_debiased_ci,
             kid_ci=g.kid_ci,
             fid_floor=r.fid,
             kid_floor=r.kid,
             kid_floor_std=r.kid_std,
-            fid_floor_ci=r.fid_ci,
+            fid_floor_debiased=r.fid_debiased,
+            fid_floor_debiased_ci=r.fid_debiased_ci,
             kid_floor_ci=r.kid_ci,
         ),
         precision=g.precision,
@@ -208,6 +242,16 @@ def evaluate_quality(
         recall_floor=r.recall,
         precision_floor_ci=r.precision_ci,
         recall_floor_ci=r.recall_ci,
+        density=g.density,
+        coverage=g.coverage,
+        density_ci=g.density_ci,
+        coverage_ci=g.coverage_ci,
+        density_floor=r.density,
+        coverage_floor=r.coverage,
+        density_floor_ci=r.density_ci,
+        coverage_floor_ci=r.coverage_ci,
+        vendi_per_class=vendi_per_class(f_gen, gen_labels, names),
+        vendi_floor_per_class=vendi_per_class(f_train[pick_vendi], train.labels[pick_vendi], names),
         conditional_accuracy=acc.value,
         conditional_accuracy_ci=acc.ci,
         conditional_accuracy_per_class=acc.per_class,

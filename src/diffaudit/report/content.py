@@ -31,6 +31,7 @@ from diffaudit.results import (
     load_results,
 )
 from diffaudit.results.intervals import Estimate, Interval
+from diffaudit.results.quality import QualityRow
 from diffaudit.utils.format import fmt_num
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".svg")
@@ -192,6 +193,15 @@ def headline_of(result: ResultFile) -> dict[str, Any]:
     return picked
 
 
+def fmt_quality_value(row: QualityRow) -> str:
+    """A headline quality value with its interval; FID's interval goes with its bias correction."""
+    if row.ci is None:
+        return fmt_num(row.value)
+    if row.corrected is None:
+        return f"{fmt_num(row.value)} {fmt_cell(row.ci)}"
+    return f"{fmt_num(row.value)} (bias-corrected {fmt_num(row.corrected)} {fmt_cell(row.ci)})"
+
+
 def quality_label(quantity: str, space: str) -> str:
     """How the report names a quality headline metric (QualityRow.quantity)."""
     return {
@@ -217,11 +227,19 @@ def _scalar(x: Any) -> bool:
     return x is None or isinstance(x, (bool, int, float, str))
 
 
+# How the report names each interval method (utils/intervals.py).
+METHOD_LABELS = {
+    "percentile": "percentile bootstrap",
+    "half_sample": "half-sample",
+    "inversion": "test inversion",
+}
+
+
 def fmt_cell(x: Any) -> str:
     if isinstance(x, Interval):
-        return f"[{fmt_num(x.low)}, {fmt_num(x.high)}]"
+        return f"[{fmt_num(x.low)}, {fmt_num(x.high)}] ({METHOD_LABELS[x.method]})"
     if isinstance(x, Estimate):
-        return f"{fmt_num(x.value)} [{fmt_num(x.ci[0])}, {fmt_num(x.ci[1])}]"
+        return f"{fmt_num(x.value)} [{fmt_num(x.ci[0])}, {fmt_num(x.ci[1])}] ({METHOD_LABELS[x.method]})"
     if isinstance(x, list):
         if len(x) <= SHORT_LIST:
             return "[" + ", ".join(fmt_cell(v) for v in x) + "]"

@@ -20,6 +20,7 @@ from diffaudit.report.content import (
     Section,
     Table,
     fmt_cell,
+    fmt_quality_value,
     headline_of,
     quality_label,
     to_tables,
@@ -141,9 +142,11 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
             cls, word = ("pass", "pass") if gate.passed else ("fail", "FAIL")
             mitigated = g.with_mitigation.get(name) if g.with_mitigation else None
             after = "" if mitigated is None else f"; with mitigation: {'pass' if mitigated else 'FAIL'}"
-            detail = f"must be {gate.op} {fmt_num(gate.threshold)}; {gate.source}{after}"
+            crossing = f"; {gate.crossing_note}" if gate.crossing_note else ""
+            interval = "" if gate.ci is None else f" [{fmt_num(gate.ci[0])}, {fmt_num(gate.ci[1])}]"
+            detail = f"must be {gate.op} {fmt_num(gate.threshold)}; {gate.source}{crossing}{after}"
             rows.append(
-                f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(gate.value))}</td>"
+                f"<tr><td>{escape(name)}</td><td>{escape(fmt_num(gate.value) + interval)}</td>"
                 f"<td>{escape(fmt_num(gate.threshold))}</td><td class='{cls}'>{word}</td>"
                 f"<td>{escape(detail)}</td></tr>"
             )
@@ -239,10 +242,9 @@ def _quality(q: QualityResult) -> str:
             "kid": spread,
             "conditional_accuracy": "evaluator agrees with the conditioning label",
         }.get(r.quantity, "")
-        ci = f" {fmt_cell(r.ci)}" if r.ci is not None else ""
         rows.append(
             f"<tr><td>{escape(quality_label(r.quantity, q.feature_space))}</td>"
-            f"<td>{escape(fmt_num(r.value) + ci)}</td><td>{escape(fmt_num(r.floor))}</td>"
+            f"<td>{escape(fmt_quality_value(r))}</td><td>{escape(fmt_num(r.floor))}</td>"
             f"<td>{escape(fmt_num(r.n))}</td><td>{escape(note)}</td></tr>"
         )
     head = (

@@ -14,7 +14,7 @@ from diffaudit.report.content import (
     Lineage,
     RunContent,
     Table,
-    fmt_cell,
+    fmt_quality_value,
     headline_of,
     quality_label,
     to_tables,
@@ -119,7 +119,7 @@ def _headline(content: RunContent) -> str:
     rows = [
         [
             quality_label(r.quantity, q.feature_space),
-            fmt_num(r.value) + (f" {fmt_cell(r.ci)}" if r.ci else ""),
+            fmt_quality_value(r),
             fmt_num(r.floor),
             f"± {fmt_num(r.spread)} (std)" if r.spread is not None else "",
         ]
@@ -143,6 +143,8 @@ def _caveats(content: RunContent, record: ReleaseRecord | None) -> list[str]:
             )
             + "."
         )
+    if g is not None:
+        out += [f"Gate {name}: {x.crossing_note}." for name, x in g.gates.items() if x.crossing_note]
     missing = [s.title for s in SECTIONS if not content.section_ran(s.key)]
     if missing:
         out.append("Not measured for this run: " + ", ".join(missing) + ".")

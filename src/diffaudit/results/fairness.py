@@ -11,6 +11,7 @@ from pydantic import Discriminator, Field, Tag, field_validator
 
 from diffaudit.results.base import ResultFile, ResultModel
 from diffaudit.results.intervals import CI, Estimate
+from diffaudit.utils.intervals import Method
 
 Reference = Literal["uniform", "train"]
 Estimator = Literal["raw", "corrected"]
@@ -19,9 +20,11 @@ Correction = Literal["pooled", "per_class"]
 
 
 class Discrepancy(Estimate):
-    """A discrepancy of generated shares from the reference, with the null: its 95th percentile for a
-    perfect generator of the same size."""
+    """A discrepancy of generated shares from the reference: `value` is its median-unbiased estimate,
+    which the test-inversion interval holds, `plug_in` the distance of the estimated shares (biased
+    upward); with the null: the plug-in's 95th percentile for a perfect generator of the same size."""
 
+    plug_in: float
     null_q95: float
     exceeds_null: bool
 
@@ -49,6 +52,7 @@ class Representation(ResultModel):
     p_gen_corrected: list[float]
     p_gen_raw_ci: list[CI]
     p_gen_corrected_ci: list[CI]
+    p_gen_ci_method: Method
     raw: Discrepancies
     corrected: Discrepancies
     other_reference: OtherReference
@@ -114,6 +118,9 @@ Overall = Annotated[
 
 
 class GroupGap(Estimate):
+    """Largest minus smallest group value: `value` median-unbiased (audit/per_group.py `_gap`)."""
+
+    plug_in: float
     worst_group: str | None
 
 

@@ -10,6 +10,17 @@ from pydantic import model_validator
 from diffaudit.results.base import ResultFile, ResultModel
 from diffaudit.utils.format import fmt_num
 
+# How a verdict that rests on the estimate alone is read, by whether it passed.
+CROSSING_NOTE = {
+    True: "passes on the estimate; its interval crosses the threshold",
+    False: "fails on the estimate; its interval crosses the threshold",
+}
+
+
+def crosses(ci: list[float] | None, threshold: float) -> bool:
+    """Whether an interval [lo, hi] (NaN ends: none) holds the threshold."""
+    return ci is not None and not any(math.isnan(x) for x in ci) and ci[0] <= threshold <= ci[1]
+
 
 class GateEntry(ResultModel):
     value: float | None  # null or NaN: not measured (fails)
@@ -17,6 +28,21 @@ class GateEntry(ResultModel):
     op: Literal["<=", ">="]
     passed: bool
     source: str  # what was measured (e.g. "thickness, corrected, estimate")
+    # The interval of the gated statistic (null: it has none) and whether it holds the threshold. The
+    # verdict itself is `passed`, decided by audit.gate_statistic.
+    ci: list[float] | None
+    ci_crosses_threshold: bool
+
+    @model_validator(mode="after")
+    def _crossing_agrees(self) -> GateEntry:
+        if self.ci_crosses_threshold != crosses(self.ci, self.threshold):
+            raise ValueError(f"ci_crosses_threshold is {self.ci_crosses_threshold} for ci {self.ci}")
+        return self
+
+    @property
+    def crossing_note(self) -> str:
+        """What a reviewer must know beyond pass/fail ("" when the interval is clear of the threshold)."""
+        return CROSSING_NOTE[self.passed] if self.ci_crosses_threshold else ""
 
     @property
     def measured(self) -> bool:
@@ -24,9 +50,10 @@ class GateEntry(ResultModel):
 
     def describe(self, name: str) -> str:
         value = fmt_num(self.value) if self.measured else "not measured"
+        note = f"; {self.crossing_note}" if self.crossing_note else ""
         return (
             f"gate {name} {'passed' if self.passed else 'failed'}: value {value}, threshold "
-            f"{fmt_num(self.threshold)} (must be {self.op} {fmt_num(self.threshold)}; {self.source})"
+            f"{fmt_num(self.threshold)} (must be {self.op} {fmt_num(self.threshold)}; {self.source}){note}"
         )
 
 

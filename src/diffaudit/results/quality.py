@@ -15,7 +15,7 @@ from pydantic import ConfigDict, model_validator
 
 from diffaudit.config.eval_schema import SamplerCfg
 from diffaudit.results.base import FieldError, ResultFile, ResultModel
-from diffaudit.results.intervals import Interval
+from diffaudit.results.intervals import Interval, check_beside
 
 FeatureSpace = Literal["evaluator", "inception"]
 SPACES: tuple[FeatureSpace, ...] = ("evaluator", "inception")
@@ -25,12 +25,14 @@ SPACE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("fid", "fid_evaluator", "fid_inception"),
     ("kid", "kid_evaluator", "kid_inception"),
     ("kid_std", "kid_evaluator_std", "kid_inception_std"),
-    ("fid_ci", "fid_evaluator_ci", "fid_inception_ci"),
+    ("fid_debiased", "fid_evaluator_debiased", "fid_inception_debiased"),
+    ("fid_debiased_ci", "fid_evaluator_debiased_ci", "fid_inception_debiased_ci"),
     ("kid_ci", "kid_evaluator_ci", "kid_inception_ci"),
     ("fid_floor", "fid_evaluator_floor", "fid_inception_floor"),
     ("kid_floor", "kid_evaluator_floor", "kid_inception_floor"),
     ("kid_floor_std", "kid_evaluator_floor_std", "kid_inception_floor_std"),
-    ("fid_floor_ci", "fid_evaluator_floor_ci", "fid_inception_floor_ci"),
+    ("fid_floor_debiased", "fid_evaluator_floor_debiased", "fid_inception_floor_debiased"),
+    ("fid_floor_debiased_ci", "fid_evaluator_floor_debiased_ci", "fid_inception_floor_debiased_ci"),
     ("kid_floor_ci", "kid_evaluator_floor_ci", "kid_inception_floor_ci"),
 )
 _BY_QUANTITY = {q: dict(zip(SPACES, keys, strict=True)) for q, *keys in SPACE_KEYS}
@@ -102,13 +104,21 @@ class BootstrapSetting(ResultModel):
 class QualityRow:
     """One headline metric of a quality file: its key, value, interval, real-vs-real floor and n."""
 
-    quantity: str  # "fid", "kid", "precision", "recall", "conditional_accuracy", "cas"
+    quantity: str  # "fid", "kid", "precision", "recall", "density", "coverage", "conditional_accuracy", "cas"
     key: str  # its key in the file
     value: float | None
     ci: Interval | None
     floor: float | None
     n: int | None
     spread: float | None = None  # KID's std over subsets
+    # The bias-corrected estimate `ci` belongs to (FID: its plug-in `value` is biased upward); None
+    # where `ci` is the value's own interval.
+    corrected: float | None = None
+
+    @property
+    def ci_estimate(self) -> float | None:
+        """The estimate the interval contains."""
+        return self.value if self.corrected is None else self.corrected
 
 
 class QualityResult(SpaceKeyed, ResultFile):
@@ -130,8 +140,11 @@ class QualityResult(SpaceKeyed, ResultFile):
     kid_inception_std: float | None = None
     precision: float
     recall: float
-    fid_evaluator_ci: Interval | None = None
-    fid_inception_ci: Interval | None = None
+    # FID's half-sample bias correction and its interval (utils/intervals.py); null with 0 resamples.
+    fid_evaluator_debiased: float | None = None
+    fid_inception_debiased: float | None = None
+    fid_evaluator_debiased_ci: Interval | None = None
+    fid_inception_debiased_ci: Interval | None = None
     kid_evaluator_ci: Interval | None = None
     kid_inception_ci: Interval | None = None
     precision_ci: Interval | None
@@ -145,12 +158,27 @@ class QualityResult(SpaceKeyed, ResultFile):
     kid_inception_floor_std: float | None = None
     precision_floor: float
     recall_floor: float
-    fid_evaluator_floor_ci: Interval | None = None
-    fid_inception_floor_ci: Interval | None = None
+    fid_evaluator_floor_debiased: float | None = None
+    fid_inception_floor_debiased: float | None = None
+    fid_evaluator_floor_debiased_ci: Interval | None = None
+    fid_inception_floor_debiased_ci: Interval | None = None
     kid_evaluator_floor_ci: Interval | None = None
     kid_inception_floor_ci: Interval | None = None
     precision_floor_ci: Interval | None
     recall_floor_ci: Interval | None
+    # Density and coverage (Naeem et al. 2020), from the real images' k-NN balls; floor as above.
+    density: float
+    coverage: float
+    density_ci: Interval | None
+    coverage_ci: Interval | None
+    density_floor: float
+    coverage_floor: float
+    density_floor_ci: Interval | None
+    coverage_floor_ci: Interval | None
+    # Vendi score per class name (effective number of distinct images, metrics/vendi.py); the floor: as
+    # many real train images of the class.
+    vendi_per_class: dict[str, float]
+    vendi_floor_per_class: dict[str, float]
     # The evaluator's class on generated images (floor: on real test images); per class name.
     conditional_accuracy: float
     conditional_accuracy_ci: Interval | None
@@ -194,21 +222,37 @@ class QualityResult(SpaceKeyed, ResultFile):
             raise FieldError(missing, "Field required (the CAS keys come all together or not at all)")
         return self
 
+    @model_validator(mode="after")
+    def _intervals_hold_estimates(self) -> QualityResult:
+        check_beside(self)
+        return self
+
     @property
     def has_cas(self) -> bool:
         return "cas" in self.model_fields_set
 
     def rows(self) -> list[QualityRow]:
-        """The headline metrics in reading order: FID, KID, precision, recall, conditional accuracy, CAS."""
+        """The headline metrics in reading order: FID, KID, precision, recall, density, coverage,
+        conditional accuracy, CAS."""
         fs, n = self.feature_space, self.n_images
         v = self.space_value
         out = [
-            QualityRow("fid", space_key("fid", fs), v("fid"), v("fid_ci"), v("fid_floor"), n),
+            QualityRow(
+                "fid",
+                space_key("fid", fs),
+                v("fid"),
+                v("fid_debiased_ci"),
+                v("fid_floor"),
+                n,
+                corrected=v("fid_debiased"),
+            ),
             QualityRow(
                 "kid", space_key("kid", fs), v("kid"), v("kid_ci"), v("kid_floor"), n, spread=v("kid_std")
             ),
             QualityRow("precision", "precision", self.precision, self.precision_ci, self.precision_floor, n),
             QualityRow("recall", "recall", self.recall, self.recall_ci, self.recall_floor, n),
+            QualityRow("density", "density", self.density, self.density_ci, self.density_floor, n),
+            QualityRow("coverage", "coverage", self.coverage, self.coverage_ci, self.coverage_floor, n),
             QualityRow(
                 "conditional_accuracy",
                 "conditional_accuracy",
