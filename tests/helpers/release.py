@@ -229,6 +229,8 @@ def fairness() -> dict:
                 "corrected": True,
                 "cells": [cell],
                 "n_cells_clear_of_zero": 0,
+                "wang_russakovsky": {"value": 0.02, "ci": [-0.05, 0.1], "method": "percentile", "n_cells": 1},
+                "zhao": {"value": 0.0, "ci": [0.0, 0.0], "method": "percentile", "n_cells": 0},
                 "max_abs_ba": {
                     "value": 0.1,
                     "ci": [0.0, 0.3],

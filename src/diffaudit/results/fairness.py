@@ -5,11 +5,12 @@ audit/model_audit.py `audit_model`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from diffaudit.results.base import ResultFile, ResultModel
+from diffaudit.results.base import FieldError, ResultFile, ResultModel
 from diffaudit.results.intervals import CI, Estimate
 
 Reference = Literal["uniform", "train"]
@@ -85,9 +86,32 @@ class MaxAbsBA(Estimate):
     clear_of_zero: bool
 
 
+# How an interval was computed: "percentile" of the bootstrap replicates, or that interval widened to hold
+# its estimate where the replicates fell on one side of it ("percentile_widened").
+IntervalMethod = Literal["percentile", "percentile_widened"]
+
+
+class BiasAmpMeasure(Estimate):
+    """A signed aggregate of the cells (audit/bias.py): Wang & Russakovsky's directional BiasAmp or Zhao
+    et al.'s mean bias amplification; `n_cells` the cells it sums, `method` how `ci` was computed. The
+    interval always holds its estimate."""
+
+    method: IntervalMethod
+    n_cells: int
+
+    @model_validator(mode="after")
+    def _ci_holds_value(self) -> BiasAmpMeasure:
+        lo, hi = self.ci
+        if not any(math.isnan(x) for x in (lo, hi, self.value)) and not lo <= self.value <= hi:
+            raise FieldError("ci", f"interval {self.ci} does not hold its estimate {self.value}")
+        return self
+
+
 class BiasAmplification(ResultModel):
     corrected: bool
     cells: list[BiasCell]
+    wang_russakovsky: BiasAmpMeasure
+    zhao: BiasAmpMeasure
     max_abs_ba: MaxAbsBA
     n_cells_clear_of_zero: int
 
