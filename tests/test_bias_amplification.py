@@ -1,5 +1,5 @@
 """Bias amplification's three measures (audit/bias.py) on hand-made shares with known answers, their
-intervals (docs/fairness.md, "Bias amplification")."""
+intervals, and the gate configured on each (docs/fairness.md, "Bias amplification")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 
 from diffaudit.audit.bias import bias_amplification, wang_russakovsky, zhao
 from diffaudit.audit.fairness import Shares, stratified_shares
-from diffaudit.results.fairness import BiasAmplification, BiasAmpMeasure
+from diffaudit.audit.fairness_report import headline, pick_abs
+from diffaudit.audit.gates import evaluate_gates, measurements
+from diffaudit.config.audit_schema import AuditCfg, GatesCfg
+from diffaudit.config.compose import compose_config
+from diffaudit.errors import ConfigError
+from diffaudit.results.fairness import BiasAmplification, BiasAmpMeasure, FairnessReport, Headline
+from diffaudit.results.privacy import PrivacyResult
+from tests.helpers.config import ROOT
 
 GROUPS = ["g0", "g1"]
 
@@ -160,3 +167,68 @@ def test_the_result_model_rejects_an_interval_without_its_estimate() -> None:
         BiasAmpMeasure.model_validate(ok | {"method": "bca"})
     with pytest.raises(pydantic.ValidationError):
         BiasAmpMeasure.model_validate({k: v for k, v in ok.items() if k != "method"})
+
+
+def test_signed_measures_are_read_by_their_absolute_value() -> None:
+    neg = {"value": -0.4, "ci": [-0.5, -0.3]}
+    assert pick_abs(neg, "estimate") == pytest.approx(0.4)
+    assert pick_abs(neg, "ci_low") == pytest.approx(0.3) and pick_abs(neg, "ci_high") == pytest.approx(0.5)
+    across = {"value": 0.05, "ci": [-0.1, 0.2]}
+    assert pick_abs(across, "ci_low") == 0.0 and pick_abs(across, "ci_high") == pytest.approx(0.2)
+    assert np.isnan(pick_abs({"value": 0.1, "ci": [float("nan")] * 2}, "ci_high"))
+
+
+def _gate(case: str, measure: str, threshold: float, statistic: str = "estimate") -> tuple:
+    """The bias amplification gate's verdict on a one-attribute report of KNOWN[case]."""
+    train, gen, *_ = KNOWN[case]
+    gates = GatesCfg(max_abs_bias_amplification=threshold, bias_amplification_measure=measure)
+    cfg = AuditCfg(gates=gates, gate_statistic=statistic)
+    report = {"representation": {}, "per_group": {}, "bias_amplification": {"thickness": _ba(train, gen)}}
+    head = Headline.model_validate(headline(report, cfg))
+    fairness = FairnessReport.model_construct(headline=head)
+    privacy = PrivacyResult.model_construct(ratio=1 / 3, memorization={})
+    verdicts = evaluate_gates(gates, measurements(fairness, privacy, None))
+    return head.bias_amplification, next(v for v in verdicts if v.gate == "bias_amplification")
+
+
+@pytest.mark.parametrize(
+    ("case", "measure", "value", "passed"),
+    [
+        ("balanced_train", "worst_cell", 0.2, False),  # one class pushed off balance: the worst cell fails
+        ("balanced_train", "wang_russakovsky", 0.0, True),  # ... the papers see no amplification
+        ("balanced_train", "zhao", 0.0, True),
+        ("reversed", "worst_cell", 0.4, False),
+        ("reversed", "wang_russakovsky", 0.4, False),  # -0.4: a reversed association fails as well
+        ("reversed", "zhao", 0.4, False),
+        ("amplified", "wang_russakovsky", 0.1, True),
+    ],
+)
+def test_the_gate_reads_the_configured_measure(case: str, measure: str, value: float, passed: bool) -> None:
+    fig, verdict = _gate(case, measure, threshold=0.15)
+    assert fig.measure == measure and fig.where == "thickness"
+    assert verdict.gate == "bias_amplification" and verdict.value == pytest.approx(value, abs=1e-12)
+    assert verdict.passed is passed
+    label = {"worst_cell": "worst cell |BA|", "wang_russakovsky": "Wang & Russakovsky", "zhao": "Zhao"}
+    assert label[measure] in verdict.source and "thickness" in verdict.source
+    if measure != "worst_cell":  # the headline keeps the signed statistic beside the gated |x|
+        assert fig.estimate == pytest.approx(-value if case == "reversed" else value, abs=1e-12)
+        assert fig.ci is not None and fig.ci[0] <= fig.estimate <= fig.ci[1]
+
+
+def test_the_gate_reads_an_interval_end_of_the_absolute_value() -> None:
+    fig, verdict = _gate("reversed", "zhao", threshold=0.15, statistic="ci_low")
+    assert fig.ci is not None and fig.ci[1] < 0  # clearly negative: |x| >= |ci_high|
+    assert verdict.value == pytest.approx(abs(fig.ci[1])) and not verdict.passed
+
+
+def test_the_default_gate_is_the_worst_cell() -> None:
+    assert GatesCfg().bias_amplification_measure == "worst_cell"
+    raw = compose_config([], ROOT / "conf")
+    assert raw["audit"]["gates"]["bias_amplification_measure"] == "worst_cell"
+
+
+def test_a_bad_measure_is_rejected() -> None:
+    with pytest.raises(pydantic.ValidationError, match="bias_amplification_measure"):
+        GatesCfg(bias_amplification_measure="mean")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="bias_amplification_measure"):
+        compose_config(["audit.gates.bias_amplification_measure=max"], ROOT / "conf")

@@ -89,6 +89,8 @@ class MaxAbsBA(Estimate):
 # How an interval was computed: "percentile" of the bootstrap replicates, or that interval widened to hold
 # its estimate where the replicates fell on one side of it ("percentile_widened").
 IntervalMethod = Literal["percentile", "percentile_widened"]
+# The measure of bias amplification the headline and its gate read (audit.gates.bias_amplification_measure).
+BAMeasureName = Literal["worst_cell", "wang_russakovsky", "zhao"]
 
 
 class BiasAmpMeasure(Estimate):
@@ -178,11 +180,19 @@ class HeadlineFigure(ResultModel):
     ci: CI | None = None
 
 
+class BAHeadlineFigure(HeadlineFigure):
+    """The bias amplification headline: `measure` names which of the three it is. For the two signed
+    ones `value` is read from the absolute value (|estimate|, or an end of the interval of |x| for x in
+    `ci`), while `estimate` and `ci` stay signed."""
+
+    measure: BAMeasureName
+
+
 class Headline(ResultModel):
     estimate: Estimator
     statistic: Literal["estimate", "ci_low", "ci_high"]
     fairness_discrepancy: HeadlineFigure
-    bias_amplification: HeadlineFigure
+    bias_amplification: BAHeadlineFigure
     worst_group_gap: HeadlineFigure
 
 
