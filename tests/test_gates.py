@@ -24,7 +24,7 @@ from diffaudit.results import (
     QualityResult,
     read_result,
 )
-from diffaudit.results.fairness import FairnessReport, Headline, HeadlineFigure
+from diffaudit.results.fairness import BAHeadlineFigure, FairnessReport, Headline, HeadlineFigure
 from diffaudit.results.privacy import SpaceMemorization
 from tests.helpers.config import ROOT, TinyRun
 
@@ -73,8 +73,9 @@ def test_measurements_read_the_reports() -> None:
     # Only the parts measurements() reads (model_construct: the rest of each file does not matter here).
     fig = {
         gate: HeadlineFigure(value=v, where="thickness")
-        for gate, v in (("fairness_discrepancy", 0.3), ("bias_amplification", 0.1), ("worst_group_gap", 0.02))
+        for gate, v in (("fairness_discrepancy", 0.3), ("worst_group_gap", 0.02))
     }
+    fig["bias_amplification"] = BAHeadlineFigure(value=0.1, where="thickness", measure="worst_cell")
     fairness = FairnessReport.model_construct(
         headline=Headline(estimate="corrected", statistic="estimate", **fig)
     )
@@ -90,6 +91,7 @@ def test_measurements_read_the_reports() -> None:
     )
     m = measurements(fairness, privacy, quality)
     assert m["fairness_discrepancy"] == (0.3, "thickness, corrected, estimate")
+    assert m["bias_amplification"] == (0.1, "thickness, worst cell |BA|, corrected, estimate")
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
     assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
     assert m["conditional_accuracy"][0] == 0.9

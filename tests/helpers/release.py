@@ -229,6 +229,8 @@ def fairness() -> dict:
                 "corrected": True,
                 "cells": [cell],
                 "n_cells_clear_of_zero": 0,
+                "wang_russakovsky": {"value": 0.02, "ci": [-0.05, 0.1], "method": "percentile", "n_cells": 1},
+                "zhao": {"value": 0.0, "ci": [0.0, 0.0], "method": "percentile", "n_cells": 0},
                 "max_abs_ba": {
                     "value": 0.1,
                     "ci": [0.0, 0.3],
@@ -250,7 +252,13 @@ def fairness() -> dict:
                 "estimate": 0.071,
                 "ci": [0.0, 0.25],
             },
-            "bias_amplification": {"value": 0.1, "where": "thickness", "estimate": 0.1, "ci": [0.0, 0.3]},
+            "bias_amplification": {
+                "value": 0.1,
+                "where": "thickness",
+                "estimate": 0.1,
+                "ci": [0.0, 0.3],
+                "measure": "worst_cell",
+            },
             "worst_group_gap": {"value": float("nan"), "where": None},
         },
         "seconds": 1.5,

@@ -198,16 +198,31 @@ def pick(stat: dict, which: str) -> float:
     return float(stat["ci"][0 if which == "ci_low" else 1])
 
 
+def pick_abs(stat: dict, which: str) -> float:
+    """The gated number of a signed {value, ci} statistic x, read from |x|: |estimate|, or an end of the
+    interval of |x| for x in ci (its low end is 0 where ci holds 0)."""
+    lo, hi = (float(x) for x in stat["ci"])
+    if which == "estimate":
+        return abs(float(stat["value"]))
+    if np.isnan(lo) or np.isnan(hi):
+        return float("nan")
+    if which == "ci_high":
+        return max(abs(lo), abs(hi))
+    return 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
+
+
 def headline(report: dict, cfg: AuditCfg) -> dict:
-    """The worst figure of each kind, and where it was found (what the gates read)."""
+    """The worst figure of each kind, and where it was found (what the gates read). Bias amplification is
+    the measure `cfg.gates.bias_amplification_measure` names; the signed ones are read by |x|."""
     est = "corrected" if cfg.correct_errors else "raw"
     fd = [
         (pick(r[est]["fd_l2"], cfg.gate_statistic), h, r[est]["fd_l2"])
         for h, r in report["representation"].items()
     ]
+    measure = cfg.gates.bias_amplification_measure
+    ba_key, read = ("max_abs_ba", pick) if measure == "worst_cell" else (measure, pick_abs)
     ba = [
-        (pick(r["max_abs_ba"], cfg.gate_statistic), a, r["max_abs_ba"])
-        for a, r in report["bias_amplification"].items()
+        (read(r[ba_key], cfg.gate_statistic), a, r[ba_key]) for a, r in report["bias_amplification"].items()
     ]
     gap = [
         (pick(r["gap"]["conditional_accuracy"], cfg.gate_statistic), a, r["gap"]["conditional_accuracy"])
@@ -222,4 +237,5 @@ def headline(report: dict, cfg: AuditCfg) -> dict:
             out[key] = {"value": v, "where": where, "estimate": stat["value"], "ci": stat["ci"]}
         else:
             out[key] = {"value": float("nan"), "where": None}
+    out["bias_amplification"]["measure"] = measure
     return out

@@ -29,6 +29,13 @@ GATES: dict[str, tuple[str, str]] = {
 # What a gate reads: (value, what it is) or (value, what it is, the interval of the gated statistic).
 Measured = tuple[float | None, str] | tuple[float | None, str, list[float] | None]
 
+# How a gate's `source` names the bias amplification measure it read (audit.gates.bias_amplification_measure).
+BA_MEASURE_SOURCE: dict[str, str] = {
+    "worst_cell": "worst cell |BA|",
+    "wang_russakovsky": "|Wang & Russakovsky directional BiasAmp|",
+    "zhao": "|Zhao et al. mean bias amplification|",
+}
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -95,12 +102,13 @@ def measurements(
     """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors
     (no quality file: the quality gates are not measured, so they fail)."""
     head = fairness.headline
+    ba = head.bias_amplification
     out: dict[str, Measured] = {
-        gate: (h.value, f"{h.where}, {head.estimate}, {head.statistic}", h.ci)
-        for gate, h in (
-            ("fairness_discrepancy", head.fairness_discrepancy),
-            ("bias_amplification", head.bias_amplification),
-            ("worst_group_gap", head.worst_group_gap),
+        gate: (h.value, f"{h.where}, {what}{head.estimate}, {head.statistic}", h.gated_ci())
+        for gate, h, what in (
+            ("fairness_discrepancy", head.fairness_discrepancy, ""),
+            ("bias_amplification", ba, BA_MEASURE_SOURCE[ba.measure] + ", "),
+            ("worst_group_gap", head.worst_group_gap, ""),
         )
     }
     spaces = privacy.memorization

@@ -25,6 +25,9 @@ class GatesCfg(_Strict):
     max_fid_over_floor: float | None = Field(default=None, ge=0.0)
     max_fairness_discrepancy: float | None = Field(default=0.1, ge=0.0)
     max_abs_bias_amplification: float | None = Field(default=0.25, ge=0.0)
+    # Which bias amplification the gate above reads (audit/bias.py): the worst cell's |BA|, or the absolute
+    # value of Wang & Russakovsky's directional BiasAmp or of Zhao et al.'s mean bias amplification.
+    bias_amplification_measure: Literal["worst_cell", "wang_russakovsky", "zhao"] = "worst_cell"
     max_worst_group_gap: float | None = Field(default=0.15, ge=0.0)
     max_memorized_fraction: float | None = Field(default=0.05, ge=0.0, le=1.0)
 

@@ -78,20 +78,38 @@ class BiasCell(ResultModel):
     p_gen: float
     ba: float
     ci: CI
+    method: Method
     clear_of_zero: bool
     confusion: Correction
 
 
 class MaxAbsBA(Estimate):
+    """The worst cell: `value` median-unbiased (audit/bias.py `_worst_cell`), `plug_in` the largest |BA|."""
+
+    plug_in: float
     class_: str | None = Field(alias="class")
     group: str | None
     cell_ci: CI | None
     clear_of_zero: bool
 
 
+# The measure of bias amplification the headline and its gate read (audit.gates.bias_amplification_measure).
+BAMeasureName = Literal["worst_cell", "wang_russakovsky", "zhao"]
+
+
+class BiasAmpMeasure(Estimate):
+    """A signed aggregate of the cells (audit/bias.py): Wang & Russakovsky's directional BiasAmp or Zhao
+    et al.'s mean bias amplification; `n_cells` the cells it sums, `method` how `ci` was computed. The
+    interval always holds its estimate."""
+
+    n_cells: int
+
+
 class BiasAmplification(ResultModel):
     corrected: bool
     cells: list[BiasCell]
+    wang_russakovsky: BiasAmpMeasure
+    zhao: BiasAmpMeasure
     max_abs_ba: MaxAbsBA
     n_cells_clear_of_zero: int
 
@@ -160,12 +178,31 @@ class HeadlineFigure(ResultModel):
     estimate: float | None = None
     ci: CI | None = None
 
+    def gated_ci(self) -> list[float] | None:
+        """The interval of the number the gate reads."""
+        return None if self.ci is None else list(self.ci)
+
+
+class BAHeadlineFigure(HeadlineFigure):
+    """The bias amplification headline: `measure` names which of the three it is. For the two signed
+    ones `value` is read from the absolute value (|estimate|, or an end of the interval of |x| for x in
+    `ci`), while `estimate` and `ci` stay signed."""
+
+    measure: BAMeasureName
+
+    def gated_ci(self) -> list[float] | None:
+        """The signed measures are gated on |x|: the interval of |x| for x in `ci`."""
+        if self.ci is None or self.measure == "worst_cell":
+            return super().gated_ci()
+        lo, hi = self.ci
+        return [0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))]
+
 
 class Headline(ResultModel):
     estimate: Estimator
     statistic: Literal["estimate", "ci_low", "ci_high"]
     fairness_discrepancy: HeadlineFigure
-    bias_amplification: HeadlineFigure
+    bias_amplification: BAHeadlineFigure
     worst_group_gap: HeadlineFigure
 
 

@@ -29,8 +29,11 @@ from typing import Literal
 
 import numpy as np
 
-Method = Literal["percentile", "half_sample", "inversion"]
+Method = Literal["percentile", "percentile_widened", "half_sample", "inversion"]
 PERCENTILE: Method = "percentile"
+# A percentile interval stretched to its estimate: a linear statistic of error-corrected shares, whose
+# clipping at 0 can put every replicate on one side of the estimate (audit/bias.py).
+PERCENTILE_WIDENED: Method = "percentile_widened"
 HALF_SAMPLE: Method = "half_sample"
 INVERSION: Method = "inversion"
 
