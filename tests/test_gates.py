@@ -25,6 +25,7 @@ from diffaudit.results import (
     read_result,
 )
 from diffaudit.results.fairness import BAHeadlineFigure, FairnessReport, Headline, HeadlineFigure
+from diffaudit.results.intervals import Interval
 from diffaudit.results.privacy import SpaceMemorization
 from tests.helpers.config import ROOT, TinyRun
 
@@ -87,21 +88,30 @@ def test_measurements_read_the_reports() -> None:
         },
     )
     quality = QualityResult.model_construct(
-        feature_space="evaluator", fid_evaluator=3.0, fid_evaluator_floor=1.0, conditional_accuracy=0.9
+        feature_space="evaluator",
+        fid_evaluator=3.0,
+        fid_evaluator_floor=1.0,
+        conditional_accuracy=0.9,
+        conditional_accuracy_ci=None,
     )
     m = measurements(fairness, privacy, quality)
-    assert m["fairness_discrepancy"] == (0.3, "thickness, corrected, estimate")
-    assert m["bias_amplification"] == (0.1, "thickness, worst cell |BA|, corrected, estimate")
+    assert m["fairness_discrepancy"][:2] == (0.3, "thickness, corrected, estimate")
+    assert m["bias_amplification"][:2] == (0.1, "thickness, worst cell |BA|, corrected, estimate")
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
     assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
     assert m["conditional_accuracy"][0] == 0.9
     inception = QualityResult.model_construct(
-        feature_space="inception", fid_inception=5.0, fid_inception_floor=4.0, conditional_accuracy=0.9
+        feature_space="inception",
+        fid_inception=5.0,
+        fid_inception_floor=4.0,
+        conditional_accuracy=0.9,
+        conditional_accuracy_ci=Interval(low=0.85, high=0.95, method="percentile"),
     )
     assert measurements(fairness, privacy, inception)["fid_over_floor"] == (
         pytest.approx(1.0),
         "fid_inception - fid_inception_floor, quality.json",
     )
+    assert measurements(fairness, privacy, inception)["conditional_accuracy"][2] == [0.85, 0.95]
     assert "fid_over_floor" not in measurements(fairness, privacy, None)  # no quality file: not measured
 
 
@@ -240,3 +250,28 @@ def test_audit_stage_passes_when_gates_are_lenient(tiny_run: TinyRun, tmp_path: 
     assert gates.passed and gates.failed == [] and "with_mitigation" not in gates.dump()
     fairness = read_result(tmp_path / "metrics" / "fairness.json", FairnessResult)
     assert fairness.mitigation is None and "mitigation" not in fairness.dump()
+
+
+def test_a_gate_whose_interval_crosses_its_threshold_says_so() -> None:
+    """The verdict stays the estimate's (audit.gate_statistic); the interval's crossing is reported."""
+    cfg = GatesCfg(max_fairness_discrepancy=0.1, min_conditional_accuracy=0.8)
+    measured = {
+        "fairness_discrepancy": (0.08, "thickness", [0.03, 0.14]),  # passes; interval crosses 0.1
+        "conditional_accuracy": (0.95, "quality.json", [0.9, 0.99]),  # clear of 0.8
+    }
+    verdicts = {v.gate: v for v in evaluate_gates(cfg, measured)}
+    fd, acc = verdicts["fairness_discrepancy"], verdicts["conditional_accuracy"]
+    assert fd.passed and fd.crosses and not acc.crosses
+    assert "passes on the estimate; its interval crosses the threshold" in fd.message()
+    result = report(list(verdicts.values()))
+    entry = result.gates["fairness_discrepancy"]
+    assert entry.ci == [0.03, 0.14] and entry.ci_crosses_threshold
+    assert "passes on the estimate; its interval crosses the threshold" in entry.describe(
+        "fairness_discrepancy"
+    )
+    assert result.gates["conditional_accuracy"].crossing_note == ""
+    failing = {v.gate: v for v in evaluate_gates(cfg, {"fairness_discrepancy": (0.12, "x", [0.05, 0.2])})}
+    fd = failing["fairness_discrepancy"]
+    assert not fd.passed and "fails on the estimate" in fd.message()
+    with pytest.raises(ValueError, match="ci_crosses_threshold"):  # the file cannot disagree with itself
+        type(entry).model_validate(entry.dump() | {"ci_crosses_threshold": False})

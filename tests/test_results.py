@@ -154,12 +154,14 @@ def test_a_real_file_round_trips_equal(real_files: dict[str, Path], name: str, t
 def test_real_files_keep_the_values_consumers_need(real_files: dict[str, Path]) -> None:
     q = read_result(real_files["quality.json"], QualityResult)
     assert q.space() == q.feature_space == "evaluator" and q.sampler is not None and q.has_cas
-    assert isinstance(q.fid_evaluator_ci, Interval) and q.space_value("fid") == q.fid_evaluator
+    assert isinstance(q.fid_evaluator_debiased_ci, Interval) and q.space_value("fid") == q.fid_evaluator
     assert [r.key for r in q.rows()] == [
         "fid_evaluator",
         "kid_evaluator",
         "precision",
         "recall",
+        "density",
+        "coverage",
         "conditional_accuracy",
         "cas",
     ]
@@ -192,7 +194,7 @@ def _set(data: Any, dotted: str, value: Any = None, *, delete: bool = False) -> 
 CASES = [
     ("data.json", "splits.train.n", "splits.train", "data_md5"),
     ("evaluator.json", "class.accuracy", "class", "class.confusion"),
-    ("quality.json", "conditional_accuracy", "fid_evaluator_ci", "n_test"),
+    ("quality.json", "conditional_accuracy", "fid_evaluator_debiased_ci", "n_test"),
     ("sampler_study.json", "guidance_sweep.nfe", "target", "floor.recall"),
     ("explain.json", "spectrum.coarse_to_fine", "seconds", "attribution.logit_gap_mean"),
     (
@@ -347,7 +349,9 @@ def test_write_refuses_what_the_reader_would_refuse(tmp_path: Path) -> None:
 def test_space_keys_are_one_table() -> None:
     assert space_key("fid_floor", "evaluator") == "fid_evaluator_floor"
     assert space_key("kid_floor_std", "inception") == "kid_inception_floor_std"
-    assert space_of("fid_inception_ci") == "inception" and space_of("kid_evaluator_std") == "evaluator"
+    assert (
+        space_of("fid_inception_debiased_ci") == "inception" and space_of("kid_evaluator_std") == "evaluator"
+    )
     assert space_of("precision") is None and space_of("cas") is None
     for key in ("fid_evaluator_floor", "kid_inception_floor_ci"):
         assert key in QualityResult.model_fields  # every table key is a declared field

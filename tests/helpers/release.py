@@ -84,15 +84,15 @@ def write_samples(cfg: Config, per_class: int = 3, steps: int = 2) -> None:
     save_png(class_grid(images, labels, meta.num_classes), out / "grid.png")
 
 
-def _iv(v: float) -> dict:
-    return {"low": v * 0.9, "high": v * 1.1}
+def _iv(v: float, method: str = "percentile") -> dict:
+    return {"low": v * 0.9, "high": v * 1.1, "method": method}
 
 
 def quality(acc: float = 0.9, fid: float = 2.0) -> dict:
     """metrics/quality.json in the evaluate stage's layout (results.QualityResult; evaluator space, no
     CAS)."""
     classes = [str(c) for c in range(10)]
-    sets = {"": (fid, 0.01, 0.002, 0.8, 0.7), "_floor": (0.5, 0.001, 0.0005, 0.9, 0.9)}
+    sets = {"": (fid, 0.01, 0.002, 0.8, 0.7, 0.9, 0.6), "_floor": (0.5, 0.001, 0.0005, 0.9, 0.9, 1.0, 0.9)}
     out: dict = {
         "feature_space": "evaluator",
         "n_images": 30,
@@ -101,18 +101,25 @@ def quality(acc: float = 0.9, fid: float = 2.0) -> dict:
         "bootstrap": {"reps": 20, "level": 0.95},
         "pr_k": 3,
     }
-    for suffix, (f, k, k_std, p, r) in sets.items():  # test data: keys built here, the model checks them
+    for suffix, (f, k, k_std, p, r, d, c) in sets.items():  # test data: keys built here, the model checks
         out |= {
             f"fid_evaluator{suffix}": f,
             f"kid_evaluator{suffix}": k,
             f"kid_evaluator{suffix}_std": k_std,
             f"precision{suffix}": p,
             f"recall{suffix}": r,
-            f"fid_evaluator{suffix}_ci": _iv(f),
-            f"kid_evaluator{suffix}_ci": _iv(k),
+            f"fid_evaluator{suffix}_debiased": f * 0.8,
+            f"fid_evaluator{suffix}_debiased_ci": _iv(f * 0.8, "half_sample"),
+            f"kid_evaluator{suffix}_ci": _iv(k, "half_sample"),
             f"precision{suffix}_ci": _iv(p),
             f"recall{suffix}_ci": _iv(r),
         }
+        out |= {f"density{suffix}": d, f"coverage{suffix}": c}
+        out |= {f"density{suffix}_ci": _iv(d), f"coverage{suffix}_ci": _iv(c)}
+    out |= {
+        "vendi_per_class": dict.fromkeys(classes, 2.5),
+        "vendi_floor_per_class": dict.fromkeys(classes, 2.8),
+    }
     for suffix, a in (("", acc), ("_floor", 0.95)):
         out |= {
             f"conditional_accuracy{suffix}": a,
@@ -132,6 +139,8 @@ def gates(passed: bool) -> dict:
         "op": ">=",
         "passed": passed,
         "source": "quality.json",
+        "ci": [0.85, 0.95] if passed else [0.2, 0.4],
+        "ci_crosses_threshold": False,
     }
     mem = {
         "value": 0.0,
@@ -139,6 +148,8 @@ def gates(passed: bool) -> dict:
         "op": "<=",
         "passed": True,
         "source": "pixel space, d1/d2 < 0.333",
+        "ci": None,
+        "ci_crosses_threshold": False,
     }
     return {
         "passed": passed,
@@ -153,7 +164,8 @@ def _png(path: Path, color: int) -> None:
 
 
 def _discrepancies(fd: float, ci: list[float]) -> dict:
-    stat = {"value": fd, "ci": ci, "null_q95": 0.2, "exceeds_null": False}
+    stat = {"value": fd, "ci": ci, "method": "inversion", "plug_in": fd * 1.1, "null_q95": 0.2}
+    stat["exceeds_null"] = False
     return {"fd_l2": stat, "tv": stat | {"value": fd / 2}, "kl": stat | {"value": fd / 4}}
 
 
@@ -169,6 +181,7 @@ def fairness() -> dict:
         "p_gen_corrected": [0.55, 0.45],
         "p_gen_raw_ci": [[0.45, 0.75], [0.25, 0.55]],
         "p_gen_corrected_ci": [[0.4, 0.7], [0.3, 0.6]],
+        "p_gen_ci_method": "percentile",
         "raw": _discrepancies(0.141, [0.02, 0.3]),
         "corrected": _discrepancies(0.071, [0.0, 0.25]),
         "other_reference": {
@@ -190,6 +203,7 @@ def fairness() -> dict:
         "p_gen": 0.6,
         "ba": 0.1,
         "ci": [-0.1, 0.3],
+        "method": "percentile",
         "clear_of_zero": False,
         "confusion": "pooled",
     }
@@ -206,7 +220,16 @@ def fairness() -> dict:
         "real_sizes": {"thin": 30, "thick": 30},
         "by_group": {"thin": metrics, "thick": metrics | {"conditional_accuracy": 0.85}},
         "overall": metrics,
-        "gap": {m: {"value": 0.05, "ci": [0.0, 0.2], "worst_group": "thick"} for m in metrics},
+        "gap": {
+            m: {
+                "value": 0.05,
+                "ci": [0.0, 0.2],
+                "method": "inversion",
+                "plug_in": 0.06,
+                "worst_group": "thick",
+            }
+            for m in metrics
+        },
     }
     too_small = {
         "sizes": {"0": 3},
@@ -234,6 +257,8 @@ def fairness() -> dict:
                 "max_abs_ba": {
                     "value": 0.1,
                     "ci": [0.0, 0.3],
+                    "method": "inversion",
+                    "plug_in": 0.12,
                     "class": "0",
                     "group": "thin",
                     "cell_ci": [-0.1, 0.3],

@@ -30,8 +30,8 @@ class GateEntry(ResultModel):
     source: str  # what was measured (e.g. "thickness, corrected, estimate")
     # The interval of the gated statistic (null: it has none) and whether it holds the threshold. The
     # verdict itself is `passed`, decided by audit.gate_statistic.
-    ci: list[float] | None
-    ci_crosses_threshold: bool
+    ci: list[float] | None = None
+    ci_crosses_threshold: bool = False
 
     @model_validator(mode="after")
     def _crossing_agrees(self) -> GateEntry:
