@@ -25,7 +25,7 @@ from diffaudit.results import (
     read_result,
 )
 from diffaudit.results.fairness import FairnessReport, Headline, HeadlineFigure
-from diffaudit.results.privacy import SpaceMemorization
+from diffaudit.results.privacy import Share, SpaceMemorization, SpaceNearCopies
 from tests.helpers.config import ROOT, TinyRun
 
 
@@ -47,6 +47,11 @@ def test_gates_compare_each_value_with_its_threshold() -> None:
     }
     verdicts = {v.gate: v for v in evaluate_gates(cfg, measured)}
     assert "fid_over_floor" not in verdicts  # threshold null: not evaluated
+    assert "near_copy_fraction" not in verdicts  # null by default
+    near = evaluate_gates(
+        GatesCfg(max_near_copy_fraction=0.01), measured | {"near_copy_fraction": (0.02, "pixel")}
+    )
+    assert [v.passed for v in near if v.gate == "near_copy_fraction"] == [False]
     assert not verdicts["conditional_accuracy"].passed  # >= 0.8
     assert verdicts["fairness_discrepancy"].passed  # <= is inclusive
     assert not verdicts["bias_amplification"].passed
@@ -84,6 +89,12 @@ def test_measurements_read_the_reports() -> None:
             "pixel": SpaceMemorization.model_construct(fraction=0.01),
             "feature": SpaceMemorization.model_construct(fraction=0.04),
         },
+        near_copies={
+            space: SpaceNearCopies.model_construct(
+                percentile=1.0, threshold=t, fraction=Share.model_construct(value=v)
+            )
+            for space, t, v in (("pixel", 1.5, 0.02), ("feature", 0.7, 0.01))
+        },
     )
     quality = QualityResult.model_construct(
         feature_space="evaluator", fid_evaluator=3.0, fid_evaluator_floor=1.0, conditional_accuracy=0.9
@@ -91,6 +102,7 @@ def test_measurements_read_the_reports() -> None:
     m = measurements(fairness, privacy, quality)
     assert m["fairness_discrepancy"] == (0.3, "thickness, corrected, estimate")
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
+    assert m["near_copy_fraction"] == (0.02, "pixel space, DCR < 1.5 (1 % of held-out DCRs)")
     assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
     assert m["conditional_accuracy"][0] == 0.9
     inception = QualityResult.model_construct(
@@ -210,7 +222,7 @@ def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_pa
     assert fairness.mitigation is not None and fairness.mitigation.attribute == "thickness"
     assert fairness.mitigation.selection.per_class  # class ids as the file's string keys
     privacy = read_result(tmp_path / "metrics" / "privacy.json", PrivacyResult)
-    assert set(privacy.memorization) == {"pixel", "feature"}
+    assert set(privacy.memorization) == set(privacy.near_copies) == {"pixel", "feature"}
     assert (tmp_path / "plots" / "audit" / "memorization_gallery.png").is_file()
     assert (tmp_path / "plots" / "bias_amplification.csv").read_text().startswith("set,attribute,class")
 
