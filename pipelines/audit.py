@@ -102,6 +102,7 @@ def _log(out: AuditOutcome) -> None:
         "fairness": fairness.headline.dump(),
         "fairness.fd_l2_corrected": {h: r.corrected.fd_l2.value for h, r in fairness.representation.items()},
         "memorized_fraction": {s: m.fraction for s, m in privacy.memorization.items()},
+        "near_copy_fraction": {s: n.fraction.value for s, n in privacy.near_copies.items()},
         "gate": {
             v.gate: {"passed": float(v.passed), "ci_crosses_threshold": float(v.crosses)}
             | ({} if v.value is None or v.value != v.value else {"value": float(v.value)})

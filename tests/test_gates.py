@@ -26,7 +26,7 @@ from diffaudit.results import (
 )
 from diffaudit.results.fairness import BAHeadlineFigure, FairnessReport, Headline, HeadlineFigure
 from diffaudit.results.intervals import Interval
-from diffaudit.results.privacy import SpaceMemorization
+from diffaudit.results.privacy import Share, SpaceMemorization, SpaceNearCopies
 from tests.helpers.config import ROOT, TinyRun
 
 
@@ -48,6 +48,11 @@ def test_gates_compare_each_value_with_its_threshold() -> None:
     }
     verdicts = {v.gate: v for v in evaluate_gates(cfg, measured)}
     assert "fid_over_floor" not in verdicts  # threshold null: not evaluated
+    assert "near_copy_fraction" not in verdicts  # null by default
+    near = evaluate_gates(
+        GatesCfg(max_near_copy_fraction=0.01), measured | {"near_copy_fraction": (0.02, "pixel")}
+    )
+    assert [v.passed for v in near if v.gate == "near_copy_fraction"] == [False]
     assert not verdicts["conditional_accuracy"].passed  # >= 0.8
     assert verdicts["fairness_discrepancy"].passed  # <= is inclusive
     assert not verdicts["bias_amplification"].passed
@@ -86,6 +91,12 @@ def test_measurements_read_the_reports() -> None:
             "pixel": SpaceMemorization.model_construct(fraction=0.01),
             "feature": SpaceMemorization.model_construct(fraction=0.04),
         },
+        near_copies={
+            space: SpaceNearCopies.model_construct(
+                percentile=1.0, threshold=t, fraction=Share.model_construct(value=v, ci=[v, v])
+            )
+            for space, t, v in (("pixel", 1.5, 0.02), ("feature", 0.7, 0.01))
+        },
     )
     quality = QualityResult.model_construct(
         feature_space="evaluator",
@@ -98,6 +109,7 @@ def test_measurements_read_the_reports() -> None:
     assert m["fairness_discrepancy"][:2] == (0.3, "thickness, corrected, estimate")
     assert m["bias_amplification"][:2] == (0.1, "thickness, worst cell |BA|, corrected, estimate")
     assert m["memorized_fraction"][0] == 0.04 and "feature" in m["memorized_fraction"][1]
+    assert m["near_copy_fraction"] == (0.02, "pixel space, DCR < 1.5 (1 % of held-out DCRs)", [0.02, 0.02])
     assert m["fid_over_floor"] == (pytest.approx(2.0), "fid_evaluator - fid_evaluator_floor, quality.json")
     assert m["conditional_accuracy"][0] == 0.9
     inception = QualityResult.model_construct(
@@ -222,7 +234,7 @@ def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_pa
     assert fairness.mitigation is not None and fairness.mitigation.attribute == "thickness"
     assert fairness.mitigation.selection.per_class  # class ids as the file's string keys
     privacy = read_result(tmp_path / "metrics" / "privacy.json", PrivacyResult)
-    assert set(privacy.memorization) == {"pixel", "feature"}
+    assert set(privacy.memorization) == set(privacy.near_copies) == {"pixel", "feature"}
     assert (tmp_path / "plots" / "audit" / "memorization_gallery.png").is_file()
     assert (tmp_path / "plots" / "bias_amplification.csv").read_text().startswith("set,attribute,class")
 

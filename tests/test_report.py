@@ -25,14 +25,14 @@ def test_tables_render_intervals_by_type() -> None:
     # Intervals are recognised by their type, whatever their key; a dict that merely looks like one is not.
     tables = to_tables(
         {
-            "fd": Estimate(value=0.1, ci=[0.05, 0.2]),
-            "fid_ci": Interval(low=1.0, high=2.5),
+            "fd": Estimate(value=0.1, ci=[0.05, 0.2], method="inversion"),
+            "fid_ci": Interval(low=1.0, high=2.5, method="half_sample"),
             "lookalike": {"value": 0.3, "lo": 0.1, "hi": 0.4},
             "by_group": {"a": {"acc": 0.9}, "b": {"acc": 0.8}},
         }
     )
     cells = {r[0]: r[1] for r in tables[0].rows}
-    assert cells == {"fd": "0.1 [0.05, 0.2]", "fid_ci": "[1, 2.5]"}
+    assert cells == {"fd": "0.1 [0.05, 0.2] (test inversion)", "fid_ci": "[1, 2.5] (half-sample)"}
     assert tables[1].headers == ["", "value", "lo", "hi"]
     assert tables[1].rows == [["lookalike", "0.3", "0.1", "0.4"]]
     assert tables[2].title == "by_group" and tables[2].rows == [["a", "0.9"], ["b", "0.8"]]
@@ -40,10 +40,12 @@ def test_tables_render_intervals_by_type() -> None:
 
 def test_tables_walk_a_model_in_its_keys() -> None:
     # An estimate with more fields: estimate and interval in one cell, then the rest; only present keys.
-    d = Discrepancy(value=0.2, ci=[0.1, 0.3], null_q95=0.15, exceeds_null=True)
+    d = Discrepancy(
+        value=0.2, ci=[0.1, 0.3], method="inversion", plug_in=0.25, null_q95=0.15, exceeds_null=True
+    )
     (t,) = to_tables({"fd_l2": d, "tv": d})
-    assert t.headers == ["", "value [CI]", "null_q95", "exceeds_null"]
-    assert t.rows[0] == ["fd_l2", "0.2 [0.1, 0.3]", "0.15", "yes"]
+    assert t.headers == ["", "value [CI]", "plug_in", "null_q95", "exceeds_null"]
+    assert t.rows[0] == ["fd_l2", "0.2 [0.1, 0.3] (test inversion)", "0.25", "0.15", "yes"]
     group = PerGroup.model_validate(
         {
             "sizes": {"a": 3},
@@ -118,10 +120,9 @@ def test_model_card_has_every_section_and_the_run_numbers(run: ReleaseRun) -> No
     assert "champion (released)" in card
     assert "`thickness` (thin, thick)" in card  # the audited groups
     assert "| max_abs | 0.0123 |" in card  # a headline figure of the explainability file
-    assert "| fd_l2 | 0.071 [0, 0.25] |" in card  # a fairness estimate with its interval
-    assert (
-        "| FID (evaluator features) | 2 [1.8, 2.2] | 0.5 |" in card
-    )  # quality headline: value, interval, floor
+    assert "| fd_l2 | 0.071 [0, 0.25] (test inversion) |" in card  # a fairness estimate, interval, method
+    # quality headline: the plug-in, its bias correction with the interval and method, the floor
+    assert "| FID (evaluator features) | 2 (bias-corrected 1.6 [1.44, 1.76] (half-sample)) | 0.5 |" in card
 
 
 def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:

@@ -301,7 +301,29 @@ def privacy() -> dict:
         "real_test_floor": {"fraction": 0.0, "n": 60, "ratio_min": 0.5},
         "closest_pairs": [{"generated": 0, "train": 3, "ratio": 0.8}],
     }
-    return {"ratio": 1 / 3, "n_generated": 30, "n_train": 420, "memorization": {"pixel": mem}}
+    near = {
+        "percentile": 1.0,
+        "rank": 0,
+        "threshold": 0.0,
+        "fraction": {"value": 0.0, "ci": [0.0, 0.1135], "method": "wilson", "n_flagged": 0, "n": 30},
+        "dcr_min": 2.1,
+        "dcr_median": 3.0,
+        "heldout": {
+            "n": 60,
+            "dcr_min": 1.9,
+            "dcr_median": 2.9,
+            "scheme": "leave-one-out",
+            "false_alarm": {"value": 0.0, "ci": [0.0, 0.0602], "method": "wilson", "n_flagged": 0, "n": 60},
+        },
+        "closest_pairs": [{"generated": 0, "train": 3, "dcr": 2.1, "ratio": 0.8, "flagged": False}],
+    }
+    return {
+        "ratio": 1 / 3,
+        "n_generated": 30,
+        "n_train": 420,
+        "memorization": {"pixel": mem},
+        "near_copies": {"pixel": near},
+    }
 
 
 def explain() -> dict:

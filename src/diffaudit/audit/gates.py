@@ -23,6 +23,7 @@ GATES: dict[str, tuple[str, str]] = {
     "bias_amplification": ("max_abs_bias_amplification", "<="),
     "worst_group_gap": ("max_worst_group_gap", "<="),
     "memorized_fraction": ("max_memorized_fraction", "<="),
+    "near_copy_fraction": ("max_near_copy_fraction", "<="),
 }
 
 
@@ -99,8 +100,9 @@ def report(verdicts: list[Verdict]) -> GatesResult:
 def measurements(
     fairness: FairnessReport, privacy: PrivacyResult, quality: QualityResult | None
 ) -> dict[str, Measured]:
-    """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors
-    (no quality file: the quality gates are not measured, so they fail)."""
+    """What each gate reads: the fairness headline, the worse memorization space (for the d1/d2 and the
+    near-copy test apart), quality.json's floors (no quality file: the quality gates are not measured, so
+    they fail)."""
     head = fairness.headline
     ba = head.bias_amplification
     out: dict[str, Measured] = {
@@ -115,6 +117,15 @@ def measurements(
     if spaces:
         worst = max(spaces, key=lambda s: spaces[s].fraction)
         out["memorized_fraction"] = (spaces[worst].fraction, f"{worst} space, d1/d2 < {privacy.ratio:.3g}")
+    near = privacy.near_copies
+    if near:
+        worst = max(near, key=lambda s: near[s].fraction.value)
+        n = near[worst]
+        out["near_copy_fraction"] = (
+            n.fraction.value,
+            f"{worst} space, DCR < {n.threshold:.3g} ({n.percentile:g} % of held-out DCRs)",
+            list(n.fraction.ci),
+        )
     if quality is not None:
         ci = quality.conditional_accuracy_ci
         out["conditional_accuracy"] = (

@@ -20,14 +20,14 @@ from diffaudit.audit.attribute_rules import AttributeRule, apply_rules, fit_rule
 from diffaudit.audit.fairness import distribution
 from diffaudit.audit.fairness_report import Judged, fairness_report, judge
 from diffaudit.audit.mitigation import Draw, balanced_selection
-from diffaudit.audit.privacy import gallery, privacy_report
+from diffaudit.audit.privacy import gallery_figure, privacy_report
 from diffaudit.config.schema import Config
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.errors import ConfigError
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import FairnessReport, FairnessResult, GatesResult, PrivacyResult, QualityResult
 from diffaudit.results.fairness import Mitigation, MitigationSide, Selection
-from diffaudit.utils.images import class_grid, grid
+from diffaudit.utils.images import class_grid
 
 Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
 # labels, per-image seeds -> images in [-1, 1], drawn with the run's own sampler
@@ -168,9 +168,10 @@ def audit_model(
         {"pixel": test.images, "feature": as_t(test_j.feats)},
         cfg.audit.memorization_ratio,
         cfg.audit.gallery_size,
+        cfg.audit.copy_percentile,
+        cfg.audit.ci_level,
     )
-    pairs = [(p.generated, p.train, p.ratio) for p in privacy.memorization["pixel"].closest_pairs]
-    figures = {"memorization_gallery": grid(gallery(images, train.images, pairs), ncol=8, scale=4)}
+    figures = {"memorization_gallery": gallery_figure(images, train.images, privacy)}
 
     verdicts = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(fairness, privacy, quality))
     gates = gates_mod.report(verdicts)

@@ -30,6 +30,9 @@ class GatesCfg(_Strict):
     bias_amplification_measure: Literal["worst_cell", "wang_russakovsky", "zhao"] = "worst_cell"
     max_worst_group_gap: float | None = Field(default=0.15, ge=0.0)
     max_memorized_fraction: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    # Share of generated images flagged as near-copies by the held-out-calibrated DCR test, in the worse
+    # space. Null: not evaluated (about copy_percentile % is flagged even for a model that copies nothing).
+    max_near_copy_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class MitigationCfg(_Strict):
@@ -64,6 +67,9 @@ class AuditCfg(_Strict):
     min_group_size_fid: int = Field(default=100, ge=2)
     pr_k: int = Field(default=3, ge=1)
     memorization_ratio: float = Field(default=1.0 / 3.0, gt=0.0, lt=1.0)
+    # Near-copy test (docs/privacy.md): a generated image whose distance to its closest training image is
+    # below this percentile (in %) of the real test images' such distances is flagged.
+    copy_percentile: float = Field(default=1.0, gt=0.0, le=50.0)
     gallery_size: int = Field(default=16, ge=1)
     gates: GatesCfg = GatesCfg()
     mitigation: MitigationCfg = MitigationCfg()

@@ -230,6 +230,8 @@ def _scalar(x: Any) -> bool:
 # How the report names each interval method (utils/intervals.py).
 METHOD_LABELS = {
     "percentile": "percentile bootstrap",
+    "percentile_widened": "percentile bootstrap, widened to its estimate",
+    "wilson": "Wilson",
     "half_sample": "half-sample",
     "inversion": "test inversion",
 }
@@ -264,7 +266,7 @@ def entries(obj: Any) -> list[tuple[str, Any]] | None:
     """The (key, value) pairs of a mapping-like value: a model's present keys (an estimate with more
     fields: the estimate and its interval as one cell, then the rest), or a dict's items; None otherwise."""
     if isinstance(obj, Estimate) and type(obj) is not Estimate:
-        rest = [(k, v) for k, v in obj.entries() if k not in ("value", "ci")]
+        rest = [(k, v) for k, v in obj.entries() if k not in ("value", "ci", "method")]
         return [(ESTIMATE_COLUMN, obj.estimate()), *rest]
     if isinstance(obj, ResultModel):
         return obj.entries()

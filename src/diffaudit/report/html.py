@@ -354,13 +354,21 @@ def _section_body(sec: Section, data: ResultFile | None, content: RunContent, ma
     else:
         head = headline_of(data)
         if isinstance(data, PrivacyResult):
-            head = {
-                space: {k: v for k, v in m.entries() if k != "closest_pairs"}
-                for space, m in data.memorization.items()
-            }
+            head = {}
+            for space, m in data.memorization.items():
+                head[space] = {k: v for k, v in m.entries() if k != "closest_pairs"}
+                if (n := data.near_copies.get(space)) is not None:
+                    head[space]["near copies (DCR)"] = {
+                        "threshold": n.threshold,
+                        "percentile": n.percentile,
+                        "flagged": n.fraction,
+                        "held-out false alarm": n.heldout.false_alarm,
+                    }
             body += (
                 f"<p>Memorized: generated images whose nearest training image is much closer than the "
-                f"second nearest (d1/d2 &lt; {fmt_num(data.ratio)}).</p>"
+                f"second nearest (d1/d2 &lt; {fmt_num(data.ratio)}). Near copies: generated images closer "
+                f"to a training image than all but the closest held-out real images are (DCR below the "
+                f"threshold; the false alarm is measured on held-out images left out of it).</p>"
             )
         if head:
             body += f"<h3>Headline</h3>{tables_html(head, max_depth=2)}"

@@ -12,6 +12,7 @@ Every method returns an interval that contains the estimate it reports, by const
   n/2 is twice the bias at n. Hence a bias-corrected estimate 2*theta - median(theta*), the two-point
   form of Chong & Forsyth's (2020) extrapolation of FID to infinite n, and the basic interval
   [2*theta - q_hi, 2*theta - q_lo] around it.
+- `wilson`: the Wilson score interval of a share of flagged images (near-copies, false alarms).
 - `inversion`: distances of an estimated vector from a reference (the fairness discrepancy FD, TV, KL,
   the worst cell of bias amplification, the worst-group gap). Such a distance is biased upward and sits
   on a boundary at zero, where no bootstrap interval of the plug-in covers (at a true distance of 0
@@ -29,13 +30,14 @@ from typing import Literal
 
 import numpy as np
 
-Method = Literal["percentile", "percentile_widened", "half_sample", "inversion"]
+Method = Literal["percentile", "percentile_widened", "half_sample", "inversion", "wilson"]
 PERCENTILE: Method = "percentile"
 # A percentile interval stretched to its estimate: a linear statistic of error-corrected shares, whose
 # clipping at 0 can put every replicate on one side of the estimate (audit/bias.py).
 PERCENTILE_WIDENED: Method = "percentile_widened"
 HALF_SAMPLE: Method = "half_sample"
 INVERSION: Method = "inversion"
+WILSON: Method = "wilson"  # the Wilson score interval of a binomial share (flagged images)
 
 _NAN2 = (float("nan"), float("nan"))
 
@@ -132,6 +134,16 @@ def inversion(
         return float(distance((center + s * direction)[None])[0])
 
     return at(s_mid), (at(s_lo), at(s_hi))
+
+
+def wilson(k: int, n: int, level: float) -> tuple[float, float]:
+    """Wilson score interval of the share k/n (scipy's); it always contains k/n ([0, 1] at n = 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest  # scipy is slow to import; only the privacy audit needs it
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return min(float(ci.low), k / n), max(float(ci.high), k / n)
 
 
 def contains(estimate: float | None, low: float, high: float, tol: float = 1e-9) -> bool:
