@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from diffaudit.config.audit_schema import GatesCfg
 from diffaudit.results.fairness import FairnessReport
 from diffaudit.results.gates import GateEntry, GatesResult
+from diffaudit.results.membership import MembershipResult
 from diffaudit.results.privacy import PrivacyResult
 from diffaudit.results.quality import QualityResult, space_key
 
@@ -23,6 +24,7 @@ GATES: dict[str, tuple[str, str]] = {
     "bias_amplification": ("max_abs_bias_amplification", "<="),
     "worst_group_gap": ("max_worst_group_gap", "<="),
     "memorized_fraction": ("max_memorized_fraction", "<="),
+    "mia_auc": ("max_mia_auc", "<="),
 }
 
 
@@ -69,10 +71,14 @@ def report(verdicts: list[Verdict]) -> GatesResult:
 
 
 def measurements(
-    fairness: FairnessReport, privacy: PrivacyResult, quality: QualityResult | None
+    fairness: FairnessReport,
+    privacy: PrivacyResult,
+    quality: QualityResult | None,
+    membership: MembershipResult | None = None,
 ) -> dict[str, tuple[float | None, str]]:
     """What each gate reads: the fairness headline, the worse memorization space, quality.json's floors
-    (no quality file: the quality gates are not measured, so they fail)."""
+    (no quality file: the quality gates are not measured, so they fail), the membership headline's AUC
+    (membership inference off: not measured)."""
     head = fairness.headline
     out: dict[str, tuple[float | None, str]] = {
         gate: (h.value, f"{h.where}, {head.estimate}, {head.statistic}")
@@ -91,4 +97,8 @@ def measurements(
         fid, floor = (space_key(q, quality.feature_space) for q in ("fid", "fid_floor"))
         excess = quality.space_value("fid") - quality.space_value("fid_floor")
         out["fid_over_floor"] = (excess, f"{fid} - {floor}, {QualityResult.FILE}")
+    if membership is not None:
+        h = membership.headline
+        way = " reversed" if h.reversed else ""
+        out["mia_auc"] = (h.auc.value, f"membership {h.attack}{way} at t={h.timestep}, held-out half")
     return out
