@@ -8,7 +8,9 @@ are written (the verdicts are the evidence).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,19 +22,30 @@ from diffaudit.layout import Layout
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import QualityResult, read_result, write_result
 from diffaudit.results.gates import CROSSING_NOTE
+from diffaudit.results.intervals import Estimate
+from diffaudit.results.membership import MembershipResult
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.utils.images import save_png
 from diffaudit.utils.io import load_tensors, write_text
 from pipelines._stage import progress_enabled, run
 
+if TYPE_CHECKING:
+    from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 
-def _generator(cfg: Config, layout: Layout) -> Generate:
-    """The run's own sampler for the mitigation's extra draws, loaded on first use."""
+
+def _model(cfg: Config, layout: Layout) -> Callable[[], ClassConditionalPipeline]:
+    """The exported model with the run's sampler, loaded once on first use (mitigation, membership)."""
     from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 
     @cache
     def pipe() -> ClassConditionalPipeline:
         return ClassConditionalPipeline.from_exported(layout.diffusion, cfg.sampler.name)
+
+    return pipe
+
+
+def _generator(cfg: Config, pipe: Callable[[], ClassConditionalPipeline]) -> Generate:
+    """The run's own sampler for the mitigation's extra draws."""
 
     def draw(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         return (
@@ -60,6 +73,7 @@ def main(cfg: Config) -> None:
         samples = load_tensors(layout.samples)
         quality = read_result(layout.quality, QualityResult) if layout.quality.is_file() else None
         evaluator = Evaluator.from_pretrained(layout.evaluator, use_safetensors=True)
+        model = _model(cfg, layout)
         out = audit_model(
             cfg,
             meta,
@@ -70,8 +84,9 @@ def main(cfg: Config) -> None:
             samples["labels"],
             evaluator,
             quality,
-            _generator(cfg, layout),
+            _generator(cfg, model),
             seeds_after=lambda start, n: sample_seeds(cfg.seed, start + n)[start:],
+            model=model,
         )
         for name, image in out.figures.items():
             save_png(image, layout.audit_plots / f"{name}.png")
@@ -85,6 +100,14 @@ def main(cfg: Config) -> None:
         )
         for v in out.verdicts:
             print(f"[audit] {v.message()}")
+        if (mia := out.privacy.membership) is not None:
+            h = mia.headline
+            print(
+                f"[audit] membership inference ({mia.n_members} members, as many non-members): {h.attack}"
+                f"{' reversed' if h.reversed else ''} "
+                f"at t={h.timestep}, AUC {h.auc.value:.3f} [{h.auc.ci[0]:.3f}, {h.auc.ci[1]:.3f}] on the "
+                "held-out half"
+            )
         g = out.gates
         print(
             f"[audit] {'all gates passed' if g.passed else 'gates failed: ' + ', '.join(g.failed)} "
@@ -109,6 +132,8 @@ def _log(out: AuditOutcome) -> None:
             for v in out.verdicts
         },
     }
+    if (mia := out.privacy.membership) is not None:
+        metrics["membership"] = _membership_metrics(mia)
     if (mit := fairness.mitigation) is not None:
         metrics["mitigation"] = {
             "fd_l2_before": mit.before.fd_l2.value,
@@ -118,6 +143,26 @@ def _log(out: AuditOutcome) -> None:
     tags = {f"gate.{v.gate}": "pass" if v.passed else "fail" for v in out.verdicts}
     tags |= {f"gate.{v.gate}.note": CROSSING_NOTE[v.passed] for v in out.verdicts if v.crosses}
     log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates.passed).lower()})
+
+
+def _membership_metrics(mia: MembershipResult) -> dict:
+    """membership.{auc, auc_ci_low, ...} (the headline) and membership.<attack>.t<step>.{auc, ...}."""
+
+    def flat(auc: Estimate, tpr: Estimate) -> dict[str, float]:
+        return {
+            "auc": auc.value,
+            "auc_ci_low": auc.ci[0],
+            "auc_ci_high": auc.ci[1],
+            "tpr_at_1pct_fpr": tpr.value,
+            "tpr_at_1pct_fpr_ci_low": tpr.ci[0],
+            "tpr_at_1pct_fpr_ci_high": tpr.ci[1],
+        }
+
+    h = mia.headline
+    out: dict = flat(h.auc, h.tpr_at_1pct_fpr) | {"timestep": h.timestep, "n_members": mia.n_members}
+    for attack, points in mia.attacks.items():
+        out[attack] = {f"t{t}": flat(p.auc, p.tpr_at_1pct_fpr) for t, p in points.items()}
+    return out
 
 
 if __name__ == "__main__":

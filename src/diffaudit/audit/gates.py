@@ -24,6 +24,7 @@ GATES: dict[str, tuple[str, str]] = {
     "worst_group_gap": ("max_worst_group_gap", "<="),
     "memorized_fraction": ("max_memorized_fraction", "<="),
     "near_copy_fraction": ("max_near_copy_fraction", "<="),
+    "mia_auc": ("max_mia_auc", "<="),
 }
 
 
@@ -102,7 +103,7 @@ def measurements(
 ) -> dict[str, Measured]:
     """What each gate reads: the fairness headline, the worse memorization space (for the d1/d2 and the
     near-copy test apart), quality.json's floors (no quality file: the quality gates are not measured, so
-    they fail)."""
+    they fail), the membership headline's AUC (membership inference off: not measured)."""
     head = fairness.headline
     ba = head.bias_amplification
     out: dict[str, Measured] = {
@@ -136,4 +137,9 @@ def measurements(
         fid, floor = (space_key(q, quality.feature_space) for q in ("fid", "fid_floor"))
         excess = quality.space_value("fid") - quality.space_value("fid_floor")
         out["fid_over_floor"] = (excess, f"{fid} - {floor}, {QualityResult.FILE}")
+    if (membership := privacy.membership) is not None:
+        h = membership.headline
+        way = " reversed" if h.reversed else ""
+        source = f"membership {h.attack}{way} at t={h.timestep}, held-out half"
+        out["mia_auc"] = (h.auc.value, source, list(h.auc.ci))
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from diffaudit.audit import gates as gates_mod
 from diffaudit.audit.attribute_rules import AttributeRule, apply_rules, fit_rules
 from diffaudit.audit.fairness import distribution
 from diffaudit.audit.fairness_report import Judged, fairness_report, judge
+from diffaudit.audit.membership import membership_audit
 from diffaudit.audit.mitigation import Draw, balanced_selection
 from diffaudit.audit.privacy import gallery_figure, privacy_report
 from diffaudit.config.schema import Config
@@ -27,7 +29,11 @@ from diffaudit.errors import ConfigError
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import FairnessReport, FairnessResult, GatesResult, PrivacyResult, QualityResult
 from diffaudit.results.fairness import Mitigation, MitigationSide, Selection
+from diffaudit.results.membership import MembershipResult
 from diffaudit.utils.images import class_grid
+
+if TYPE_CHECKING:
+    from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 
 Look = Callable[[torch.Tensor, torch.Tensor], Judged]  # images, their classes -> how the audit reads them
 # labels, per-image seeds -> images in [-1, 1], drawn with the run's own sampler
@@ -136,6 +142,25 @@ def _ba_rows(fairness: FairnessReport, label: str) -> list[str]:
     return rows
 
 
+def _membership(
+    cfg: Config, train: Split, test: Split, model: Callable[[], ClassConditionalPipeline] | None
+) -> MembershipResult | None:
+    """Membership inference on the trained model: training images against test images."""
+    if not cfg.audit.membership.enabled or model is None:
+        return None
+    pipe = model()
+    return membership_audit(
+        pipe.unet,
+        pipe.noise_scheduler,
+        (train.images, train.labels),
+        (test.images, test.labels),
+        cfg.audit.membership,
+        seed=cfg.seed,
+        bootstrap=cfg.audit.bootstrap,
+        ci_level=cfg.audit.ci_level,
+    )
+
+
 def audit_model(
     cfg: Config,
     meta: DataMeta,
@@ -148,9 +173,11 @@ def audit_model(
     quality: QualityResult | None,
     generate: Generate,
     seeds_after: Callable[[int, int], list[int]],
+    model: Callable[[], ClassConditionalPipeline] | None = None,
 ) -> AuditOutcome:
     """Audit one generated set (`images` for `labels`, the sample stage's); `generate` and `seeds_after`
-    (start index, count -> seeds) draw the mitigation's extra candidates with the run's sampler."""
+    (start index, count -> seeds) draw the mitigation's extra candidates with the run's sampler; `model`
+    loads the trained model for membership inference (audit.membership; none given: not run)."""
     t0 = time.perf_counter()
     rules = fit_rules(meta, [train, val]) if cfg.audit.derived_attributes == "definition" else {}
     look = looker(evaluator, rules)
@@ -173,7 +200,11 @@ def audit_model(
     )
     figures = {"memorization_gallery": gallery_figure(images, train.images, privacy)}
 
-    verdicts = gates_mod.evaluate_gates(cfg.audit.gates, gates_mod.measurements(fairness, privacy, quality))
+    membership = _membership(cfg, train, test, model)
+    if membership is not None:
+        privacy.membership = membership
+    measured = gates_mod.measurements(fairness, privacy, quality)
+    verdicts = gates_mod.evaluate_gates(cfg.audit.gates, measured)
     gates = gates_mod.report(verdicts)
     ba_rows = _ba_rows(fairness, "before")
     mitigation = None

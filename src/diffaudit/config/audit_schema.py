@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -33,6 +33,8 @@ class GatesCfg(_Strict):
     # Share of generated images flagged as near-copies by the held-out-calibrated DCR test, in the worse
     # space. Null: not evaluated (about copy_percentile % is flagged even for a model that copies nothing).
     max_near_copy_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Membership inference: the headline attack's ROC AUC (members vs held-out images, docs/membership.md).
+    max_mia_auc: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class MitigationCfg(_Strict):
@@ -46,6 +48,28 @@ class MitigationCfg(_Strict):
         default=3.0, ge=1.0, le=50.0
     )  # most candidates per class, in units of the set's own count
     max_rounds: int = Field(default=4, ge=1)
+
+
+class MembershipCfg(_Strict):
+    """Membership inference against the trained model (audit/membership.py, docs/membership.md): training
+    images (members) against as many test images (non-members), by a loss attack and PIA."""
+
+    enabled: bool = True
+    # Loss attack (Matsumoto et al. 2023): the denoising error at each of these timesteps (of the training
+    # schedule's num_train_timesteps), averaged over `noise_draws` seeded noise draws.
+    timesteps: list[int] = Field(default=[50, 100, 200, 300, 500], min_length=1)
+    noise_draws: int = Field(default=4, ge=1)
+    # PIA (Kong et al. 2024): the timesteps it attacks at (the paper's DDPM attack: t = 200 of 1000).
+    pia_timesteps: list[int] = Field(default=[200], min_length=1)
+    max_images: int = Field(default=256, ge=4)  # at most this many members (and as many non-members)
+    batch_size: int = Field(default=256, ge=1)  # images per denoiser forward
+
+    @field_validator("timesteps", "pia_timesteps")
+    @classmethod
+    def _distinct_non_negative(cls, v: list[int]) -> list[int]:
+        if min(v) < 0 or len(set(v)) != len(v):
+            raise ValueError(f"timesteps must be distinct and >= 0, got {v}")
+        return v
 
 
 class AuditCfg(_Strict):
@@ -73,3 +97,4 @@ class AuditCfg(_Strict):
     gallery_size: int = Field(default=16, ge=1)
     gates: GatesCfg = GatesCfg()
     mitigation: MitigationCfg = MitigationCfg()
+    membership: MembershipCfg = MembershipCfg()

@@ -232,6 +232,7 @@ METHOD_LABELS = {
     "percentile": "percentile bootstrap",
     "percentile_widened": "percentile bootstrap, widened to its estimate",
     "wilson": "Wilson",
+    "order_statistic": "order statistics",
     "half_sample": "half-sample",
     "inversion": "test inversion",
 }

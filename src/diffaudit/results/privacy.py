@@ -8,6 +8,7 @@ from pydantic import model_validator
 
 from diffaudit.results.base import FieldError, ResultFile, ResultModel
 from diffaudit.results.intervals import Estimate
+from diffaudit.results.membership import MembershipResult
 
 
 class TestFloor(ResultModel):
@@ -91,3 +92,5 @@ class PrivacyResult(ResultFile):
     n_train: int
     memorization: dict[str, SpaceMemorization]  # "pixel", "feature"
     near_copies: dict[str, SpaceNearCopies]  # "pixel", "feature"
+    # Membership inference on train vs held-out images (audit/membership.py); absent when it is off.
+    membership: MembershipResult | None = None

@@ -12,6 +12,8 @@ Every method returns an interval that contains the estimate it reports, by const
   n/2 is twice the bias at n. Hence a bias-corrected estimate 2*theta - median(theta*), the two-point
   form of Chong & Forsyth's (2020) extrapolation of FID to infinite n, and the basic interval
   [2*theta - q_hi, 2*theta - q_lo] around it.
+- `order_statistic`: the true-positive rate of a membership attack at 1 % false positives
+  (audit/membership.py `tpr_interval`).
 - `wilson`: the Wilson score interval of a share of flagged images (near-copies, false alarms).
 - `inversion`: distances of an estimated vector from a reference (the fairness discrepancy FD, TV, KL,
   the worst cell of bias amplification, the worst-group gap). Such a distance is biased upward and sits
@@ -30,13 +32,16 @@ from typing import Literal
 
 import numpy as np
 
-Method = Literal["percentile", "percentile_widened", "half_sample", "inversion", "wilson"]
+Method = Literal["percentile", "percentile_widened", "half_sample", "inversion", "wilson", "order_statistic"]
 PERCENTILE: Method = "percentile"
 # A percentile interval stretched to its estimate: a linear statistic of error-corrected shares, whose
 # clipping at 0 can put every replicate on one side of the estimate (audit/bias.py).
 PERCENTILE_WIDENED: Method = "percentile_widened"
 HALF_SAMPLE: Method = "half_sample"
 INVERSION: Method = "inversion"
+# Distribution-free bounds of a TPR at a fixed FPR: order statistics of the negatives' quantile and
+# Clopper-Pearson on the positives (audit/membership.py).
+ORDER_STATISTIC: Method = "order_statistic"
 WILSON: Method = "wilson"  # the Wilson score interval of a binomial share (flagged images)
 
 _NAN2 = (float("nan"), float("nan"))
