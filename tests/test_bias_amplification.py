@@ -188,7 +188,7 @@ def _gate(case: str, measure: str, threshold: float, statistic: str = "estimate"
     report = {"representation": {}, "per_group": {}, "bias_amplification": {"thickness": _ba(train, gen)}}
     head = Headline.model_validate(headline(report, cfg))
     fairness = FairnessReport.model_construct(headline=head)
-    privacy = PrivacyResult.model_construct(ratio=1 / 3, memorization={})
+    privacy = PrivacyResult.model_construct(ratio=1 / 3, memorization={}, near_copies={}, membership=None)
     verdicts = evaluate_gates(gates, measurements(fairness, privacy, None))
     return head.bias_amplification, next(v for v in verdicts if v.gate == "bias_amplification")
 

@@ -97,6 +97,7 @@ def test_measurements_read_the_reports() -> None:
             )
             for space, t, v in (("pixel", 1.5, 0.02), ("feature", 0.7, 0.01))
         },
+        membership=None,
     )
     quality = QualityResult.model_construct(
         feature_space="evaluator",

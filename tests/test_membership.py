@@ -38,7 +38,7 @@ from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.errors import ConfigError
 from diffaudit.models.unet import build_unet
 from diffaudit.results import PrivacyResult
-from diffaudit.results.fairness import FairnessReport, Headline, HeadlineFigure
+from diffaudit.results.fairness import BAHeadlineFigure, FairnessReport, Headline, HeadlineFigure
 from diffaudit.results.intervals import Estimate
 from diffaudit.results.membership import MembershipResult
 
@@ -337,7 +337,7 @@ def test_measurements_read_the_membership_headline() -> None:
         pipe.unet, pipe.noise_scheduler, sets[0], sets[1], cfg, seed=0, bootstrap=50, ci_level=0.9
     )
     fairness, privacy = _minimal_fairness_and_privacy()
-    m = measurements(fairness, privacy, None, result)
+    m = measurements(fairness, privacy.model_copy(update={"membership": result}), None)
     assert m["mia_auc"][0] == result.headline.auc.value and "held-out half" in m["mia_auc"][1]
     assert "mia_auc" not in measurements(fairness, privacy, None)  # not run: not measured (a set gate fails)
 
@@ -349,10 +349,12 @@ def _minimal_fairness_and_privacy() -> tuple[FairnessReport, PrivacyResult]:
         estimate="corrected",
         statistic="estimate",
         fairness_discrepancy=fig,
-        bias_amplification=fig,
+        bias_amplification=BAHeadlineFigure(value=0.0, where="class", measure="worst_cell"),
         worst_group_gap=fig,
     )
-    return FairnessReport.model_construct(headline=head), PrivacyResult.model_construct(memorization={})
+    return FairnessReport.model_construct(headline=head), PrivacyResult.model_construct(
+        memorization={}, near_copies={}, membership=None
+    )
 
 
 def test_audit_stage_logs_membership_to_mlflow(tiny_run, tmp_path: Path, monkeypatch) -> None:
