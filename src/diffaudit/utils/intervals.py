@@ -102,11 +102,11 @@ def inversion(
     center: np.ndarray,
     deviations: np.ndarray,
     level: float,
-    steps: int = 400,
+    steps: int = 200,
 ) -> tuple[float, tuple[float, float]]:
     """Median-unbiased estimate and test-inversion interval of distance(point) (see the module doc).
 
-    `distance` maps rows of vectors (..., k) to distances, convex with its minimum 0 at `center`;
+    `distance` maps vectors (..., k) to distances (any leading shape), convex with its minimum 0 at `center`;
     `deviations` (B, k) are bootstrap replicates minus `point`. The scale s of the truth
     center + s (point - center) is kept when P(distance(truth + deviation) <= distance(point)) lies in
     [a, 1 - a]; that probability falls as s grows, so the kept scales form an interval.
@@ -122,14 +122,15 @@ def inversion(
         return 0.0, (0.0, float(np.quantile(distance(center + dev), 1.0 - a)))
     direction = (point - center).reshape(point.shape)
 
-    def below(s: float) -> float:
-        return float(np.mean(distance(center + s * direction + dev) <= t))
+    def below(scales: np.ndarray) -> np.ndarray:
+        truths = center + scales[:, None] * direction  # (S, k); with the deviations (S, B, k)
+        return np.mean(distance(truths[:, None, :] + dev[None]) <= t, axis=1)
 
     top = 2.0
-    while below(top) >= a and top < 1e6:
+    while below(np.array([top]))[0] >= a and top < 1e6:
         top *= 2.0
     grid = np.linspace(0.0, top, steps + 1)
-    f = np.minimum.accumulate(np.array([below(s) for s in grid]))  # the step function made monotone
+    f = np.minimum.accumulate(below(grid))  # the step function made monotone
     s_lo = grid[np.argmax(f <= 1.0 - a)]
     s_mid = grid[np.argmax(f <= 0.5)]
     kept = np.flatnonzero(f >= a)
