@@ -19,8 +19,9 @@ from diffaudit.errors import ConfigError
 from diffaudit.metrics.bootstrap import half_indices, half_sample_ci, mean_ci
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.fid import fid_features, kid_features, kid_half_samples
-from diffaudit.metrics.precision_recall import precision_recall
+from diffaudit.metrics.precision_recall import density_coverage_indicators, precision_recall
 from diffaudit.metrics.quality import cas_score, class_hits, evaluate_quality, feature_module
+from diffaudit.metrics.vendi import vendi_per_class, vendi_score
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import Interval, QualityResult
 from diffaudit.utils.io import load_tensors, read_json
@@ -114,6 +115,59 @@ def test_swapping_real_and_generated_swaps_precision_and_recall() -> None:
 def test_chunking_does_not_change_precision_recall() -> None:
     real, fake = gaussian(230, 8, seed=12), gaussian(170, 8, mean=0.4, seed=13)
     assert precision_recall(real, fake, k=3, chunk=17) == precision_recall(real, fake, k=3, chunk=4096)
+
+
+def _density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    dens, cov = density_coverage_indicators(real, fake, k)
+    return float(dens.mean()), float(cov.mean())
+
+
+def test_density_and_coverage_by_hand() -> None:
+    """Naeem et al. 2020 on points whose balls are known: reals 0, 1, 2, 10 (k=1 radii 1, 1, 1, 8)."""
+    real = torch.tensor([[0.0], [1.0], [2.0], [10.0]], dtype=torch.float64)
+    fake = torch.tensor([[0.5], [20.0]], dtype=torch.float64)
+    dens, cov = density_coverage_indicators(real, fake, k=1)
+    # 0.5 lies in the balls of 0 and 1 (radius 1) and not of 10 (|10 - 0.5| > 8); 20 in none.
+    assert dens.tolist() == [2.0, 0.0] and cov.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_identical_sets_score_perfectly() -> None:
+    real = gaussian(300, 6, seed=20)
+    p, r = precision_recall(real, real.clone(), k=3)
+    density, coverage = _density_coverage(real, real.clone())
+    assert p == r == coverage == 1.0
+    # Each copy sits in its own ball and in the k balls that reach it: (k + 1) / k, less the few ties the
+    # float distances break at a ball's edge.
+    assert density == pytest.approx(1.0 + 1.0 / 3, abs=0.02)
+    assert fid_features(real, real.clone()) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_mode_collapsed_set_has_high_precision_low_recall_and_low_coverage() -> None:
+    real = gaussian(400, 6, seed=21)
+    # Collapse: every generated image is a jittered copy of one of 5 real points near the centre.
+    centre = real[real.norm(dim=1).argsort()[:5]]
+    fake = centre.repeat(80, 1) + gaussian(400, 6, scale=0.01, seed=22)
+    p, r = precision_recall(real, fake, k=3)
+    density, coverage = _density_coverage(real, fake)
+    fair_p, fair_r = precision_recall(real, gaussian(400, 6, seed=23), k=3)
+    fair_density, fair_coverage = _density_coverage(real, gaussian(400, 6, seed=23))
+    assert p > 0.95 and r < 0.1 and coverage < 0.1
+    assert fair_r > 0.6 and fair_coverage > 0.6 and coverage < fair_coverage / 5
+    assert density > fair_density  # collapsed samples crowd a few real balls
+    one_mode = centre[:1].repeat(400, 1) + gaussian(400, 6, scale=0.01, seed=25)
+    feats = torch.cat([one_mode, fake, gaussian(400, 6, seed=24)])
+    labels = torch.arange(3).repeat_interleave(400)
+    vendi = vendi_per_class(feats, labels, ["one_mode", "five_modes", "diverse"])
+    # Effective numbers of distinct images: 1, at most 5, and near the 6 dimensions' limit.
+    assert vendi["one_mode"] < 1.1 and vendi["five_modes"] <= 5.0 < vendi["diverse"] <= 6.0 + 1e-9
+
+
+def test_vendi_score_counts_distinct_items() -> None:
+    eye = torch.eye(5, dtype=torch.float64)
+    assert vendi_score(eye) == pytest.approx(5.0)  # five orthogonal items
+    assert vendi_score(eye[:1].repeat(7, 1)) == pytest.approx(1.0)  # one item seven times
+    assert vendi_score(torch.cat([eye[:2]] * 3)) == pytest.approx(2.0)  # two items, three copies each
+    assert math.isnan(vendi_score(eye[:0]))
 
 
 # --- bootstrap and caching ---------------------------------------------------------------------
