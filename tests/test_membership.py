@@ -96,7 +96,7 @@ def test_auc_interval_covers_the_true_auc_at_its_level() -> None:
 
 def test_tpr_interval_is_conservative_and_holds_its_estimate() -> None:
     """At 64 a side the percentile bootstrap of TPR at 1 % FPR covers the truth in only ~73 % of audits
-    (docs/membership.md); the distribution-free interval covers it in at least 95 % (measured: 1.0)."""
+    (docs/privacy.md); the distribution-free interval covers it in at least 95 % (measured: 1.0)."""
     rng = np.random.default_rng(2)
     d = 2.0
     true, reps, covered = norm.cdf(d - norm.ppf(0.99)), 300, 0

@@ -18,7 +18,7 @@ Each (attack, timestep) gets its ROC AUC and its TPR at 1 % FPR, each with an in
 estimate: the AUC by a percentile bootstrap resampling members and non-members independently; the TPR by
 a distribution-free bound (order statistics of the non-members for the threshold, Clopper-Pearson on the
 members at each end), since the percentile bootstrap of a tail threshold under-covers with a few hundred
-non-members (docs/membership.md has the simulation). The headline, the strongest attack, is picked on one
+non-members (docs/privacy.md has the simulation). The headline, the strongest attack, is picked on one
 seeded half of each set and reported on the other half; its direction is picked there too (on small
 overfit models PIA's distance runs the other way: members farther, AUC far below 0.5).
 """

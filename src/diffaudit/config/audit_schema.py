@@ -33,7 +33,7 @@ class GatesCfg(_Strict):
     # Share of generated images flagged as near-copies by the held-out-calibrated DCR test, in the worse
     # space. Null: not evaluated (about copy_percentile % is flagged even for a model that copies nothing).
     max_near_copy_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
-    # Membership inference: the headline attack's ROC AUC (members vs held-out images, docs/membership.md).
+    # Membership inference: the headline attack's ROC AUC (members vs held-out images, docs/privacy.md).
     max_mia_auc: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -51,7 +51,7 @@ class MitigationCfg(_Strict):
 
 
 class MembershipCfg(_Strict):
-    """Membership inference against the trained model (audit/membership.py, docs/membership.md): training
+    """Membership inference against the trained model (audit/membership.py, docs/privacy.md): training
     images (members) against as many test images (non-members), by a loss attack and PIA."""
 
     enabled: bool = True

@@ -1,6 +1,6 @@
 """The membership-inference section of metrics/privacy.json (audit/membership.py `membership_audit`).
 
-Members are training images, non-members held-out test images, as many of each (docs/membership.md).
+Members are training images, non-members held-out test images, as many of each (docs/privacy.md).
 Every score is "higher = more member-like"; each statistic carries its interval and names the interval's
 method beside it, and the interval always holds its own estimate (checked here, on every read and write).
 """
