@@ -370,6 +370,20 @@ def _section_body(sec: Section, data: ResultFile | None, content: RunContent, ma
                 f"to a training image than all but the closest held-out real images are (DCR below the "
                 f"threshold; the false alarm is measured on held-out images left out of it).</p>"
             )
+            if (mia := data.membership) is not None:
+                h = mia.headline
+                head["membership inference"] = {
+                    "attack": f"{h.attack}{' (reversed)' if h.reversed else ''} at t={h.timestep}",
+                    "AUC": h.auc,
+                    "TPR at 1% FPR": h.tpr_at_1pct_fpr,
+                    "members / non-members": f"{h.n_members} / {h.n_nonmembers} (held-out half)",
+                }
+                body += (
+                    f"<p>Membership inference: can an attacker tell the {mia.n_members} training images "
+                    f"from as many held-out ones by the model's denoising error? AUC "
+                    f"{escape(fmt_cell(h.auc))} (0.5: no better than chance), the strongest attack chosen "
+                    "on one half of each set and measured on the other.</p>"
+                )
         if head:
             body += f"<h3>Headline</h3>{tables_html(head, max_depth=2)}"
         if isinstance(data, FairnessResult):
