@@ -172,6 +172,7 @@ def _discrepancies(fd: float, ci: list[float]) -> dict:
 def fairness() -> dict:
     """metrics/fairness.json in the audit stage's layout (results.FairnessResult), one attribute, no
     mitigation."""
+    nan = float("nan")
     rep = {
         "groups": ["thin", "thick"],
         "n": 30,
@@ -220,7 +221,7 @@ def fairness() -> dict:
         "real_sizes": {"thin": 30, "thick": 30},
         "by_group": {"thin": metrics, "thick": metrics | {"conditional_accuracy": 0.85}},
         "overall": metrics,
-        "gap": {
+        "gap": {  # the set metrics are not resampled: no interval, as the audit writes them
             m: {
                 "value": 0.05,
                 "ci": [0.0, 0.2],
@@ -228,6 +229,8 @@ def fairness() -> dict:
                 "plug_in": 0.06,
                 "worst_group": "thick",
             }
+            if m not in ("recall", "fid")
+            else {"value": 0.06, "ci": [nan, nan], "method": None, "plug_in": 0.06, "worst_group": "thick"}
             for m in metrics
         },
     }

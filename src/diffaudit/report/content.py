@@ -242,6 +242,8 @@ def fmt_cell(x: Any) -> str:
     if isinstance(x, Interval):
         return f"[{fmt_num(x.low)}, {fmt_num(x.high)}] ({METHOD_LABELS[x.method]})"
     if isinstance(x, Estimate):
+        if x.method is None:  # no interval could be made
+            return fmt_num(x.value)
         return f"{fmt_num(x.value)} [{fmt_num(x.ci[0])}, {fmt_num(x.ci[1])}] ({METHOD_LABELS[x.method]})"
     if isinstance(x, list):
         if len(x) <= SHORT_LIST:
