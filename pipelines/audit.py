@@ -102,11 +102,13 @@ def main(cfg: Config) -> None:
             print(f"[audit] {v.message()}")
         if (mia := out.privacy.membership) is not None:
             h = mia.headline
+            auc = f"{h.auc.value:.3f}" + (
+                "" if h.auc.ci is None else f" [{h.auc.ci[0]:.3f}, {h.auc.ci[1]:.3f}]"
+            )
             print(
                 f"[audit] membership inference ({mia.n_members} members, as many non-members): {h.attack}"
                 f"{' reversed' if h.reversed else ''} "
-                f"at t={h.timestep}, AUC {h.auc.value:.3f} [{h.auc.ci[0]:.3f}, {h.auc.ci[1]:.3f}] on the "
-                "held-out half"
+                f"at t={h.timestep}, AUC {auc} on the held-out half"
             )
         g = out.gates
         print(
@@ -148,15 +150,13 @@ def _log(out: AuditOutcome) -> None:
 def _membership_metrics(mia: MembershipResult) -> dict:
     """membership.{auc, auc_ci_low, ...} (the headline) and membership.<attack>.t<step>.{auc, ...}."""
 
+    def ends(name: str, e: Estimate) -> dict[str, float]:
+        return {} if e.ci is None else {f"{name}_ci_low": e.ci[0], f"{name}_ci_high": e.ci[1]}
+
     def flat(auc: Estimate, tpr: Estimate) -> dict[str, float]:
-        return {
-            "auc": auc.value,
-            "auc_ci_low": auc.ci[0],
-            "auc_ci_high": auc.ci[1],
-            "tpr_at_1pct_fpr": tpr.value,
-            "tpr_at_1pct_fpr_ci_low": tpr.ci[0],
-            "tpr_at_1pct_fpr_ci_high": tpr.ci[1],
-        }
+        return (
+            {"auc": auc.value, "tpr_at_1pct_fpr": tpr.value} | ends("auc", auc) | ends("tpr_at_1pct_fpr", tpr)
+        )
 
     h = mia.headline
     out: dict = flat(h.auc, h.tpr_at_1pct_fpr) | {"timestep": h.timestep, "n_members": mia.n_members}

@@ -33,8 +33,7 @@ def test_tables_render_intervals_by_type() -> None:
     )
     cells = {r[0]: r[1] for r in tables[0].rows}
     assert cells == {"fd": "0.1 [0.05, 0.2] (test inversion)", "fid_ci": "[1, 2.5] (half-sample)"}
-    nan = float("nan")
-    assert fmt_cell(Estimate(value=0.3, ci=[nan, nan], method=None)) == "0.3"  # no interval: the value alone
+    assert fmt_cell(Estimate(value=0.3, ci=None, method=None)) == "0.3"  # no interval: the value alone
     assert tables[1].headers == ["", "value", "lo", "hi"]
     assert tables[1].rows == [["lookalike", "0.3", "0.1", "0.4"]]
     assert tables[2].title == "by_group" and tables[2].rows == [["a", "0.9"], ["b", "0.8"]]

@@ -172,7 +172,6 @@ def _discrepancies(fd: float, ci: list[float]) -> dict:
 def fairness() -> dict:
     """metrics/fairness.json in the audit stage's layout (results.FairnessResult), one attribute, no
     mitigation."""
-    nan = float("nan")
     rep = {
         "groups": ["thin", "thick"],
         "n": 30,
@@ -230,7 +229,7 @@ def fairness() -> dict:
                 "worst_group": "thick",
             }
             if m not in ("recall", "fid")
-            else {"value": 0.06, "ci": [nan, nan], "method": None, "plug_in": 0.06, "worst_group": "thick"}
+            else {"value": 0.06, "ci": None, "method": None, "plug_in": 0.06, "worst_group": "thick"}
             for m in metrics
         },
     }

@@ -34,8 +34,10 @@ def _with_interval(value: float, replicates: np.ndarray, level: float) -> dict:
     """{value, ci, method}: the percentile interval of the replicates, widened to hold the estimate where
     it falls outside (a skewed replicate distribution; `method` then says so)."""
     ci = percentile_ci(replicates, level)
+    if np.isnan(ci[0]) or np.isnan(ci[1]):  # nothing to resample (audit.bootstrap 0)
+        return {"value": float(value), "ci": None, "method": None}
     method = intervals.PERCENTILE
-    if not (np.isnan(value) or np.isnan(ci[0]) or np.isnan(ci[1])):
+    if not np.isnan(value):
         if ci[0] - value > _TOLERANCE or value - ci[1] > _TOLERANCE:
             method = intervals.PERCENTILE_WIDENED
         ci = [min(ci[0], value), max(ci[1], value)]
@@ -49,12 +51,12 @@ def _worst_cell(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], leve
     above the estimate, so a percentile interval of the resampled maxima would not hold it."""
     nan = float("nan")
     if not rows:
-        return {"value": nan, "ci": [nan, nan], "method": None, "plug_in": nan}
+        return {"value": nan, "ci": None, "method": None, "plug_in": nan}
     ba = np.concatenate([p_gen - p_train for _, p_train, p_gen, _ in rows])
     boots = np.concatenate([b for *_, b in rows], axis=-1)  # (n_boot, classes x groups)
     plug_in = float(np.abs(ba).max())
     if len(boots) == 0:
-        return {"value": plug_in, "ci": [nan, nan], "method": None, "plug_in": plug_in}
+        return {"value": plug_in, "ci": None, "method": None, "plug_in": plug_in}
     p_gen_all = np.concatenate([p_gen for *_, p_gen, _ in rows])
 
     def distance(v: np.ndarray) -> np.ndarray:
@@ -123,7 +125,7 @@ def bias_amplification(
                     "ba": float(ba[a]),
                     "ci": ci,
                     "method": cell["method"],
-                    "clear_of_zero": bool(ci[0] > 0 or ci[1] < 0),
+                    "clear_of_zero": ci is not None and bool(ci[0] > 0 or ci[1] < 0),
                     "confusion": sh.correction,
                 }
             )
@@ -144,8 +146,8 @@ def bias_amplification(
         zh = _with_interval(float(zhao(p_train_t, p_gen_t, over)), zhao(p_train_t, boots_t, over), level)
         zh["n_cells"] = int(over.sum())
     else:
-        wr = {"value": nan, "ci": [nan, nan], "method": "percentile"}
-        zh = {"value": nan, "ci": [nan, nan], "method": "percentile", "n_cells": 0}
+        wr = {"value": nan, "ci": None, "method": None}
+        zh = {"value": nan, "ci": None, "method": None, "n_cells": 0}
     wr["n_cells"] = len(cells)
     return {
         "corrected": correct_errors,

@@ -105,7 +105,7 @@ def discrepancy_estimate(
 
     plug_in = float(distance(np.asarray(point)[None])[0])
     if len(boots) == 0:
-        return {"value": plug_in, "ci": [float("nan")] * 2, "method": intervals.INVERSION, "plug_in": plug_in}
+        return {"value": plug_in, "ci": None, "method": None, "plug_in": plug_in}
     value, ci = intervals.inversion(distance, point, ref, boots - point, level)
     return {"value": value, "ci": list(ci), "method": intervals.INVERSION, "plug_in": plug_in}
 

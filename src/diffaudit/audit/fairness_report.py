@@ -195,15 +195,19 @@ def pick(stat: dict, which: str) -> float:
     """The gated number of a {value, ci} statistic: the estimate or one end of its interval."""
     if which == "estimate":
         return float(stat["value"])
+    if stat["ci"] is None:  # no interval: an end of it was not measured
+        return float("nan")
     return float(stat["ci"][0 if which == "ci_low" else 1])
 
 
 def pick_abs(stat: dict, which: str) -> float:
     """The gated number of a signed {value, ci} statistic x, read from |x|: |estimate|, or an end of the
     interval of |x| for x in ci (its low end is 0 where ci holds 0)."""
-    lo, hi = (float(x) for x in stat["ci"])
     if which == "estimate":
         return abs(float(stat["value"]))
+    if stat["ci"] is None:
+        return float("nan")
+    lo, hi = (float(x) for x in stat["ci"])
     if np.isnan(lo) or np.isnan(hi):
         return float("nan")
     if which == "ci_high":

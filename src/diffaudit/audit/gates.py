@@ -141,5 +141,5 @@ def measurements(
         h = membership.headline
         way = " reversed" if h.reversed else ""
         source = f"membership {h.attack}{way} at t={h.timestep}, held-out half"
-        out["mia_auc"] = (h.auc.value, source, list(h.auc.ci))
+        out["mia_auc"] = (h.auc.value, source, None if h.auc.ci is None else list(h.auc.ci))
     return out

@@ -90,7 +90,7 @@ def auc_interval(
     member's share of non-members below it is a cumulative sum of the non-member counts."""
     value = auc(member, nonmember)
     if reps <= 0:
-        return Estimate(value=value, ci=[float("nan")] * 2, method=None)  # audit.bootstrap is 0
+        return Estimate(value=value, ci=None, method=None)  # audit.bootstrap is 0
     m = np.asarray(member, np.float64)
     order = np.argsort(np.asarray(nonmember, np.float64), kind="stable")
     s = np.asarray(nonmember, np.float64)[order]

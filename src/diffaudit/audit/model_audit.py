@@ -135,9 +135,10 @@ def _ba_rows(fairness: FairnessReport, label: str) -> list[str]:
     rows = []
     for attr, r in fairness.bias_amplification.items():
         for c in r.cells:
+            lo, hi = c.ci if c.ci is not None else ("", "")
             rows.append(
                 f"{label},{attr},{c.class_},{c.group},{c.p_train:.4f},{c.p_gen:.4f},"
-                f"{c.ba:.4f},{c.ci[0]:.4f},{c.ci[1]:.4f}"
+                f"{c.ba:.4f},{lo if lo == '' else f'{lo:.4f}'},{hi if hi == '' else f'{hi:.4f}'}"
             )
     return rows
 

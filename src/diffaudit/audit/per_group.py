@@ -143,7 +143,7 @@ def _gap(plug_in: float, means: np.ndarray, boots: np.ndarray | None, level: flo
     (utils/intervals.py `inversion`), with the median-unbiased estimate; the plug-in beside it. Set
     metrics (recall, FID) are not resampled: plug-in only."""
     if boots is None or not np.isfinite(plug_in):
-        return {"value": plug_in, "ci": [float("nan")] * 2, "method": None, "plug_in": plug_in}
+        return {"value": plug_in, "ci": None, "method": None, "plug_in": plug_in}
     value, ci = intervals.inversion(_range, means, np.full_like(means, means.mean()), boots - means, level)
     return {"value": value, "ci": list(ci), "method": intervals.INVERSION, "plug_in": plug_in}
 

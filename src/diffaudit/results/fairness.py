@@ -77,8 +77,8 @@ class BiasCell(ResultModel):
     p_gen_raw: float
     p_gen: float
     ba: float
-    ci: CI
-    method: Method
+    ci: CI | None  # null with `method`: nothing was resampled
+    method: Method | None
     clear_of_zero: bool
     confusion: Correction
 

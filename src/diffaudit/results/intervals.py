@@ -31,18 +31,20 @@ class Interval(ResultModel):
 
 class Estimate(ResultModel):
     value: float
-    ci: CI
-    method: Method | None  # None: no interval could be made (ci is NaN)
+    ci: CI | None  # null: no interval could be made (nothing to resample), and `method` is null too
+    method: Method | None
 
     @model_validator(mode="after")
     def _holds_its_value(self) -> Estimate:
-        if not contains(self.value, *self.ci):
+        if (self.ci is None) != (self.method is None):
+            raise FieldError("method", f"method {self.method!r} with interval {self.ci}: both or neither")
+        if self.ci is not None and not contains(self.value, *self.ci):
             raise FieldError("ci", f"interval {self.ci} does not contain its estimate {self.value}")
         return self
 
     def estimate(self) -> Estimate:
         """Only the estimate and its interval (a subclass's extra fields dropped)."""
-        return Estimate(value=self.value, ci=list(self.ci), method=self.method)
+        return Estimate(value=self.value, ci=None if self.ci is None else list(self.ci), method=self.method)
 
 
 def _ends(ci: Any) -> tuple[float, float] | None:
