@@ -113,3 +113,20 @@ def test_the_old_percentile_intervals_fail_the_same_simulation() -> None:
         missed += not lo <= 0.0 <= hi
         excluded += not lo <= float(np.sqrt(((p_hat - ref) ** 2).sum())) <= hi
     assert missed / REPS > 0.9 and excluded / REPS > 0.03
+
+
+def test_an_estimate_closer_than_the_noise_gets_zero_up_to_the_noise_bound() -> None:
+    """Shares fixed by the design (ten classes drawn 100 times each) but resampled as if free: the
+    observed distance is smaller than nearly every resample's, even at a truth of 0; the interval is
+    then [0, the noise's 95th percentile], never the degenerate [0, 0]."""
+    ref = np.full(10, 0.1)
+    point = ref + np.array([0.002, -0.002] + [0.0] * 8)
+    rng = np.random.default_rng(3)
+    boots = rng.multinomial(1000, point, size=500) / 1000
+
+    def fd(v: np.ndarray) -> np.ndarray:
+        return np.sqrt(((v - ref) ** 2).sum(-1))
+
+    value, (lo, hi) = intervals.inversion(fd, point, ref, boots - point, LEVEL)
+    assert value == lo == 0.0 and hi == pytest.approx(np.quantile(fd(ref + boots - point), 0.975))
+    assert hi > 0.02

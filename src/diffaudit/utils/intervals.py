@@ -118,9 +118,14 @@ def inversion(
     if dev.shape[0] == 0 or not np.isfinite(t):
         return t, _NAN2
     a = _tails(level)
-    if t == 0.0:  # no direction to search along: zero, up to the one-sided upper bound of noise alone
-        return 0.0, (0.0, float(np.quantile(distance(center + dev), 1.0 - a)))
     direction = (point - center).reshape(point.shape)
+
+    def noise_only() -> tuple[float, tuple[float, float]]:
+        """Zero, up to the one-sided upper bound of the distance that noise alone produces."""
+        return 0.0, (0.0, float(np.quantile(distance(center + dev), 1.0 - a)))
+
+    if t == 0.0:  # no direction to search along
+        return noise_only()
 
     def below(scales: np.ndarray) -> np.ndarray:
         truths = center + scales[:, None] * direction  # (S, k); with the deviations (S, B, k)
@@ -131,6 +136,11 @@ def inversion(
         top *= 2.0
     grid = np.linspace(0.0, top, steps + 1)
     f = np.minimum.accumulate(below(grid))  # the step function made monotone
+    if f[0] < a:
+        # Closer to the reference than noise about it allows even at a true distance of 0 (the
+        # resampling is noisier than the design, e.g. classes drawn in fixed numbers): no scale is kept
+        # by the test, and the data are read as no evidence of any distance.
+        return noise_only()
     s_lo = grid[np.argmax(f <= 1.0 - a)]
     s_mid = grid[np.argmax(f <= 0.5)]
     kept = np.flatnonzero(f >= a)
