@@ -70,6 +70,10 @@ def test_report_stage_writes_a_self_contained_page(run: ReleaseRun) -> None:
     assert srcs and all(s.startswith("data:image/") for s in srcs)  # nothing fetched
     assert not re.search(r"<script|<link rel='stylesheet'|https?://[^'\"<]*\.(js|css|png)", page)
     assert "data:image/gif" in page  # explainability animations are embedded too
+    # The quality section: FID's bias correction with its method, and the Vendi line against its floor
+    # (tests/helpers/release.py: generated 2.5, real 2.8 in every class).
+    assert "bias-corrected 1.6 [1.44, 1.76] (half-sample)" in page
+    assert "Vendi score per class" in page and "(2.5 vs 2.8)" in page
     data = json.loads((run.root / "metrics" / "data.json").read_text())
     assert data["data_md5"] in page
     release = json.loads((run.root / "reports" / "release.json").read_text())

@@ -256,7 +256,24 @@ def _quality(q: QualityResult) -> str:
     )
     per_class = q.conditional_accuracy_per_class
     chart = _bar_chart(dict(per_class), "conditional accuracy per class") if per_class else ""
-    return head + chart
+    return head + _vendi(q) + chart
+
+
+def _vendi(q: QualityResult) -> str:
+    """The per-class Vendi scores beside their floors in one line, the lowest ratio named."""
+    gen, real = q.vendi_per_class, q.vendi_floor_per_class
+    shared = [c for c in gen if c in real and real[c] > 0]
+    if not shared:
+        return ""
+    worst = min(shared, key=lambda c: gen[c] / real[c])
+    return (
+        "<p id='vendi'>Vendi score per class (the effective number of distinct images; floor: as many real "
+        f"training images of the class): generated {fmt_num(min(gen[c] for c in shared))} to "
+        f"{fmt_num(max(gen[c] for c in shared))}, real {fmt_num(min(real[c] for c in shared))} to "
+        f"{fmt_num(max(real[c] for c in shared))}; lowest against its floor: class {escape(worst)} "
+        f"({fmt_num(gen[worst])} vs {fmt_num(real[worst])}). A collapsed class scores far below its "
+        "floor.</p>"
+    )
 
 
 def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) -> str:
