@@ -1,10 +1,13 @@
 """Interval methods, one per kind of statistic; the result files name the method beside each interval.
 
-Every method returns an interval that contains the estimate it reports, by construction:
+Every interval contains the estimate reported with it (by construction for all but the percentile
+bootstrap, where it follows from the bootstrap's centre; results/intervals.py refuses a file that breaks
+it), and tests/test_interval_coverage.py measures coverage against known truth:
 
 - `percentile`: the percentile bootstrap, for means of per-image values (accuracies, shares, k-NN
-  memberships, per-cell bias amplification). A mean's bootstrap is centred on the mean, so the plain
-  percentile interval is fine and contains it.
+  memberships, per-cell bias amplification, a membership attack's AUC). A mean's bootstrap is centred on
+  the mean, so the plain percentile interval is fine and contains it. `percentile_widened`: the rare
+  such interval of error-corrected shares that fell on one side of its estimate, stretched to it.
 - `half_sample`: FID and the full-set KID. Resampling with replacement duplicates images, and a
   duplicated image biases both statistics upward (the old FID interval lay above its estimate). So the
   sets are subsampled to n/2 *without* replacement: a half-sample varies about the full-sample value as
