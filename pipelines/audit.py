@@ -129,7 +129,8 @@ def _log(out: AuditOutcome) -> None:
         "memorized_fraction": {s: m.fraction for s, m in privacy.memorization.items()},
         "near_copy_fraction": {s: n.fraction.value for s, n in privacy.near_copies.items()},
         "gate": {
-            v.gate: {"passed": float(v.passed), "ci_crosses_threshold": float(v.crosses)}
+            v.gate: {"passed": float(v.passed)}
+            | ({} if v.crosses is None else {"ci_crosses_threshold": float(v.crosses)})
             | ({} if v.value is None or v.value != v.value else {"value": float(v.value)})
             for v in out.verdicts
         },

@@ -217,13 +217,15 @@ def test_the_gate_reads_the_configured_measure(case: str, measure: str, value: f
     assert label[measure] in verdict.source and "thickness" in verdict.source
     if measure != "worst_cell":  # the headline keeps the signed statistic beside the gated |x|
         assert fig.estimate == pytest.approx(-value if case == "reversed" else value, abs=1e-12)
-        assert fig.ci is not None and fig.ci[0] <= fig.estimate <= fig.ci[1]
+        assert fig.signed_ci is not None and fig.signed_ci[0] <= fig.estimate <= fig.signed_ci[1]
+        assert fig.ci is not None and fig.ci[0] <= fig.value <= fig.ci[1]  # the interval of |x|
 
 
 def test_the_gate_reads_an_interval_end_of_the_absolute_value() -> None:
     fig, verdict = _gate("reversed", "zhao", threshold=0.15, statistic="ci_low")
-    assert fig.ci is not None and fig.ci[1] < 0  # clearly negative: |x| >= |ci_high|
-    assert verdict.value == pytest.approx(abs(fig.ci[1])) and not verdict.passed
+    assert fig.signed_ci is not None and fig.signed_ci[1] < 0  # clearly negative: |x| >= |ci_high|
+    assert verdict.value == pytest.approx(abs(fig.signed_ci[1])) == pytest.approx(fig.ci[0])
+    assert not verdict.passed
 
 
 def test_the_default_gate_is_the_worst_cell() -> None:

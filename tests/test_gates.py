@@ -288,3 +288,6 @@ def test_a_gate_whose_interval_crosses_its_threshold_says_so() -> None:
     assert not fd.passed and "fails on the estimate" in fd.message()
     with pytest.raises(ValueError, match="ci_crosses_threshold"):  # the file cannot disagree with itself
         type(entry).model_validate(entry.dump() | {"ci_crosses_threshold": False})
+    # A gate whose number has no interval is not assessable: null, not "clear of the threshold".
+    bare = report(evaluate_gates(cfg, {"fairness_discrepancy": (0.05, "x")})).gates["fairness_discrepancy"]
+    assert bare.ci is None and bare.ci_crosses_threshold is None and bare.crossing_note == ""

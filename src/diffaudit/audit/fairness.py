@@ -106,7 +106,11 @@ def discrepancy_estimate(
     plug_in = float(distance(np.asarray(point)[None])[0])
     if len(boots) == 0:
         return {"value": plug_in, "ci": None, "method": None, "plug_in": plug_in}
-    value, ci = intervals.inversion(distance, point, ref, boots - point, level)
+    # The truths searched stay on the simplex: the ray from the reference stops where a share reaches 0.
+    step = np.asarray(point, dtype=np.float64) - ref
+    shrinking = step < 0
+    s_max = max(1.0, float(np.min(ref[shrinking] / -step[shrinking]))) if shrinking.any() else None
+    value, ci = intervals.inversion(distance, point, ref, boots - point, level, s_max=s_max)
     return {"value": value, "ci": list(ci), "method": intervals.INVERSION, "plug_in": plug_in}
 
 

@@ -241,5 +241,12 @@ def headline(report: dict, cfg: AuditCfg) -> dict:
             out[key] = {"value": v, "where": where, "estimate": stat["value"], "ci": stat["ci"]}
         else:
             out[key] = {"value": float("nan"), "where": None}
-    out["bias_amplification"]["measure"] = measure
+    ba_head = out["bias_amplification"]
+    ba_head["measure"] = measure
+    if measure != "worst_cell" and ba_head.get("ci") is not None:
+        # A signed measure is gated on |x|: `ci` is the interval of |x| (it holds `value`), the signed
+        # interval stays beside the signed `estimate`.
+        lo, hi = ba_head["ci"]
+        ba_head["signed_ci"] = [lo, hi]
+        ba_head["ci"] = [0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))]
     return out

@@ -50,8 +50,9 @@ class Verdict:
     ci: list[float] | None = None  # the interval of the gated statistic, where it has one
 
     @property
-    def crosses(self) -> bool:
-        """Whether the interval reaches both sides of the threshold: the verdict rests on the estimate."""
+    def crosses(self) -> bool | None:
+        """Whether the interval reaches both sides of the threshold: the verdict rests on the estimate
+        (None: no interval)."""
         return crosses(self.ci, self.threshold)
 
     def message(self) -> str:

@@ -185,17 +185,11 @@ class HeadlineFigure(ResultModel):
 
 class BAHeadlineFigure(HeadlineFigure):
     """The bias amplification headline: `measure` names which of the three it is. For the two signed
-    ones `value` is read from the absolute value (|estimate|, or an end of the interval of |x| for x in
-    `ci`), while `estimate` and `ci` stay signed."""
+    ones the gate reads |x|: `value` and `ci` are of |x| (audit/fairness_report.py `headline`), while
+    `estimate` and `signed_ci` keep the sign."""
 
     measure: BAMeasureName
-
-    def gated_ci(self) -> list[float] | None:
-        """The signed measures are gated on |x|: the interval of |x| for x in `ci`."""
-        if self.ci is None or self.measure == "worst_cell":
-            return super().gated_ci()
-        lo, hi = self.ci
-        return [0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))]
+    signed_ci: CI | None = None
 
 
 class Headline(ResultModel):

@@ -17,9 +17,11 @@ CROSSING_NOTE = {
 }
 
 
-def crosses(ci: list[float] | None, threshold: float) -> bool:
-    """Whether an interval [lo, hi] (NaN ends: none) holds the threshold."""
-    return ci is not None and not any(math.isnan(x) for x in ci) and ci[0] <= threshold <= ci[1]
+def crosses(ci: list[float] | None, threshold: float) -> bool | None:
+    """Whether an interval [lo, hi] holds the threshold; None without an interval (not assessable)."""
+    if ci is None or any(math.isnan(x) for x in ci):
+        return None
+    return ci[0] <= threshold <= ci[1]
 
 
 class GateEntry(ResultModel):
@@ -31,7 +33,7 @@ class GateEntry(ResultModel):
     # The interval of the gated statistic (null: it has none) and whether it holds the threshold. The
     # verdict itself is `passed`, decided by audit.gate_statistic.
     ci: list[float] | None = None
-    ci_crosses_threshold: bool = False
+    ci_crosses_threshold: bool | None = None  # null: the gated number has no interval
 
     @model_validator(mode="after")
     def _crossing_agrees(self) -> GateEntry:
@@ -42,7 +44,7 @@ class GateEntry(ResultModel):
     @property
     def crossing_note(self) -> str:
         """What a reviewer must know beyond pass/fail ("" when the interval is clear of the threshold)."""
-        return CROSSING_NOTE[self.passed] if self.ci_crosses_threshold else ""
+        return CROSSING_NOTE[self.passed] if self.ci_crosses_threshold is True else ""
 
     @property
     def measured(self) -> bool:

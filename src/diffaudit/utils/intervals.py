@@ -105,14 +105,16 @@ def inversion(
     center: np.ndarray,
     deviations: np.ndarray,
     level: float,
-    steps: int = 200,
+    s_max: float | None = None,
 ) -> tuple[float, tuple[float, float]]:
     """Median-unbiased estimate and test-inversion interval of distance(point) (see the module doc).
 
-    `distance` maps vectors (..., k) to distances (any leading shape), convex with its minimum 0 at `center`;
-    `deviations` (B, k) are bootstrap replicates minus `point`. The scale s of the truth
+    `distance` maps vectors (..., k) to distances (any leading shape), convex with its minimum 0 at
+    `center`; `deviations` (B, k) are bootstrap replicates minus `point`. The scale s of the truth
     center + s (point - center) is kept when P(distance(truth + deviation) <= distance(point)) lies in
-    [a, 1 - a]; that probability falls as s grows, so the kept scales form an interval.
+    [a, 1 - a]; that probability falls as s grows, so the kept scales form an interval, whose ends (and
+    the estimate's 0.5 point) are found by bisection. `s_max` bounds the truths searched (shares: where
+    the ray leaves the simplex); None: as far as the probability is above a.
     """
     point, center = np.asarray(point, dtype=np.float64), np.asarray(center, dtype=np.float64)
     dev = np.asarray(deviations, dtype=np.float64).reshape(-1, point.size)
@@ -131,23 +133,38 @@ def inversion(
         return noise_only()
 
     def below(scales: np.ndarray) -> np.ndarray:
-        truths = center + scales[:, None] * direction  # (S, k); with the deviations (S, B, k)
+        truths = center + np.asarray(scales, dtype=np.float64)[:, None] * direction  # (S, k)
         return np.mean(distance(truths[:, None, :] + dev[None]) <= t, axis=1)
 
-    top = 2.0
-    while below(np.array([top]))[0] >= a and top < 1e6:
-        top *= 2.0
-    grid = np.linspace(0.0, top, steps + 1)
-    f = np.minimum.accumulate(below(grid))  # the step function made monotone
+    top = s_max if s_max is not None else 2.0
+    if s_max is None:
+        while below(np.array([top]))[0] >= a and top < 1e6:
+            top *= 2.0
+    grid = np.linspace(0.0, top, 65)
+    f = np.minimum.accumulate(below(grid))  # a coarse, monotone bracket for the bisections
     if f[0] < a:
         # Closer to the reference than noise about it allows even at a true distance of 0 (the
         # resampling is noisier than the design, e.g. classes drawn in fixed numbers): no scale is kept
         # by the test, and the data are read as no evidence of any distance.
         return noise_only()
-    s_lo = grid[np.argmax(f <= 1.0 - a)]
-    s_mid = grid[np.argmax(f <= 0.5)]
-    kept = np.flatnonzero(f >= a)
-    s_hi = max(grid[kept[-1]] if kept.size else 0.0, s_mid)
+
+    def first_scale(hit: Callable[[np.ndarray], np.ndarray]) -> float:
+        """The smallest scale whose probability hits (`hit`), to 1e-9 of the range; `top` if none."""
+        hits = hit(f)
+        if not hits.any():
+            return float(top)
+        i = int(np.argmax(hits))
+        if i == 0:
+            return 0.0
+        lo, hi = grid[i - 1], grid[i]
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if hit(below(np.array([mid])))[0] else (mid, hi)
+        return float(hi)
+
+    s_lo = first_scale(lambda p: p <= 1.0 - a)
+    s_mid = max(first_scale(lambda p: p <= 0.5), s_lo)
+    s_hi = max(first_scale(lambda p: p < a), s_mid)
 
     def at(s: float) -> float:
         return float(distance((center + s * direction)[None])[0])
