@@ -130,3 +130,28 @@ def test_an_estimate_closer_than_the_noise_gets_zero_up_to_the_noise_bound() -> 
     value, (lo, hi) = intervals.inversion(fd, point, ref, boots - point, LEVEL)
     assert value == lo == 0.0 and hi == pytest.approx(np.quantile(fd(ref + boots - point), 0.975))
     assert hi > 0.02
+
+
+@pytest.mark.parametrize(
+    ("cells", "far"),
+    [(10, 0.0), (10, 1.5), (10, 3.0), (20, 2.5), (20, 6.0), (2, 1.0), (2, 3.0)],
+    ids=["none_far", "one_near", "one_clear", "20_cells", "20_one_far_out", "two_near", "two_clear"],
+)
+def test_worst_cell_and_worst_gap_intervals_cover_the_truth(cells: int, far: float) -> None:
+    """The worst bias-amplification cell (max |x_i|) and the worst-group gap (max - min) of noisy cells
+    with unit noise, one of them `far` noise units out: the intervals of audit/bias.py and
+    audit/per_group.py cover the true maximum and the true range in 90-99 %."""
+    rng = np.random.default_rng(4)
+    truth = np.zeros(cells)
+    truth[0] = far
+    worst = gap = 0
+    for _ in range(REPS):
+        x, dev = truth + rng.normal(size=cells), rng.normal(size=(400, cells))
+        v, (lo, hi) = intervals.worst_coordinate(x, dev, LEVEL)
+        assert lo <= v <= hi
+        worst += lo <= far <= hi
+        v, (lo, hi) = intervals.range_of(x, dev, LEVEL)
+        assert lo <= v <= hi
+        gap += lo <= far <= hi  # the range of (far, 0, ..., 0) is far
+    assert 0.90 <= worst / REPS <= 0.99, f"worst cell: {worst / REPS:.3f}"
+    assert 0.90 <= gap / REPS <= 0.99, f"gap: {gap / REPS:.3f}"

@@ -58,11 +58,7 @@ def _worst_cell(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], leve
     if len(boots) == 0:
         return {"value": plug_in, "ci": None, "method": None, "plug_in": plug_in}
     p_gen_all = np.concatenate([p_gen for *_, p_gen, _ in rows])
-
-    def distance(v: np.ndarray) -> np.ndarray:
-        return np.abs(v).max(-1)
-
-    value, ci = intervals.inversion(distance, ba, np.zeros_like(ba), boots - p_gen_all, level)
+    value, ci = intervals.worst_coordinate(ba, boots - p_gen_all, level)
     return {"value": value, "ci": list(ci), "method": intervals.INVERSION, "plug_in": plug_in}
 
 

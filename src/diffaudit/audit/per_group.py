@@ -133,18 +133,14 @@ def per_group_quality(
     return result
 
 
-def _range(v: np.ndarray) -> np.ndarray:
-    return v.max(-1) - v.min(-1)
-
-
 def _gap(plug_in: float, means: np.ndarray, boots: np.ndarray | None, level: float) -> dict:
     """The worst-group gap (largest minus smallest group value): biased upward like every maximum of
     noisy terms, so its interval inverts a test along equal groups -> the estimated differences
-    (utils/intervals.py `inversion`), with the median-unbiased estimate; the plug-in beside it. Set
+    (utils/intervals.py `range_of`), with the median-unbiased estimate; the plug-in beside it. Set
     metrics (recall, FID) are not resampled: plug-in only."""
     if boots is None or not np.isfinite(plug_in):
         return {"value": plug_in, "ci": None, "method": None, "plug_in": plug_in}
-    value, ci = intervals.inversion(_range, means, np.full_like(means, means.mean()), boots - means, level)
+    value, ci = intervals.range_of(means, boots - means, level)
     return {"value": value, "ci": list(ci), "method": intervals.INVERSION, "plug_in": plug_in}
 
 
