@@ -283,11 +283,12 @@ def test_the_loss_attack_finds_the_members_of_an_overfit_model(memorised) -> Non
     assert result.n_members == result.n_nonmembers == 64
     loss = result.attacks["loss"]
     assert set(loss) == {"50", "100", "200", "300", "500"} and set(result.attacks["pia"]) == {"200"}
-    assert max(p.auc.value for p in loss.values()) >= 0.9
+    assert all(p.auc.value >= 0.9 for t, p in loss.items() if int(t) <= 300)  # every early timestep
     assert all(p.member_mean < p.nonmember_mean for p in loss.values())
     assert all(_holds(e) for e in _intervals(result))
     h = result.headline
-    assert h.n_members == h.n_nonmembers == 32 and h.auc.value >= 0.8 and h.auc.ci[0] > 0.5
+    # The headline, chosen on one half and measured on the other: no in-sample selection.
+    assert h.n_members == h.n_nonmembers == 32 and h.auc.value >= 0.9 and h.auc.ci[0] > 0.5
     # The result reads back as written, and the gate catches it.
     assert MembershipResult.model_validate(result.dump()) == result
     (v,) = evaluate_gates(
