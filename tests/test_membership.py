@@ -29,6 +29,7 @@ from diffaudit.audit.membership import (
     tpr_interval,
 )
 from diffaudit.config.audit_schema import GatesCfg, MembershipCfg
+from diffaudit.config.compose import compose_config
 from diffaudit.config.schema import DiffusionCfg, ModelCfg
 from diffaudit.data.digits import load_digits
 from diffaudit.data.store import to_model_tensor
@@ -214,6 +215,12 @@ def test_timesteps_beyond_the_schedule_are_a_config_error() -> None:
     cfg = MembershipCfg(timesteps=[100, 1000], pia_timesteps=[200])
     with pytest.raises(ConfigError, match=r"\[1000\].*num_train_timesteps=1000"):
         membership_audit(unet, ns, data, data, cfg, seed=0, bootstrap=10, ci_level=0.95)
+    # The pipeline's own config catches it at compose time, before anything trains.
+    root = Path(__file__).resolve().parents[1] / "conf"
+    with pytest.raises(ConfigError, match=r"timesteps \[1000\] are not below diffusion.num_train_timesteps"):
+        compose_config(["audit.membership.pia_timesteps=[1000]"], root)
+    with pytest.raises(ConfigError, match="pia_timesteps"):
+        compose_config(["audit.membership.pia_timesteps=[-1]"], root)
 
 
 # -- the attacks on real models ----------------------------------------------------------------------------
@@ -305,14 +312,20 @@ def test_the_loss_attack_finds_the_members_of_an_overfit_model(memorised) -> Non
     assert v.gate == "mia_auc" and not v.passed
 
 
+def _assert_at_chance(result: MembershipResult) -> None:
+    """Every attack within 0.15 of AUC 0.5, the headline's interval holding 0.5, every interval its own."""
+    assert all(abs(p.auc.value - 0.5) < 0.15 for by_t in result.attacks.values() for p in by_t.values())
+    assert result.headline.auc.ci is not None
+    assert result.headline.auc.ci[0] <= 0.5 <= result.headline.auc.ci[1]
+    assert all(_holds(e) for e in _intervals(result))
+
+
 def test_images_the_model_never_saw_are_at_chance(memorised) -> None:
     """The same model, two sets it never saw: every attack near 0.5, the headline's interval holds 0.5."""
     pipe, sets, _ = memorised
     result = _audit(pipe, sets[1], sets[2])
     print({a: {t: round(p.auc.value, 3) for t, p in by_t.items()} for a, by_t in result.attacks.items()})
-    assert all(abs(p.auc.value - 0.5) < 0.15 for by_t in result.attacks.values() for p in by_t.values())
-    assert result.headline.auc.ci[0] <= 0.5 <= result.headline.auc.ci[1]
-    assert all(_holds(e) for e in _intervals(result))
+    _assert_at_chance(result)
 
 
 def test_an_untrained_model_is_at_chance() -> None:
@@ -321,9 +334,7 @@ def test_an_untrained_model_is_at_chance() -> None:
     unet = build_unet(TINY, 16, 1, 10).eval()
     pipe = ClassConditionalPipeline.from_unet(unet, build_noise_scheduler(COSINE), "ddim")
     result = _audit(pipe, sets[0], sets[1])
-    assert all(abs(p.auc.value - 0.5) < 0.15 for by_t in result.attacks.values() for p in by_t.values())
-    assert result.headline.auc.ci[0] <= 0.5 <= result.headline.auc.ci[1]
-    assert all(_holds(e) for e in _intervals(result))
+    _assert_at_chance(result)
 
 
 # -- the stage ---------------------------------------------------------------------------------------------

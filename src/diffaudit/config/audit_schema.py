@@ -6,7 +6,7 @@ Every threshold lives here so that a change to one reruns the audit stage alone 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -57,10 +57,10 @@ class MembershipCfg(_Strict):
     enabled: bool = True
     # Loss attack (Matsumoto et al. 2023): the denoising error at each of these timesteps (of the training
     # schedule's num_train_timesteps), averaged over `noise_draws` seeded noise draws.
-    timesteps: list[int] = Field(default=[50, 100, 200, 300, 500], min_length=1)
+    timesteps: list[Annotated[int, Field(ge=0)]] = Field(default=[50, 100, 200, 300, 500], min_length=1)
     noise_draws: int = Field(default=4, ge=1)
     # PIA (Kong et al. 2024): the timesteps it attacks at (the paper's DDPM attack: t = 200 of 1000).
-    pia_timesteps: list[int] = Field(default=[200], min_length=1)
+    pia_timesteps: list[Annotated[int, Field(ge=1)]] = Field(default=[200], min_length=1)
     max_images: int = Field(default=256, ge=4)  # at most this many members (and as many non-members)
     batch_size: int = Field(default=256, ge=1)  # images per denoiser forward
 

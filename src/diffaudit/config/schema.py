@@ -144,6 +144,18 @@ class Config(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _attacks_within_the_schedule(self) -> Config:
+        """Membership inference attacks the trained model's own schedule: caught at compose time, not
+        after the pipeline has trained."""
+        m, steps = self.audit.membership, self.diffusion.num_train_timesteps
+        late = sorted(t for t in {*m.timesteps, *m.pia_timesteps} if t >= steps)
+        if m.enabled and late:
+            raise ValueError(
+                f"audit.membership timesteps {late} are not below diffusion.num_train_timesteps={steps}"
+            )
+        return self
+
 
 def _format_errors(err: ValidationError) -> str:
     lines = []
