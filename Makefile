@@ -15,7 +15,7 @@ SERVE_ALIAS ?= champion
 RETRAIN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install params repro test lint bench ui serve retrain clean
+.PHONY: install params repro audit test lint bench ui serve retrain clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
@@ -35,6 +35,12 @@ repro: params
 	@test -d .dvc || dvc init -q
 	DIFFAUDIT_PIPELINE_ID=$${DIFFAUDIT_PIPELINE_ID:-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$} bash -c '\
 	  dvc repro $(DVC_ARGS); rc=$$?; $(PY) -m pipelines.pipeline_run finish $$rc; exit $$rc'
+
+# Audit a model trained elsewhere (a diffusers folder: DDPMPipeline, DDIMPipeline, LDMPipeline, or unet/ +
+# scheduler/): every stage, the train stage importing the folder instead of training. DVC hashes it.
+audit: install
+	@test -n "$(MODEL)" || { echo "make audit: set MODEL=<a diffusers model folder>" >&2; exit 1; }
+	$(MAKE) --no-print-directory repro OVERRIDES='model.source=pretrained model.path=$(abspath $(MODEL)) $(OVERRIDES)'
 
 # Every test, slow ones included. pytest's exit code 5 (no test collected) is a failure here.
 test: install

@@ -1,9 +1,12 @@
-"""Stage train: fit the diffusion model with Lightning (resuming from the last checkpoint), export EMA."""
+"""Stage train: fit the diffusion model with Lightning (resuming from the last checkpoint), export EMA;
+or, with `model.source=pretrained`, import the model folder at `model.path` instead of training."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
@@ -11,9 +14,20 @@ from mlflow.tracking import MlflowClient
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.layout import Layout
+from diffaudit.models.imported import (
+    MODEL_INDEX,
+    SOURCE_RECORD,
+    check_fits,
+    copy_model,
+    folder_md5,
+    inspect_model_folder,
+)
+from diffaudit.models.unet import load_model
+from diffaudit.results import write_result
+from diffaudit.results.model_source import ModelSource
 from diffaudit.tracking.mlflow_tracking import is_global_zero, log_outputs, stage_run, tracking_uri
 from diffaudit.training.diffusion_training import export_ema, train_diffusion
-from diffaudit.utils.io import write_text
+from diffaudit.utils.io import atomic_path, write_text
 from pipelines._stage import progress_enabled, run
 
 
@@ -30,8 +44,52 @@ def loss_curve_csv(run_id: str) -> str:
     return buf.getvalue()
 
 
+def import_pretrained(cfg: Config, layout: Layout) -> None:
+    """Check the folder, load it once (a corrupt file fails here, before anything is written), then copy
+    its configs and safetensors weights with a record of where they came from, whole or not at all."""
+    folder = inspect_model_folder(cfg.model.path)
+    check_fits(folder, cfg)
+    source = ModelSource(
+        path=str(Path(cfg.model.path).resolve()),
+        md5=folder_md5(folder.root),
+        kind=folder.kind,
+        description=folder.description(),
+        pipeline_class=folder.pipeline_class,
+        unet_class=str(folder.unet_config["_class_name"]),
+        scheduler_class=folder.scheduler_class,
+        vae_class=folder.vae_class,
+        conditioning=folder.conditioning(load_meta(layout.prepared).num_classes),
+        prediction_type=folder.prediction_type,
+        image_size=folder.image_size,
+        channels=folder.channels,
+        latent=folder.latent,
+        model_index=_json_or_none(folder.root / MODEL_INDEX),
+        unet_config=folder.unet_config,
+    )
+    with stage_run(cfg, "train", {"data": layout.prepared}):
+        with atomic_path(layout.diffusion) as tmp:
+            copy_model(folder, tmp)
+            write_result(tmp / SOURCE_RECORD, source)
+            load_model(tmp)  # loads as the later stages will (safetensors only), or ModelFolderError
+        # The stage's other outputs, so DVC finds them: no loss curve (nothing was trained), no checkpoints.
+        write_text(layout.train_loss, "step,loss,val_loss\n")
+        layout.checkpoints.mkdir(parents=True, exist_ok=True)
+        log_outputs(
+            tags={"model.imported_md5": source.md5, "model.imported_path": source.path},
+            files=[layout.diffusion / SOURCE_RECORD],
+        )
+    print(f"[train] imported {source.path} ({source.description}; {source.conditioning}; md5 {source.md5})")
+
+
+def _json_or_none(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def main(cfg: Config) -> None:
     layout = Layout.of(cfg)
+    if cfg.model.source == "pretrained":
+        import_pretrained(cfg, layout)
+        return
     with stage_run(cfg, "train", {"data": layout.prepared}) as active:
         meta = load_meta(layout.prepared)
         train, val = load_split(layout.prepared, "train"), load_split(layout.prepared, "val")

@@ -33,6 +33,11 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint was made by a different model/diffusion/data config than the one asked for."""
 
 
+class ModelFolderError(ValueError):
+    """A model folder given to audit is not a supported diffusers model (not one, pickle-only weights, an
+    unsupported class, a shape the data cannot match); the message names the file and what was expected."""
+
+
 class GateFailedError(RuntimeError):
     """A release gate failed and the config (audit.fail_on_gate) says that fails the stage."""
 
@@ -45,6 +50,7 @@ STAGE_ERRORS: tuple[type[Exception], ...] = (
     TrackingError,
     NonFiniteLossError,
     CheckpointMismatchError,
+    ModelFolderError,
     GateFailedError,
     FileNotFoundError,
 )

@@ -54,6 +54,14 @@ class DataCfg(_Strict):
 
 
 class ModelCfg(_Strict):
+    """The diffusion model: trained here from this architecture (`source: trained`), or a diffusers
+    folder trained elsewhere (`source: pretrained`, `path`), audited without training; then the
+    architecture keys are unused and the folder's own configs say what it is."""
+
+    source: Literal["trained", "pretrained"] = "trained"
+    # pretrained: the model folder; trained: the architecture's code. A DVC dependency of train either
+    # way, so a changed folder reruns what depends on the model.
+    path: str = "src/diffaudit/models/unet.py"
     block_out_channels: list[int] = Field(min_length=1)
     layers_per_block: int = Field(ge=1)
     attention: list[bool]
@@ -136,6 +144,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _image_divisible(self) -> Config:
+        if self.model.source == "pretrained":
+            return self
         levels = len(self.model.block_out_channels) - 1
         if self.data.image_size % (2**levels):
             raise ValueError(
@@ -149,6 +159,8 @@ class Config(_Strict):
         """Membership inference attacks the trained model's own schedule: caught at compose time, not
         after the pipeline has trained."""
         m, steps = self.audit.membership, self.diffusion.num_train_timesteps
+        if self.model.source == "pretrained":
+            return self  # the imported model's own schedule: checked when it is imported
         late = sorted(t for t in {*m.timesteps, *m.pia_timesteps} if t >= steps)
         if m.enabled and late:
             raise ValueError(

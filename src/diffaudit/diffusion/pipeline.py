@@ -1,4 +1,6 @@
-"""Class-conditional sampling with classifier-free guidance, as one diffusers pipeline.
+"""Class-conditional sampling with classifier-free guidance, as one diffusers pipeline; it also runs the
+models diffaudit audits without training them: unconditional UNets, class-conditional ones without a
+null class (no guidance), and latent models whose samples its decoder turns into images.
 
 `ClassConditionalPipeline` owns what every sampling call shares: the UNet, the sampler (a diffusers
 scheduler) and the training noise schedule the sampler was built from, which fixes the model's
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler, UNet2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler, ModelMixin, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
@@ -25,7 +27,9 @@ from diffaudit.config.eval_schema import SamplerCfg
 from diffaudit.diffusion.parameterization import eps_from_x0, to_x0_eps
 from diffaudit.diffusion.sampling import StepInfo, guided_output, initial_noise
 from diffaudit.diffusion.schedulers import SAMPLERS, build_sampler
-from diffaudit.models.unet import load_exported, null_class
+from diffaudit.models.unet import load_model, null_class
+
+CONDITIONINGS = ("class_cfg", "class", "none")
 
 
 @dataclass
@@ -43,7 +47,7 @@ class ClassConditionalPipelineOutput(BaseOutput):
     """
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor  # -1 for an unconditional model (no label conditioned the image)
     seeds: list[int]
 
 
@@ -64,17 +68,38 @@ class ClassConditionalPipeline(DiffusionPipeline):
         noise_scheduler ([`DDPMScheduler`]):
             The training noise schedule saved with the model. Its `prediction_type` is the model's,
             whatever the sampler's config says; new samplers are built from its config.
+        vae ([`VQModel`] or [`AutoencoderKL`], *optional*):
+            The decoder of a latent model: the UNet denoises latents, and `vae.decode(latents /
+            scaling_factor)` makes the images (as diffusers' `LDMPipeline` does).
+        conditioning (`str`, *optional*, defaults to `"class_cfg"`):
+            `class_cfg` (a null class for guidance, as diffaudit trains), `class` (no null class: guidance
+            is 1) or `none` (unconditional: labels and guidance are ignored).
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, noise_scheduler: DDPMScheduler) -> None:
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        noise_scheduler: DDPMScheduler,
+        vae: ModelMixin | None = None,
+        conditioning: str = "class_cfg",
+    ) -> None:
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, noise_scheduler=noise_scheduler)
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; allowed: {', '.join(CONDITIONINGS)}")
+        self.register_modules(unet=unet, scheduler=scheduler, noise_scheduler=noise_scheduler, vae=vae)
+        self.conditioning = conditioning
 
     @classmethod
     def from_unet(
-        cls, unet: UNet2DModel, noise_scheduler: DDPMScheduler, sampler: str
+        cls,
+        unet: UNet2DModel,
+        noise_scheduler: DDPMScheduler,
+        sampler: str,
+        vae: ModelMixin | None = None,
+        conditioning: str = "class_cfg",
     ) -> ClassConditionalPipeline:
         r"""
         A pipeline over an in-memory UNet with a fresh `sampler` built from its training noise schedule.
@@ -94,6 +119,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
             unet=unet,
             scheduler=build_sampler(sampler, dict(noise_scheduler.config)),
             noise_scheduler=noise_scheduler,
+            vae=vae,
+            conditioning=conditioning,
         )
 
     @classmethod
@@ -114,8 +141,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
-        unet, noise_scheduler = load_exported(model_dir)
-        return cls.from_unet(unet, noise_scheduler, sampler)
+        m = load_model(model_dir)
+        return cls.from_unet(m.unet, m.noise_scheduler, sampler, vae=m.vae, conditioning=m.conditioning)
 
     def with_sampler(self, sampler: str) -> ClassConditionalPipeline:
         r"""
@@ -129,13 +156,49 @@ class ClassConditionalPipeline(DiffusionPipeline):
         Raises:
             `ValueError`: for a sampler name not in `SAMPLERS`.
         """
-        return type(self).from_unet(self.unet, self.noise_scheduler, sampler)
+        return type(self).from_unet(
+            self.unet, self.noise_scheduler, sampler, vae=self.vae, conditioning=self.conditioning
+        )
 
     @property
     def prediction_type(self) -> str:
         """What the UNet predicts (`epsilon`, `v_prediction` or `sample`): the training schedule's
         objective."""
         return str(self.noise_scheduler.config.prediction_type)
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether labels condition the images (False: an unconditional model, labels are ignored)."""
+        return self.conditioning != "none"
+
+    @property
+    def guides(self) -> bool:
+        """Whether classifier-free guidance applies (a null class the model was trained with)."""
+        return self.conditioning == "class_cfg"
+
+    def guidance(self, scale: float) -> float:
+        """The guidance scale sampling uses: `scale` where guidance applies, else 1 (no guidance)."""
+        return float(scale) if self.guides else 1.0
+
+    @property
+    def latent(self) -> bool:
+        return getattr(self, "vae", None) is not None
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from model-space samples (the identity for a pixel-space model)."""
+        if not self.latent:
+            return latents
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1.0, 1.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-space samples of images in [-1, 1] (training images, for the loss attacks): the
+        autoencoder's latents times its scaling factor, the mean for a KL autoencoder."""
+        if not self.latent:
+            return images
+        with torch.no_grad():
+            enc = self.vae.encode(images.to(next(self.vae.parameters()).device))
+        z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
+        return z * self.vae.config.scaling_factor
 
     @property
     def null_class(self) -> int:
@@ -163,7 +226,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
             labels=labels,
             seeds=seeds,
             num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
+            guidance_scale=self.guidance(settings.guidance_scale),
             batch_size=settings.batch_size,
             progress=progress,
         )
@@ -172,7 +235,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
     def __call__(
         self,
         *,
-        labels: torch.Tensor | Sequence[int],
+        labels: torch.Tensor | Sequence[int] | None,
         seeds: Sequence[int],
         num_inference_steps: int,
         guidance_scale: float,
@@ -185,8 +248,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
         Generate one image per label.
 
         Args:
-            labels (`torch.Tensor` or sequence of `int`):
-                The class of each image, in `[0, num_classes)`.
+            labels (`torch.Tensor` or sequence of `int`, or `None`):
+                The class of each image, in `[0, num_classes)`; ignored (may be `None`) for an
+                unconditional model, whose output labels are -1.
             seeds (sequence of `int`):
                 One seed per image: its starting noise and its step noise (stochastic samplers) come
                 from it alone, so image i is the same whatever batch it is drawn in.
@@ -194,7 +258,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 The number of denoising steps (denoiser evaluations per image and guidance pass).
             guidance_scale (`float`):
                 Classifier-free guidance weight w: out_u + w (out_c - out_u). At 1 the output is the
-                conditional one and the unconditional pass is skipped (unless `with_uncond`).
+                conditional one and the unconditional pass is skipped (unless `with_uncond`). Only 1 is
+                allowed where guidance does not apply ([`~ClassConditionalPipeline.guides`]).
             batch_size (`int`, *optional*):
                 Images per denoising batch; all of them in one batch when `None`.
             on_step (`Callable[[StepInfo], None]`, *optional*):
@@ -211,8 +276,15 @@ class ClassConditionalPipeline(DiffusionPipeline):
         Raises:
             `ValueError`: when labels and seeds differ in length, there are none, or `batch_size` < 1.
         """
-        labels = torch.as_tensor(labels)
         seeds = [int(s) for s in seeds]
+        if not self.is_conditional:
+            labels, with_uncond = torch.full((len(seeds),), -1, dtype=torch.long), False
+        labels = torch.as_tensor(labels)
+        if not self.guides and guidance_scale != 1.0:
+            raise ValueError(
+                f"guidance_scale={guidance_scale}: this model has no null class to guide with; use 1"
+            )
+        with_uncond = with_uncond and self.guides
         if labels.ndim != 1 or len(labels) != len(seeds) or len(seeds) == 0:
             raise ValueError(
                 f"need one seed per label and at least one of each; got {tuple(labels.shape)} labels "
@@ -251,7 +323,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         device = next(unet.parameters()).device
         cfg = unet.config
         shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        labels = labels.to(device)
+        labels = labels.to(device) if self.is_conditional else None
         scheduler.set_timesteps(steps, device=device)  # first: Euler's init_noise_sigma depends on it
         x = initial_noise(seeds, shape, device) * scheduler.init_noise_sigma
         # One noise stream per image (not per batch), apart from its starting-noise stream: a stochastic
@@ -275,9 +347,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 x0_pred = getattr(step, "pred_original_sample", None)
                 if x0_pred is None:
                     x0_pred = _x0_of(scheduler, out, x_in, t, prediction_type)
-                on_step(StepInfo(i, t, x, cond, uncond, x0_pred, step.prev_sample))
+                on_step(StepInfo(i, t, x, cond, uncond, self.decode(x0_pred), step.prev_sample))
             x = step.prev_sample
-        return x.clamp(-1.0, 1.0)
+        return self.decode(x) if self.latent else x.clamp(-1.0, 1.0)
 
 
 def _alpha_bar_euler(scheduler: EulerDiscreteScheduler) -> torch.Tensor:

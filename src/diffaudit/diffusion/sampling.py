@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DModel
 
+from diffaudit.models.unet import is_class_conditional, predict
+
 
 @dataclass
 class StepInfo:
@@ -41,8 +43,8 @@ def guided_output(
     show where the conditioning acts whatever the scale); the output is then the conditional one.
     """
     tt = t.expand(len(x)) if t.ndim == 0 else t
-    if guidance_scale == 1.0 and not with_uncond:
-        out = unet(x, tt, class_labels=labels).sample
+    if (guidance_scale == 1.0 and not with_uncond) or not is_class_conditional(unet):
+        out = predict(unet, x, tt, labels)  # an unconditional UNet: no second pass to guide with
         return out, out, None
     null = torch.full_like(labels, null_class)
     both = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([labels, null])).sample
@@ -58,6 +60,11 @@ def initial_noise(
     return torch.stack(
         [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     ).to(device)
+
+
+# samples/ metadata `labels`: what the stored labels are. "condition": the class each image was conditioned
+# on; "evaluator": the class the evaluator reads in an unconditional model's image.
+LABELS_FROM_EVALUATOR = "evaluator"
 
 
 def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:

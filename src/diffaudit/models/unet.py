@@ -1,13 +1,23 @@
-"""The denoiser: diffusers' UNet2DModel, class-conditional with one extra "null" class for CFG."""
+"""The denoiser: diffusers' UNet2DModel, class-conditional with one extra "null" class for CFG when
+diffaudit trains it; an imported one may be conditional without a null class, or unconditional."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from diffusers import DDPMScheduler, UNet2DModel
+import torch
+from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
+from safetensors import SafetensorError
 
 from diffaudit.config.schema import ModelCfg
+from diffaudit.errors import ModelFolderError
 from diffaudit.models.export import SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, exported_unet_config
+from diffaudit.models.imported import SOURCE_RECORD, VAE_SUBFOLDERS
+from diffaudit.results.base import read_result
+from diffaudit.results.model_source import ModelSource
 
 
 def build_unet(cfg: ModelCfg, image_size: int, channels: int, num_classes: int) -> UNet2DModel:
@@ -30,8 +40,19 @@ def build_unet(cfg: ModelCfg, image_size: int, channels: int, num_classes: int) 
 
 
 def null_class(unet: UNet2DModel) -> int:
-    """The class id that means "no condition" (the embedding's last row)."""
-    return int(unet.config.num_class_embeds) - 1
+    """The class id that means "no condition" (the embedding's last row; 0 for an unconditional UNet,
+    which ignores labels)."""
+    n = unet.config.num_class_embeds
+    return int(n) - 1 if n else 0
+
+
+def is_class_conditional(unet: UNet2DModel) -> bool:
+    return unet.config.num_class_embeds is not None
+
+
+def predict(unet: UNet2DModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The UNet's output for class `labels`; an unconditional UNet is called without them."""
+    return unet(x, t, class_labels=labels if is_class_conditional(unet) else None).sample
 
 
 def save_exported(unet: UNet2DModel, noise_scheduler: DDPMScheduler, out_dir: str | Path) -> None:
@@ -42,8 +63,64 @@ def save_exported(unet: UNet2DModel, noise_scheduler: DDPMScheduler, out_dir: st
 
 def load_exported(model_dir: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
     """The exported UNet (eval mode) and its training noise schedule."""
+    loaded = load_model(model_dir)
+    return loaded.unet, loaded.noise_scheduler
+
+
+@dataclass
+class LoadedModel:
+    """A model folder as the stages use it: the UNet (eval mode), the DDPM noise schedule it was trained
+    with (any supported scheduler's config converts to it), the decoder of a latent model, and where an
+    imported model came from (None: diffaudit trained it)."""
+
+    unet: UNet2DModel
+    noise_scheduler: DDPMScheduler
+    vae: ModelMixin | None
+    source: ModelSource | None
+
+    @property
+    def conditioning(self) -> str:
+        return self.source.conditioning if self.source is not None else "class_cfg"
+
+
+def load_model(model_dir: str | Path) -> LoadedModel:
+    """Load a model folder (the train stage's export or an imported copy) from safetensors only.
+
+    Raises:
+        `FileNotFoundError`: when the folder holds no UNet (the train stage has not run).
+        `ModelFolderError`: when a config or weights file cannot be read as what it should be.
+    """
+    from diffusers import AutoencoderKL, VQModel
+
     model_dir = Path(model_dir)
     if not exported_unet_config(model_dir).is_file():
         raise FileNotFoundError(f"{model_dir / UNET_SUBFOLDER} not found: run the train stage first")
-    unet = UNet2DModel.from_pretrained(model_dir / UNET_SUBFOLDER, use_safetensors=True).eval()
-    return unet, DDPMScheduler.from_pretrained(model_dir / SCHEDULER_SUBFOLDER)
+    record = model_dir / SOURCE_RECORD
+    source = read_result(record, ModelSource) if record.is_file() else None
+    vae_cls = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
+    try:
+        with _quiet_diffusers():
+            unet = UNet2DModel.from_pretrained(model_dir / UNET_SUBFOLDER, use_safetensors=True).eval()
+            noise_scheduler = DDPMScheduler.from_pretrained(model_dir / SCHEDULER_SUBFOLDER)
+            vae = None
+            if source is not None and source.vae_class is not None:
+                sub = next(s for s in VAE_SUBFOLDERS if (model_dir / s).is_dir())
+                vae = vae_cls[source.vae_class].from_pretrained(model_dir / sub, use_safetensors=True).eval()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ModelFolderError(
+            f"{model_dir}: the model cannot be loaded ({str(err).splitlines()[0]})"
+        ) from None
+    return LoadedModel(unet=unet, noise_scheduler=noise_scheduler, vae=vae, source=source)
+
+
+@contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers warns when a DDIM/PNDM config is read as the DDPM schedule (keys it ignores): expected."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)

@@ -25,7 +25,7 @@ def training_config_hash(cfg: Config, meta: DataMeta) -> str:
     """What a checkpoint must share with the current run to be resumed (not seeds or step counts)."""
     return config_hash(
         {
-            "model": cfg.model.model_dump(),
+            "model": cfg.model.model_dump(exclude={"source", "path"}),  # the architecture
             "diffusion": cfg.diffusion.model_dump(),
             "data": cfg.data.model_dump(),
             "classes": meta.class_names,
