@@ -95,6 +95,8 @@ def run_study(
     floor = set_metrics(ref, cache(train.images)[pick_train], cfg, seed, with_ci=False)
     nfe_points, guidance_points = plan(study, sampler)
     scored: dict[StudyPoint, PointScore] = {}
+    if not pipe.guides:  # no null class (or unconditional): the guidance sweep does not apply
+        guidance_points = [p for p in guidance_points if p.guidance_scale == 1.0]
     for p in dict.fromkeys(nfe_points + guidance_points):
         t0 = time.perf_counter()
         images = pipe.with_sampler(p.sampler)(
