@@ -115,9 +115,12 @@ def main(cfg: Config) -> None:
             f"[audit] {'all gates passed' if g.passed else 'gates failed: ' + ', '.join(g.failed)} "
             f"({out.fairness.seconds:.1f}s)"
         )
-        failed = [v for v in out.verdicts if not v.passed]
+        failed = [v for v in out.verdicts if v.passed is False]
         if cfg.audit.fail_on_gate and failed:
             raise GateFailedError("; ".join(v.message() for v in failed))
+
+
+GATE_TAG = {True: "pass", False: "fail", None: "n/a"}  # MLflow tag gate.<name>
 
 
 def _log(out: AuditOutcome) -> None:
@@ -133,6 +136,7 @@ def _log(out: AuditOutcome) -> None:
             | ({} if v.crosses is None else {"ci_crosses_threshold": float(v.crosses)})
             | ({} if v.value is None or v.value != v.value else {"value": float(v.value)})
             for v in out.verdicts
+            if v.passed is not None  # a gate that does not apply has no verdict to plot (its tag says why)
         },
     }
     if (mia := out.privacy.membership) is not None:
@@ -143,8 +147,13 @@ def _log(out: AuditOutcome) -> None:
             "fd_l2_after": mit.after.fd_l2.value,
             "extra_draws": mit.selection.extra_draws,
         }
-    tags = {f"gate.{v.gate}": "pass" if v.passed else "fail" for v in out.verdicts}
-    tags |= {f"gate.{v.gate}.note": CROSSING_NOTE[v.passed] for v in out.verdicts if v.crosses}
+    tags = {f"gate.{v.gate}": GATE_TAG[v.passed] for v in out.verdicts}
+    tags |= {
+        f"gate.{v.gate}.note": CROSSING_NOTE[v.passed]
+        for v in out.verdicts
+        if v.crosses and v.passed is not None
+    }
+    tags |= {f"gate.{v.gate}.note": v.not_applicable for v in out.verdicts if v.not_applicable}
     log_outputs(metrics=metrics, tags=tags | {"gates.passed": str(out.gates.passed).lower()})
 
 

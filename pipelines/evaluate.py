@@ -10,9 +10,10 @@ from diffaudit.layout import Layout
 from diffaudit.metrics.quality import evaluate_quality
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results import Interval, QualityResult, write_result
+from diffaudit.results.applicability import LABELS_FROM_CONDITION
 from diffaudit.results.quality import QualityRow, SamplerRun
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
-from diffaudit.utils.io import load_tensors, write_text
+from diffaudit.utils.io import load_tensor_metadata, load_tensors, write_text
 from pipelines._stage import run
 
 
@@ -33,6 +34,7 @@ def main(cfg: Config) -> None:
             gen_images=samples["images"],
             gen_labels=samples["labels"],
             seed=cfg.seed,
+            labels_from=load_tensor_metadata(samples_path).get("labels", LABELS_FROM_CONDITION),
         )
         result.sampler = SamplerRun(**cfg.sampler.model_dump())
         write_result(layout.quality, result)
@@ -42,8 +44,14 @@ def main(cfg: Config) -> None:
             f"{c},{v:.4f},{_lo(ci.get(c)):.4f},{_hi(ci.get(c)):.4f},{floor.get(c, float('nan')):.4f}"
             for c, v in per.items()
         ]
+        if result.conditional_accuracy is None:  # not applicable: the evaluator's own accuracy alone
+            rows += [f"{c},,,,{v:.4f}" for c, v in floor.items()]
         write_text(layout.conditional_accuracy_csv, "\n".join(rows) + "\n")
-        log_outputs(metrics=result.dump(exclude={"sampler"}), files=[layout.quality])
+        log_outputs(
+            metrics=result.dump(exclude={"sampler"}),
+            files=[layout.quality],
+            tags={f"not_applicable.{k}": why for k, why in result.not_applicable.items()},
+        )
         print(summary(result))
 
 
@@ -67,8 +75,9 @@ def summary(result: QualityResult) -> str:
         )
         return f"  {r.key}={value} (floor {r.floor:.4g}), n={r.n}"
 
+    na = [f"  {k}: {why}" for k, why in result.not_applicable.items()]
     return "[evaluate] quality (value [95% CI] method (real-vs-real floor), n):\n" + "\n".join(
-        line(r) for r in result.rows()
+        [line(r) for r in result.rows()] + na
     )
 
 

@@ -23,6 +23,7 @@ from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card
 from diffaudit.results import ReleaseRecord, ReleaseSummary, metric_value, write_result
+from diffaudit.results.files import not_applicable_metrics
 from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
 from diffaudit.utils.io import write_text
@@ -82,6 +83,7 @@ def main(cfg: Config) -> None:
     with stage_run(cfg, "report", inputs) as active:
         content = load_content(cfg, os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
         candidate = {c.metric: metric_value(content.results, c.metric) for c in release.compare}
+        na = not_applicable_metrics(content.results, [c.metric for c in release.compare])
         record: ReleaseRecord | None = None
         if active is not None and release.register_model:
             if not exported_unet_config(model_dir).is_file():
@@ -102,6 +104,7 @@ def main(cfg: Config) -> None:
                 active.info.run_id,
                 pipeline_id(cfg),
                 feature_space=space,
+                not_applicable=na,
             )
         # Re-read the run so the parent tag set at start is visible.
         active_run = mlflow.get_run(active.info.run_id) if active is not None else None

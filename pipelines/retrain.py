@@ -33,6 +33,7 @@ from diffaudit.results import (
     read_result,
     write_result,
 )
+from diffaudit.results.files import not_applicable_metrics
 from diffaudit.tracking.mlflow_tracking import setup
 from diffaudit.utils.io import write_text
 
@@ -109,7 +110,8 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
         else:
             run = load_results(Layout.of(cfg).metrics_dir)
             new = {s.metric: metric_value(run, s.metric) for s in release.compare}
-            comparisons = compare(new, old, release.compare, against=baseline_rev)
+            na = not_applicable_metrics(run, [s.metric for s in release.compare])
+            comparisons = compare(new, old, release.compare, against=baseline_rev, not_applicable=na)
             for c in comparisons:
                 lines.append(f"  - {c.note}")
             failed = [c.note for c in comparisons if not c.ok]

@@ -14,9 +14,10 @@ import torch
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
-from diffaudit.diffusion.sampling import LABELS_FROM_EVALUATOR, balanced_labels, sample_seeds
+from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
 from diffaudit.layout import Layout
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.applicability import LABELS_FROM_CONDITION, LABELS_FROM_EVALUATOR
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.training.evaluator_training import predict
 from diffaudit.utils.images import class_grid, save_png
@@ -39,7 +40,7 @@ def main(cfg: Config) -> None:
             cfg.sampler, labels=labels, seeds=seeds, progress=progress_enabled()
         ).images
         seconds = time.perf_counter() - t0
-        labels_from = "condition"
+        labels_from = LABELS_FROM_CONDITION
         if labels is None:
             evaluator = Evaluator.from_pretrained(layout.evaluator, use_safetensors=True).eval()
             labels, labels_from = predict(evaluator, images)["class"].argmax(1), LABELS_FROM_EVALUATOR

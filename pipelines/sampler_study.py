@@ -42,7 +42,7 @@ def main(cfg: Config) -> None:
                 print(
                     f"[sampler_study] {p.sampler:>10} nfe={p.nfe:<4} w={p.guidance_scale:<4g} "
                     f"{fid}={m.space_value('fid'):.3f} ({m.fid_over_floor:.2f}x floor) "
-                    f"acc={m.conditional_accuracy:.3f} {m.seconds:.1f}s",
+                    f"acc={_acc(m.conditional_accuracy)} {m.seconds:.1f}s",
                     flush=True,
                 )
 
@@ -70,6 +70,10 @@ def main(cfg: Config) -> None:
         )
 
 
+def _acc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _curves(result: SamplerStudyResult) -> dict[str, dict[int, float]]:
     """The study as metric histories: step = NFE for each sampler, guidance x 100 for the guidance sweep."""
     fid = space_key("fid", result.feature_space)
@@ -82,7 +86,8 @@ def _curves(result: SamplerStudyResult) -> dict[str, dict[int, float]]:
                 ("conditional_accuracy", m.conditional_accuracy),
                 ("seconds", m.seconds),
             ):
-                curves.setdefault(f"study.{s}.{name}", {})[m.nfe] = value
+                if value is not None:  # conditional accuracy of an unconditional model: not applicable
+                    curves.setdefault(f"study.{s}.{name}", {})[m.nfe] = value
     for m in result.guidance_sweep.points.values():
         step = round(m.guidance_scale * 100)
         curves.setdefault("study.guidance.precision", {})[step] = m.precision

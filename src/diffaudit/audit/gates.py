@@ -1,7 +1,9 @@
 """Release gates: each measured value against its threshold in conf/audit/, one verdict per gate.
 
 A gate whose threshold is null is skipped; a gate whose value could not be measured (NaN, a missing
-quality file) fails, since a release cannot pass on a number nobody took.
+quality file) fails, since a release cannot pass on a number nobody took. A gate that does not apply to
+the model (conditional accuracy of an unconditional model: results/applicability.py) is neither passed nor
+failed: its verdict is null with the reason, and the release rests on the gates that apply.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ GATES: dict[str, tuple[str, str]] = {
 # What a gate reads: (value, what it is) or (value, what it is, the interval of the gated statistic).
 Measured = tuple[float | None, str] | tuple[float | None, str, list[float] | None]
 
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """What a gate reads instead of a measurement when it does not apply to the model."""
+
+    reason: str
+
+
 # How a gate's `source` names the bias amplification measure it read (audit.gates.bias_amplification_measure).
 BA_MEASURE_SOURCE: dict[str, str] = {
     "worst_cell": "worst cell |BA|",
@@ -45,9 +55,10 @@ class Verdict:
     value: float | None
     threshold: float
     op: str
-    passed: bool
+    passed: bool | None  # None: the gate does not apply (`not_applicable` says why)
     source: str  # what was measured (e.g. "thickness, corrected, fd_l2, estimate")
     ci: list[float] | None = None  # the interval of the gated statistic, where it has one
+    not_applicable: str | None = None
 
     @property
     def crosses(self) -> bool | None:
@@ -56,6 +67,8 @@ class Verdict:
         return crosses(self.ci, self.threshold)
 
     def message(self) -> str:
+        if self.not_applicable is not None:
+            return f"gate {self.gate} {self.not_applicable} (neither passed nor failed)"
         v = "not measured" if self.value is None or math.isnan(self.value) else f"{self.value:.4g}"
         state = "passed" if self.passed else "FAILED"
         note = f"; {CROSSING_NOTE[self.passed]}" if self.crosses else ""
@@ -64,12 +77,17 @@ class Verdict:
         )
 
 
-def evaluate_gates(cfg: GatesCfg, measured: dict[str, Measured]) -> list[Verdict]:
-    """One verdict per configured gate; `measured` maps gate name -> (value, what it is[, interval])."""
+def evaluate_gates(cfg: GatesCfg, measured: dict[str, Measured | NotApplicable]) -> list[Verdict]:
+    """One verdict per configured gate; `measured` maps gate name -> (value, what it is[, interval]), or
+    `NotApplicable`."""
     verdicts = []
     for gate, (key, op) in GATES.items():
         threshold = getattr(cfg, key)
         if threshold is None:
+            continue
+        m = measured.get(gate)
+        if isinstance(m, NotApplicable):
+            verdicts.append(Verdict(gate, None, float(threshold), op, None, m.reason, None, m.reason))
             continue
         value, source, ci = (*measured.get(gate, (None, "not measured")), None)[:3]
         ok = value is not None and not math.isnan(value)
@@ -82,8 +100,9 @@ def evaluate_gates(cfg: GatesCfg, measured: dict[str, Measured]) -> list[Verdict
 def report(verdicts: list[Verdict]) -> GatesResult:
     """gates.json: overall verdict, the failing gates, and every verdict with its value."""
     return GatesResult(
-        passed=all(v.passed for v in verdicts),
-        failed=[v.gate for v in verdicts if not v.passed],
+        passed=all(v.passed is not False for v in verdicts),
+        failed=[v.gate for v in verdicts if v.passed is False],
+        not_applicable=[v.gate for v in verdicts if v.passed is None],
         gates={
             v.gate: GateEntry(
                 value=v.value,
@@ -92,7 +111,8 @@ def report(verdicts: list[Verdict]) -> GatesResult:
                 passed=v.passed,
                 source=v.source,
                 ci=v.ci,
-                ci_crosses_threshold=v.crosses,
+                ci_crosses_threshold=None if v.passed is None else v.crosses,
+                not_applicable=v.not_applicable,
             )
             for v in verdicts
         },
@@ -101,13 +121,13 @@ def report(verdicts: list[Verdict]) -> GatesResult:
 
 def measurements(
     fairness: FairnessReport, privacy: PrivacyResult, quality: QualityResult | None
-) -> dict[str, Measured]:
+) -> dict[str, Measured | NotApplicable]:
     """What each gate reads: the fairness headline, the worse memorization space (for the d1/d2 and the
     near-copy test apart), quality.json's floors (no quality file: the quality gates are not measured, so
     they fail), the membership headline's AUC (membership inference off: not measured)."""
     head = fairness.headline
     ba = head.bias_amplification
-    out: dict[str, Measured] = {
+    out: dict[str, Measured | NotApplicable] = {
         gate: (h.value, f"{h.where}, {what}{head.estimate}, {head.statistic}", h.gated_ci())
         for gate, h, what in (
             ("fairness_discrepancy", head.fairness_discrepancy, ""),
@@ -131,9 +151,9 @@ def measurements(
     if quality is not None:
         ci = quality.conditional_accuracy_ci
         out["conditional_accuracy"] = (
-            quality.conditional_accuracy,
-            QualityResult.FILE,
-            None if ci is None else [ci.low, ci.high],
+            NotApplicable(quality.not_applicable["conditional_accuracy"])
+            if quality.conditional_accuracy is None
+            else (quality.conditional_accuracy, QualityResult.FILE, None if ci is None else [ci.low, ci.high])
         )
         fid, floor = (space_key(q, quality.feature_space) for q in ("fid", "fid_floor"))
         excess = quality.space_value("fid") - quality.space_value("fid_floor")

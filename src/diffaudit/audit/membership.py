@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from scipy.stats import beta, binom
 from diffaudit.config.audit_schema import MembershipCfg
 from diffaudit.diffusion.parameterization import to_x0_eps
 from diffaudit.errors import ConfigError, DataError
+from diffaudit.models.unet import predict
 from diffaudit.results.intervals import Estimate
 from diffaudit.results.membership import AttackScore, MembershipHeadline, MembershipResult
 from diffaudit.utils import intervals
@@ -165,7 +166,7 @@ def _eps(
     unet: UNet2DModel, x_t: torch.Tensor, t: int, labels: torch.Tensor, alpha_bar: torch.Tensor, ptype: str
 ) -> torch.Tensor:
     tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
-    out = unet(x_t, tt, class_labels=labels).sample
+    out = predict(unet, x_t, tt, labels)
     return to_x0_eps(out.float(), x_t, alpha_bar, ptype)[1]
 
 
@@ -249,10 +250,13 @@ def membership_audit(
     seed: int,
     bootstrap: int,
     ci_level: float,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> MembershipResult:
     """Both attacks at every configured timestep on class-matched members (from `train`, images and
     labels) and non-members (from `test`), and the headline. `unet` (eval mode) and `noise_scheduler` are
-    the model and its training schedule (`ClassConditionalPipeline.unet` / `.noise_scheduler`)."""
+    the model and its training schedule (`ClassConditionalPipeline.unet` / `.noise_scheduler`); `encode`
+    takes images to the model's space (a latent model's `ClassConditionalPipeline.encode`), where the attacks
+    noise and denoise them as training did."""
     t0 = time.perf_counter()
     steps = int(noise_scheduler.config.num_train_timesteps)
     late = [t for t in [*cfg.timesteps, *cfg.pia_timesteps] if t >= steps]
@@ -267,6 +271,8 @@ def membership_audit(
             "(set audit.membership.enabled=false for so few images)"
         )
     images = torch.cat([train[0][mi], test[0][ni]])
+    if encode is not None:
+        images = encode(images).cpu()
     labels = torch.cat([train[1][mi], test[1][ni]]).long()
     n = len(mi)
     errors = denoising_errors(

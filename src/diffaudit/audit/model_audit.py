@@ -159,6 +159,7 @@ def _membership(
         seed=cfg.seed,
         bootstrap=cfg.audit.bootstrap,
         ci_level=cfg.audit.ci_level,
+        encode=pipe.encode if pipe.latent else None,
     )
 
 
@@ -223,9 +224,10 @@ def audit_model(
         )
         # Informative only: the release is judged on the model with its plain sampler.
         gates.with_mitigation = {
-            v.gate: v.passed
+            v.gate: bool(v.passed)
             for v in after
-            if v.gate in ("fairness_discrepancy", "bias_amplification", "worst_group_gap")
+            if v.passed is not None
+            and v.gate in ("fairness_discrepancy", "bias_amplification", "worst_group_gap")
         }
         ba_rows += _ba_rows(mitigation.report, "after")
     result = FairnessResult.of(fairness, seconds=time.perf_counter() - t0, mitigation=mitigation)

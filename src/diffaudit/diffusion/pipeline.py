@@ -28,8 +28,7 @@ from diffaudit.diffusion.parameterization import eps_from_x0, to_x0_eps
 from diffaudit.diffusion.sampling import StepInfo, guided_output, initial_noise
 from diffaudit.diffusion.schedulers import SAMPLERS, build_sampler
 from diffaudit.models.unet import load_model, null_class
-
-CONDITIONINGS = ("class_cfg", "class", "none")
+from diffaudit.results.applicability import CONDITIONINGS
 
 
 @dataclass
@@ -117,7 +116,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """
         return cls(
             unet=unet,
-            scheduler=build_sampler(sampler, dict(noise_scheduler.config)),
+            scheduler=build_sampler(sampler, dict(noise_scheduler.config), clip=vae is None),
             noise_scheduler=noise_scheduler,
             vae=vae,
             conditioning=conditioning,
@@ -188,7 +187,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """Images in [-1, 1] from model-space samples (the identity for a pixel-space model)."""
         if not self.latent:
             return latents
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1.0, 1.0)
+        z = latents.to(next(self.vae.parameters()).device) / self.vae.config.scaling_factor
+        return self.vae.decode(z).sample.clamp(-1.0, 1.0)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Model-space samples of images in [-1, 1] (training images, for the loss attacks): the
@@ -330,6 +330,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         # sampler then gives image i the same pixels whatever batch it is drawn in (serving, the study).
         gen = [torch.Generator(device=device).manual_seed(_step_noise_seed(s)) for s in seeds]
         is_euler = isinstance(scheduler, EulerDiscreteScheduler)
+        clip = not self.latent  # latents are unbounded: clipped only in pixel space
         takes_gen = _takes_generator(scheduler)  # once, not per step
         null = self.null_class
         for i, t in enumerate(scheduler.timesteps):
@@ -341,13 +342,13 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 # clipped.
                 a = _alpha_bar_euler(scheduler)
                 x0, _ = to_x0_eps(out, x_in, a, prediction_type)
-                out = eps_from_x0(x0.clamp(-1, 1), x_in, a)
+                out = eps_from_x0(x0.clamp(-1, 1) if clip else x0, x_in, a)
             step = scheduler.step(out, t, x, generator=gen) if takes_gen else scheduler.step(out, t, x)
             if on_step is not None:
                 x0_pred = getattr(step, "pred_original_sample", None)
                 if x0_pred is None:
-                    x0_pred = _x0_of(scheduler, out, x_in, t, prediction_type)
-                on_step(StepInfo(i, t, x, cond, uncond, self.decode(x0_pred), step.prev_sample))
+                    x0_pred = _x0_of(scheduler, out, x_in, t, prediction_type, clip)
+                on_step(StepInfo(i, t, x, cond, uncond, x0_pred, step.prev_sample))
             x = step.prev_sample
         return self.decode(x) if self.latent else x.clamp(-1.0, 1.0)
 
@@ -368,9 +369,15 @@ def _takes_generator(scheduler: SchedulerMixin) -> bool:
 
 
 def _x0_of(
-    scheduler: SchedulerMixin, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, prediction_type: str
+    scheduler: SchedulerMixin,
+    out: torch.Tensor,
+    x_in: torch.Tensor,
+    t: torch.Tensor,
+    prediction_type: str,
+    clip: bool,
 ) -> torch.Tensor:
-    """x0-prediction for schedulers whose step output lacks it (DPM-Solver): same formula, clipped."""
+    """x0-prediction for schedulers whose step output lacks it (DPM-Solver): same formula, clipped in pixel
+    space."""
     a = scheduler.alphas_cumprod.to(x_in.device)[int(t)]
     x0, _ = to_x0_eps(out, x_in, a, prediction_type)
-    return x0.clamp(-1, 1)
+    return x0.clamp(-1, 1) if clip else x0

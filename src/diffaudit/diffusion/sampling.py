@@ -24,7 +24,7 @@ class StepInfo:
     x_t: torch.Tensor  # the state before the step
     eps_cond: torch.Tensor | None
     eps_uncond: torch.Tensor | None
-    x0_pred: torch.Tensor  # the scheduler's own x0-prediction when it exposes one
+    x0_pred: torch.Tensor  # the scheduler's own x0-prediction when it exposes one (model space: latents)
     prev_sample: torch.Tensor
 
 
@@ -60,11 +60,6 @@ def initial_noise(
     return torch.stack(
         [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     ).to(device)
-
-
-# samples/ metadata `labels`: what the stored labels are. "condition": the class each image was conditioned
-# on; "evaluator": the class the evaluator reads in an unconditional model's image.
-LABELS_FROM_EVALUATOR = "evaluator"
 
 
 def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:

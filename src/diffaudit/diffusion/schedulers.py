@@ -1,7 +1,9 @@
 """Schedulers: the training noise schedule and the samplers built from the same config.
 
 Every sampler clips or thresholds the x0-prediction: with epsilon prediction on the cosine schedule
-the x0-prediction explodes at high noise otherwise (measured: several times worse FID).
+the x0-prediction explodes at high noise otherwise (measured: several times worse FID). A latent
+model's samplers do not (`clip=False`): latents are not bounded to [-1, 1], and diffusers' LDMPipeline
+does not clip them either.
 """
 
 from __future__ import annotations
@@ -32,18 +34,19 @@ def build_noise_scheduler(cfg: DiffusionCfg) -> DDPMScheduler:
     )
 
 
-def build_sampler(name: str, train_config: dict[str, Any]) -> SchedulerMixin:
-    """A sampler scheduler sharing the training schedule (betas, objective)."""
+def build_sampler(name: str, train_config: dict[str, Any], clip: bool = True) -> SchedulerMixin:
+    """A sampler scheduler sharing the training schedule (betas, objective); `clip`: clip (or threshold)
+    the x0-prediction to [-1, 1] (pixel-space models)."""
     if name == "ddpm":
-        return DDPMScheduler.from_config(train_config, clip_sample=True)
+        return DDPMScheduler.from_config(train_config, clip_sample=clip)
     if name == "ddim":
-        return DDIMScheduler.from_config(train_config, clip_sample=True, set_alpha_to_one=True)
+        return DDIMScheduler.from_config(train_config, clip_sample=clip, set_alpha_to_one=True)
     if name == "dpm_solver":
         return DPMSolverMultistepScheduler.from_config(
             train_config,
             algorithm_type="dpmsolver++",
             solver_order=2,
-            thresholding=True,
+            thresholding=clip,
             sample_max_value=1.0,
             dynamic_thresholding_ratio=0.995,
             final_sigmas_type="zero",

@@ -24,6 +24,12 @@ from diffaudit.metrics.fid import fid_features, kid_features, kid_half_samples
 from diffaudit.metrics.precision_recall import density_coverage_indicators, precision_recall_indicators
 from diffaudit.metrics.vendi import vendi_per_class
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.applicability import (
+    LABELS_FROM_CONDITION,
+    LabelSource,
+    conditioning_of_labels,
+    not_applicable,
+)
 from diffaudit.results.intervals import Interval
 from diffaudit.results.quality import BootstrapSetting, QualityResult, space_keys
 from diffaudit.training.evaluator_training import predict, train_evaluator
@@ -175,8 +181,19 @@ def evaluate_quality(
     seed: int,
     val: Split | None = None,
     cache: FeatureCache | None = None,
+    labels_from: LabelSource = LABELS_FROM_CONDITION,
 ) -> QualityResult:
-    """Every quality metric with its floor, 95 % bootstrap interval and n (CAS only when `val` is given)."""
+    """Every quality metric with its floor, 95 % bootstrap interval and n (CAS only when `val` is given).
+
+    `labels_from="evaluator"`: `gen_labels` are the evaluator's reads of an unconditional model's images, so
+    conditional accuracy and CAS (both score images against the label that made them) are not applicable:
+    null, with the reason in `not_applicable`; per-class Vendi is over the predicted classes.
+    """
+    na = {
+        k: v
+        for k, v in not_applicable(conditioning_of_labels(labels_from)).items()
+        if k in ("conditional_accuracy", "cas")
+    }
     cache = cache or FeatureCache(feature_module(cfg, evaluator))
     space = cache.space
     f_test, f_train, f_gen = cache(test.images), cache(train.images), cache(gen_images)
@@ -192,10 +209,14 @@ def evaluate_quality(
     # The Vendi floor: as many real train images per class as were generated for it (the score grows
     # with n, so it is compared at equal counts).
     pick_vendi = _per_class_pick(train.labels, gen_labels, gen)
-    acc = _accuracy_report(class_hits(evaluator, gen_images, gen_labels), gen_labels, names, reps, seed)
+    acc = (
+        None
+        if "conditional_accuracy" in na
+        else _accuracy_report(class_hits(evaluator, gen_images, gen_labels), gen_labels, names, reps, seed)
+    )
     real = _accuracy_report(class_hits(evaluator, test.images, test.labels), test.labels, names, reps, seed)
     cas: dict[str, Any] = {}
-    if cfg.cas and val is not None:
+    if cfg.cas and val is not None and "cas" not in na:
         ecfg = cfg.evaluator
         n_real = min(len(gen_images), len(train))
         real_pick = torch.randperm(len(train), generator=gen)[:n_real]
@@ -252,11 +273,13 @@ def evaluate_quality(
         coverage_floor_ci=r.coverage_ci,
         vendi_per_class=vendi_per_class(f_gen, gen_labels, names),
         vendi_floor_per_class=vendi_per_class(f_train[pick_vendi], train.labels[pick_vendi], names),
-        conditional_accuracy=acc.value,
-        conditional_accuracy_ci=acc.ci,
-        conditional_accuracy_per_class=acc.per_class,
-        conditional_accuracy_per_class_ci=acc.per_class_ci,
-        conditional_accuracy_per_class_n=acc.per_class_n,
+        labels=labels_from,
+        not_applicable=na,
+        conditional_accuracy=None if acc is None else acc.value,
+        conditional_accuracy_ci=None if acc is None else acc.ci,
+        conditional_accuracy_per_class={} if acc is None else acc.per_class,
+        conditional_accuracy_per_class_ci={} if acc is None else acc.per_class_ci,
+        conditional_accuracy_per_class_n={} if acc is None else acc.per_class_n,
         conditional_accuracy_floor=real.value,
         conditional_accuracy_floor_ci=real.ci,
         conditional_accuracy_floor_per_class=real.per_class,

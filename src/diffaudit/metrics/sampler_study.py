@@ -27,6 +27,7 @@ from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
 from diffaudit.metrics.features import FeatureCache
 from diffaudit.metrics.quality import class_hits, set_metrics
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.applicability import UNCONDITIONAL as UNCONDITIONAL_NOTE
 from diffaudit.results.quality import FeatureSpace, is_space_quantity, space_key, space_keys
 from diffaudit.results.sampler_study import (
     BestPoint,
@@ -60,8 +61,10 @@ def plan(study: StudyCfg, sampler: SamplerCfg) -> tuple[list[StudyPoint], list[S
     return nfe_points, guidance_points
 
 
-def _reaches(fid_over_floor: float, accuracy: float, study: StudyCfg) -> bool:
-    return fid_over_floor <= study.target_fid_over_floor and accuracy >= study.target_conditional_accuracy
+def _reaches(fid_over_floor: float, accuracy: float | None, study: StudyCfg) -> bool:
+    """The quality target; its accuracy part only where conditional accuracy applies (None: it does not)."""
+    hits = accuracy is None or accuracy >= study.target_conditional_accuracy
+    return fid_over_floor <= study.target_fid_over_floor and hits
 
 
 def run_study(
@@ -95,8 +98,11 @@ def run_study(
     floor = set_metrics(ref, cache(train.images)[pick_train], cfg, seed, with_ci=False)
     nfe_points, guidance_points = plan(study, sampler)
     scored: dict[StudyPoint, PointScore] = {}
-    if not pipe.guides:  # no null class (or unconditional): the guidance sweep does not apply
-        guidance_points = [p for p in guidance_points if p.guidance_scale == 1.0]
+    if not pipe.guides:  # no null class (or unconditional): guidance does not apply, every point is w=1
+        nfe_points = [StudyPoint(p.sampler, p.nfe, pipe.guidance(p.guidance_scale)) for p in nfe_points]
+        guidance_points = [p for p in guidance_points if p.guidance_scale == 1.0] or [
+            StudyPoint(guidance_points[0].sampler, guidance_points[0].nfe, 1.0)
+        ]
     for p in dict.fromkeys(nfe_points + guidance_points):
         t0 = time.perf_counter()
         images = pipe.with_sampler(p.sampler)(
@@ -108,7 +114,9 @@ def run_study(
         ).images
         seconds = time.perf_counter() - t0
         m = set_metrics(ref, cache(images)[pick_gen], cfg, seed, with_ci=False)
-        accuracy = float(class_hits(evaluator, images, labels).double().mean())
+        accuracy = (  # an unconditional model has no label to agree with
+            float(class_hits(evaluator, images, labels).double().mean()) if pipe.is_conditional else None
+        )
         over = m.fid / floor.fid if floor.fid > 0 else math.inf
         scored[p] = PointScore(
             **space_keys(space, fid=m.fid, kid=m.kid, kid_std=m.kid_std),
@@ -146,7 +154,7 @@ def run_study(
         ),
         target=StudyTarget(
             fid_over_floor_max=study.target_fid_over_floor,
-            conditional_accuracy_min=study.target_conditional_accuracy,
+            conditional_accuracy_min=study.target_conditional_accuracy if pipe.is_conditional else None,
         ),
         nfe_sweep=nfe_sweep,
         guidance_sweep=GuidanceSweep(
@@ -231,11 +239,15 @@ def _nfe_figure(result: SamplerStudyResult) -> Figure:
         x = [m.nfe for m in pts.values()]
         axes[0].plot(x, [m.fid_over_floor for m in pts.values()], "o-", label=s)
         axes[1].plot(x, [m.space_value("kid") for m in pts.values()], "o-", label=s)
-        axes[2].plot(x, [m.conditional_accuracy for m in pts.values()], "o-", label=s)
+        if target.conditional_accuracy_min is not None:
+            axes[2].plot(x, [m.conditional_accuracy for m in pts.values()], "o-", label=s)
     axes[0].axhline(target.fid_over_floor_max, color="grey", ls="--", lw=1, label="target")
     axes[0].axhline(1.0, color="black", ls=":", lw=1, label="floor")
     axes[1].axhline(result.floor.space_value("kid"), color="black", ls=":", lw=1, label="floor")
-    axes[2].axhline(target.conditional_accuracy_min, color="grey", ls="--", lw=1, label="target")
+    if target.conditional_accuracy_min is None:
+        axes[2].text(0.5, 0.5, UNCONDITIONAL_NOTE, ha="center", va="center", transform=axes[2].transAxes)
+    else:
+        axes[2].axhline(target.conditional_accuracy_min, color="grey", ls="--", lw=1, label="target")
     titles = (f"FID ({space}) / real-vs-real floor", f"KID ({space})", "conditional accuracy")
     ticks = sorted({m.nfe for pts in result.nfe_sweep.values() for m in pts.values()})
     for ax, title in zip(axes, titles, strict=True):
@@ -273,7 +285,10 @@ def _guidance_figure(result: SamplerStudyResult) -> Figure:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall (coverage of real images)")
     ax.set_ylabel("precision (fidelity)")
-    ax.set_title(f"Guidance sweep: {g.sampler} at {g.nfe} steps ({result.feature_space} features)")
+    title = f"Guidance sweep: {g.sampler} at {g.nfe} steps ({result.feature_space} features)"
+    if len(pts) == 1 and pts[0].guidance_scale == 1.0:
+        title += "\n(no guidance: the model has no null class)"
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return fig

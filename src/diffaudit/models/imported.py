@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from diffaudit.errors import ModelFolderError
 from diffaudit.models.export import CONFIG_NAME, SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, WEIGHTS_NAME
+from diffaudit.results.applicability import Conditioning
 
 if TYPE_CHECKING:
     from diffaudit.config.schema import Config
@@ -39,8 +40,6 @@ SUPPORTED_SCHEDULERS = (
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 VAE_SUBFOLDERS = ("vqvae", "vae")  # LDMPipeline's name, then the common one
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-
-Conditioning = Literal["class_cfg", "class", "none"]
 
 
 @dataclass(frozen=True)

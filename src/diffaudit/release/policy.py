@@ -7,6 +7,7 @@ champion beyond the configured tolerance. No MLflow here: release/promote.py app
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from diffaudit.config.release_schema import CompareMetric, ReleaseCfg
@@ -35,13 +36,15 @@ def compare(
     spec: list[CompareMetric],
     against: str = "champion",
     same_space: bool = True,
+    not_applicable: Mapping[str, str] | None = None,
 ) -> list[Comparison]:
     """Judge each configured metric. A candidate without a configured metric fails it (we cannot show
     it is no worse); a reference without it passes with a note (nothing to be worse than), and so does
     a reference measured by another evaluator (`same_space=False`) on every metric that depends on the
     evaluator (results.files.measured_by_evaluator: all but the inception-space quality keys): those
     numbers live in another feature space, so a difference would say nothing about the models. The
-    gates still judge the candidate on its own."""
+    gates still judge the candidate on its own. A metric that does not apply to the candidate
+    (`not_applicable`: metric -> why) is not compared and does not block."""
     out = []
     for s in spec:
         c, r = candidate.get(s.metric), reference.get(s.metric)
@@ -61,6 +64,9 @@ def compare(
                 note=note,
             )
 
+        if s.metric in (not_applicable or {}):
+            out.append(judged(True, f"{s.metric}: {(not_applicable or {})[s.metric]}, not compared"))
+            continue
         if c is None or not math.isfinite(c):
             out.append(judged(False, f"{s.metric}: the candidate has no value"))
             continue
@@ -97,7 +103,8 @@ def decide(
     release: ReleaseCfg,
 ) -> Decision:
     """Promote only when the gates pass (or are not required and absent: `gates` None, the audit has not
-    run) and nothing regressed."""
+    run) and nothing regressed. A gate that does not apply to the model (an unconditional model's
+    conditional accuracy) neither blocks nor counts: the verdict rests on the gates that apply."""
     reasons: list[str] = []
     if gates is None:
         if release.require_gates:
@@ -108,7 +115,11 @@ def decide(
     reasons += regressions
     if reasons:
         return Decision(False, reasons, comparisons)
-    gate_text = f"all {len(gates.gates)} gates pass" if gates is not None else "gates not required"
+    gate_text = "gates not required"
+    if gates is not None:
+        gate_text = f"all {len(gates.applicable())} applicable gates pass"
+        if gates.not_applicable:
+            gate_text += f" ({', '.join(gates.not_applicable)} not applicable)"
     if champion_version is None:
         return Decision(True, [f"{gate_text}; no champion yet"], comparisons)
     return Decision(

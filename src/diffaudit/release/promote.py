@@ -35,6 +35,7 @@ def register_and_decide(
     run_id: str | None,
     pipeline_id: str | None,
     feature_space: str | None = None,
+    not_applicable: dict[str, str] | None = None,
 ) -> ReleaseRecord:
     """Register the logged model, alias it `candidate`, and move `champion` when the rule allows (`gates`
     None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its
@@ -47,7 +48,15 @@ def register_and_decide(
     champion_space = (champion.tags or {}).get(FEATURE_SPACE_TAG) if champion else None
     same = not (feature_space and champion_space and feature_space != champion_space)
     comparisons = (
-        compare(candidate_metrics, champion_metrics, release.compare, same_space=same) if champion else []
+        compare(
+            candidate_metrics,
+            champion_metrics,
+            release.compare,
+            same_space=same,
+            not_applicable=not_applicable,
+        )
+        if champion
+        else []
     )
     champion_version = str(champion.version) if champion else None
     decision = decide(gates, comparisons, champion_version, release)

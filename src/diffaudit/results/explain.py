@@ -8,13 +8,22 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Discriminator, Tag
 
+from diffaudit.results.applicability import Conditioning, LabelSource
 from diffaudit.results.base import ResultFile, ResultModel
 
 
 class ExplainSampler(ResultModel):
     name: str
     steps: int
-    guidance_scale: float
+    guidance_scale: float  # as sampled: 1 where guidance does not apply
+
+
+class ExplainModel(ResultModel):
+    """How the explained model is conditioned (results/applicability.py): an unconditional model's images
+    are grouped and attributed by the class the evaluator finally reads in them."""
+
+    conditioning: Conditioning
+    labels: LabelSource
 
 
 class CommitmentStats(ResultModel):
@@ -28,7 +37,7 @@ class CommitmentStats(ResultModel):
 
 
 class HeadCommitment(CommitmentStats):
-    per_class: dict[str, CommitmentStats]  # conditioning class id -> stats
+    per_class: dict[str, CommitmentStats]  # class id (conditioning, or the evaluator's final) -> stats
 
 
 class CommitmentOrder(ResultModel):
@@ -45,7 +54,7 @@ class Commitment(ResultModel):
 
 class EmergenceSummary(ResultModel):
     area_under_curve: dict[str, float]  # head -> mean probability of the final value over the steps
-    final_matches_condition: float
+    final_matches_condition: float | None  # null: not applicable (an unconditional model has no condition)
 
 
 class GuidanceSummary(ResultModel):
@@ -134,7 +143,9 @@ class ExplainMetrics(ResultFile):
     )
 
     sampler: ExplainSampler
+    model: ExplainModel
     num_images: int
+    not_applicable: dict[str, str] = {}  # quantity -> why it does not apply to this model
     commitment: Commitment
     emergence: EmergenceSummary
     guidance: Guidance

@@ -136,6 +136,19 @@ def metric_value(results: RunResults, name: str) -> float | None:
     return float(node)
 
 
+def metric_not_applicable(results: RunResults, name: str) -> str | None:
+    """Why a metric does not apply to the run's model (its file's `not_applicable` names the metric's
+    first key: `quality.conditional_accuracy` of an unconditional model), or None."""
+    model, parts = _model_of(name)
+    reasons = getattr(results.get(model.stem()), "not_applicable", None) or {}
+    return reasons.get(parts[0]) if isinstance(reasons, dict) else None
+
+
+def not_applicable_metrics(results: RunResults, names: list[str]) -> dict[str, str]:
+    """metric name -> why it does not apply, for those of `names` that do not."""
+    return {n: why for n in names if (why := metric_not_applicable(results, n)) is not None}
+
+
 def measured_by_evaluator(name: str) -> bool:
     """Whether a metric's number depends on the evaluator classifier (its features or its judgement):
     everything but the quality keys named after InceptionV3's feature space. A champion measured by

@@ -25,15 +25,34 @@ def crosses(ci: list[float] | None, threshold: float) -> bool | None:
 
 
 class GateEntry(ResultModel):
-    value: float | None  # null or NaN: not measured (fails)
+    value: float | None  # null or NaN: not measured (fails), or not applicable
     threshold: float
     op: Literal["<=", ">="]
-    passed: bool
+    # null: the gate does not apply to this model (`not_applicable` says why): neither passed nor failed.
+    passed: bool | None
+    not_applicable: str | None = None
     source: str  # what was measured (e.g. "thickness, corrected, estimate")
     # The interval of the gated statistic (null: it has none) and whether it holds the threshold. The
     # verdict itself is `passed`, decided by audit.gate_statistic.
     ci: list[float] | None = None
     ci_crosses_threshold: bool | None = None  # null: the gated number has no interval
+
+    @model_validator(mode="after")
+    def _applicability_agrees(self) -> GateEntry:
+        if (self.passed is None) != (self.not_applicable is not None):
+            raise ValueError(
+                "passed is null exactly when the gate is not applicable (not_applicable says why)"
+            )
+        return self
+
+    @property
+    def applies(self) -> bool:
+        return self.passed is not None
+
+    @property
+    def verdict(self) -> str:
+        """ "passed", "failed" or "not applicable"."""
+        return "not applicable" if self.passed is None else "passed" if self.passed else "failed"
 
     @model_validator(mode="after")
     def _crossing_agrees(self) -> GateEntry:
@@ -44,13 +63,17 @@ class GateEntry(ResultModel):
     @property
     def crossing_note(self) -> str:
         """What a reviewer must know beyond pass/fail ("" when the interval is clear of the threshold)."""
-        return CROSSING_NOTE[self.passed] if self.ci_crosses_threshold is True else ""
+        if self.passed is None or self.ci_crosses_threshold is not True:
+            return ""
+        return CROSSING_NOTE[self.passed]
 
     @property
     def measured(self) -> bool:
         return self.value is not None and not math.isnan(self.value)
 
     def describe(self, name: str) -> str:
+        if self.not_applicable is not None:
+            return f"gate {name} {self.not_applicable} (neither passed nor failed)"
         value = fmt_num(self.value) if self.measured else "not measured"
         note = f"; {self.crossing_note}" if self.crossing_note else ""
         return (
@@ -62,15 +85,19 @@ class GateEntry(ResultModel):
 class GatesResult(ResultFile):
     FILE: ClassVar[str] = "gates.json"
 
-    passed: bool
+    passed: bool  # no gate failed (a gate that does not apply neither passes nor fails)
     failed: list[str]
     gates: dict[str, GateEntry]  # gate name -> verdict, in the order they were judged
+    not_applicable: list[str] = []  # the gates that do not apply to this model
     # Fairness gates re-judged on the balanced-selection set (informative only); absent without mitigation.
     with_mitigation: dict[str, bool] | None = None
 
     @model_validator(mode="after")
     def _agrees(self) -> GatesResult:
-        failing = [name for name, g in self.gates.items() if not g.passed]
+        failing = [name for name, g in self.gates.items() if g.passed is False]
+        na = [name for name, g in self.gates.items() if g.passed is None]
+        if self.not_applicable != na:
+            raise ValueError(f"`not_applicable` lists {self.not_applicable} but those gates are {na}")
         if self.failed != failing:
             raise ValueError(f"`failed` lists {self.failed} but the failing gates are {failing}")
         if self.passed != (not failing):
@@ -79,3 +106,7 @@ class GatesResult(ResultFile):
 
     def failed_gates(self) -> dict[str, GateEntry]:
         return {name: self.gates[name] for name in self.failed}
+
+    def applicable(self) -> dict[str, GateEntry]:
+        """The gates that judge this model (the release verdict rests on these alone)."""
+        return {name: g for name, g in self.gates.items() if g.applies}

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, model_validator
 
 from diffaudit.config.eval_schema import SamplerCfg
+from diffaudit.results.applicability import LABELS_FROM_CONDITION, LabelSource
 from diffaudit.results.base import FieldError, ResultFile, ResultModel
 from diffaudit.results.intervals import Interval, check_beside
 
@@ -179,8 +180,12 @@ class QualityResult(SpaceKeyed, ResultFile):
     # many real train images of the class.
     vendi_per_class: dict[str, float]
     vendi_floor_per_class: dict[str, float]
+    # What the generated images' labels are: the conditioning class, or (an unconditional model) the
+    # evaluator's read; quantity -> why it does not apply (results/applicability.py), its keys then null.
+    labels: LabelSource = LABELS_FROM_CONDITION
+    not_applicable: dict[str, str] = {}
     # The evaluator's class on generated images (floor: on real test images); per class name.
-    conditional_accuracy: float
+    conditional_accuracy: float | None
     conditional_accuracy_ci: Interval | None
     conditional_accuracy_per_class: dict[str, float]
     conditional_accuracy_per_class_ci: dict[str, Interval | None]
@@ -227,13 +232,23 @@ class QualityResult(SpaceKeyed, ResultFile):
         check_beside(self)
         return self
 
+    @model_validator(mode="after")
+    def _null_where_not_applicable(self) -> QualityResult:
+        if ("conditional_accuracy" in self.not_applicable) != (self.conditional_accuracy is None):
+            raise FieldError(
+                "conditional_accuracy", "null exactly when not_applicable names conditional_accuracy"
+            )
+        if "cas" in self.not_applicable and self.has_cas:
+            raise FieldError("cas", "present although not_applicable names cas")
+        return self
+
     @property
     def has_cas(self) -> bool:
         return "cas" in self.model_fields_set
 
     def rows(self) -> list[QualityRow]:
         """The headline metrics in reading order: FID, KID, precision, recall, density, coverage,
-        conditional accuracy, CAS."""
+        conditional accuracy, CAS; a quantity that does not apply has no row (`not_applicable` says why)."""
         fs, n = self.feature_space, self.n_images
         v = self.space_value
         out = [
@@ -253,15 +268,18 @@ class QualityResult(SpaceKeyed, ResultFile):
             QualityRow("recall", "recall", self.recall, self.recall_ci, self.recall_floor, n),
             QualityRow("density", "density", self.density, self.density_ci, self.density_floor, n),
             QualityRow("coverage", "coverage", self.coverage, self.coverage_ci, self.coverage_floor, n),
-            QualityRow(
-                "conditional_accuracy",
-                "conditional_accuracy",
-                self.conditional_accuracy,
-                self.conditional_accuracy_ci,
-                self.conditional_accuracy_floor,
-                self.n_generated,
-            ),
         ]
+        if self.conditional_accuracy is not None:
+            out.append(
+                QualityRow(
+                    "conditional_accuracy",
+                    "conditional_accuracy",
+                    self.conditional_accuracy,
+                    self.conditional_accuracy_ci,
+                    self.conditional_accuracy_floor,
+                    self.n_generated,
+                )
+            )
         if self.has_cas:
             out.append(QualityRow("cas", "cas", self.cas, self.cas_ci, self.cas_floor, self.cas_n_test))
         return out

@@ -30,7 +30,7 @@ class PointScore(FidKid):
     kid_inception_std: float | None = None
     precision: float
     recall: float
-    conditional_accuracy: float
+    conditional_accuracy: float | None  # null: not applicable (an unconditional model has no label)
     fid_over_floor: float  # FID / its real-vs-real floor (inf when the floor is not positive)
     nfe: int
     unet_evals: int
@@ -49,7 +49,7 @@ class StudyFloor(FidKid):
 
 class StudyTarget(ResultModel):
     fid_over_floor_max: float
-    conditional_accuracy_min: float
+    conditional_accuracy_min: float | None  # null: not applicable (unconditional model)
 
 
 class GuidanceSweep(ResultModel):

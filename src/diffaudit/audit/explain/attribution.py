@@ -10,6 +10,7 @@ evaluator or the input, not the diffusion model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,9 +41,10 @@ class StepClassLogit(nn.Module):
         input_scale: float,
         guidance_scale: float,
         prediction_type: str,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
-        self.unet, self.evaluator = unet, evaluator
+        self.unet, self.evaluator, self.decode = unet, evaluator, decode
         self.timestep = timestep
         self.alpha_bar, self.input_scale = float(alpha_bar), float(input_scale)
         self.guidance_scale, self.prediction_type = guidance_scale, prediction_type
@@ -56,6 +58,7 @@ class StepClassLogit(nn.Module):
         step: int,
         guidance_scale: float,
         prediction_type: str,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> StepClassLogit:
         return cls(
             unet,
@@ -65,16 +68,18 @@ class StepClassLogit(nn.Module):
             float(traj.input_scale[step]),
             guidance_scale,
             prediction_type,
+            decode,
         )
 
     def x0(self, x_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The x0-prediction of this step, exactly as the sampler forms it (clipped to [-1, 1])."""
+        """The x0-prediction of this step as an image, exactly as the sampler forms it: clipped to [-1, 1], or
+        a latent model's decoded (`decode`; gradients pass the decoder)."""
         x_in = x_t * self.input_scale
         out, _, _ = guided_output(
             self.unet, x_in, self.timestep, labels, null_class(self.unet), self.guidance_scale
         )
         x0, _ = to_x0_eps(out, x_in, self.alpha_bar, self.prediction_type)
-        return x0.clamp(-1.0, 1.0)
+        return x0.clamp(-1.0, 1.0) if self.decode is None else self.decode(x0)
 
     def forward(self, x_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.evaluator(self.x0(x_t, labels))["class"]
@@ -155,12 +160,13 @@ def attribute(
     """IG and SmoothGrad of the target class logit w.r.t. x_t at the configured steps (and the randomized
     check)."""
     unet, prediction_type = pipe.unet, pipe.prediction_type
+    decode = pipe.decode if pipe.latent else None
     steps = trajectory_steps(cfg.attribution_steps, traj.num_steps)
     random_unet = randomized_like(unet, seed) if cfg.randomization_check else None
     ig, delta, gap, sg, ig_r, sg_r = [], [], [], [], [], []
     for k in steps:
         x = traj.x_t[k]
-        f = StepClassLogit.at_step(unet, evaluator, traj, k, guidance_scale, prediction_type)
+        f = StepClassLogit.at_step(unet, evaluator, traj, k, guidance_scale, prediction_type, decode)
         a, d = _ig(f, x, traj.labels, target, cfg)
         ig.append(a)
         delta.append(d)
@@ -170,7 +176,9 @@ def attribute(
         )
         sg.append(_smoothgrad(f, x, traj.labels, target, cfg, seed + k))
         if random_unet is not None:
-            fr = StepClassLogit.at_step(random_unet, evaluator, traj, k, guidance_scale, prediction_type)
+            fr = StepClassLogit.at_step(
+                random_unet, evaluator, traj, k, guidance_scale, prediction_type, decode
+            )
             ig_r.append(_ig(fr, x, traj.labels, target, cfg)[0])
             sg_r.append(_smoothgrad(fr, x, traj.labels, target, cfg, seed + k))
     return Attributions(

@@ -27,6 +27,7 @@ from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import balanced_labels
 from diffaudit.models.evaluator import Evaluator
+from diffaudit.results.applicability import LABELS_FROM_CONDITION, LABELS_FROM_EVALUATOR, not_applicable
 from diffaudit.results.explain import ExplainMetrics
 
 
@@ -43,9 +44,13 @@ def _csv(header: list[str], rows: list[list[float]]) -> str:
     return "\n".join([",".join(header)] + [",".join(f"{v:.6g}" for v in r) for r in rows]) + "\n"
 
 
-def filmstrip_index(num_classes: int, per_class: int, film_per_class: int) -> torch.Tensor:
-    """Positions of the first `film_per_class` images of every class in a class-major set."""
-    return torch.tensor([c * per_class + j for c in range(num_classes) for j in range(film_per_class)])
+def filmstrip_index(labels: torch.Tensor, num_classes: int, film_per_class: int) -> torch.Tensor:
+    """Positions of the first `film_per_class` images of every class, class by class (a class that no image
+    has is left out: an unconditional model need not draw every class)."""
+    return torch.tensor(
+        [i for c in range(num_classes) for i in (labels == c).nonzero().flatten()[:film_per_class].tolist()],
+        dtype=torch.long,
+    )
 
 
 def explain_model(
@@ -80,16 +85,26 @@ def explain_model(
     torch.manual_seed(seed)
     labels = balanced_labels(meta.num_classes, n_per)
     seeds = explain_seeds(seed, meta.num_classes, n_per, sampler.num_per_class)
-    traj = record_trajectories(pipe, labels, seeds, sampler.steps, sampler.guidance_scale, sampler.batch_size)
+    guidance = pipe.guidance(sampler.guidance_scale)
+    traj = record_trajectories(pipe, labels, seeds, sampler.steps, guidance, sampler.batch_size)
     lap("sampling")
 
     em = emergence(evaluator, traj)
+    condition: torch.Tensor | None = labels
+    if not pipe.is_conditional:  # no label conditioned the images: read each by the class it ends up as
+        condition, labels = None, em.final["class"]
+        traj = traj.with_labels(labels)
     curves = band_curves(em, labels, band)
     metrics: dict = {
-        "sampler": {"name": sampler.name, "steps": sampler.steps, "guidance_scale": sampler.guidance_scale},
+        "sampler": {"name": sampler.name, "steps": sampler.steps, "guidance_scale": guidance},
+        "model": {
+            "conditioning": pipe.conditioning,
+            "labels": LABELS_FROM_CONDITION if pipe.is_conditional else LABELS_FROM_EVALUATOR,
+        },
         "num_images": len(labels),
         "commitment": commitment_summary(em, labels, traj.num_steps),
-        "emergence": emergence_summary(em, labels),
+        "emergence": emergence_summary(em, condition),
+        "not_applicable": not_applicable(pipe.conditioning),
     }
     res = ExplainResult()
     res.figures["emergence"] = figures.emergence_figure(curves, names, band)
@@ -98,7 +113,7 @@ def explain_model(
         res.step_metrics[f"emergence.{head}"] = prob.double().mean(1).tolist()
     lap("emergence")
 
-    film_idx = filmstrip_index(meta.num_classes, n_per, cfg.filmstrip_per_class)
+    film_idx = filmstrip_index(labels, meta.num_classes, cfg.filmstrip_per_class)
     film = traj.subset(film_idx)
     res.figures["filmstrip"] = figures.filmstrip_figure(film, names)
     maps = None
@@ -110,11 +125,12 @@ def explain_model(
         res.figures["guidance_profile"] = figures.guidance_profile_figure(profile, traj.timesteps, band)
         res.step_metrics["guidance.mean_abs"] = profile["mean"].tolist()
     else:
-        metrics["guidance"] = {"note": "the sampler recorded no unconditional pass: no guidance maps"}
+        note = not_applicable(pipe.conditioning).get("guidance")
+        metrics["guidance"] = {"note": note or "the sampler recorded no unconditional pass: no guidance maps"}
     res.gifs["filmstrip"] = figures.filmstrip_frames(film, maps)
     lap("filmstrips")
 
-    attr = attribute(pipe, evaluator, film, em.final["class"][film_idx], cfg, sampler.guidance_scale, seed)
+    attr = attribute(pipe, evaluator, film, em.final["class"][film_idx], cfg, guidance, seed)
     metrics["attribution"] = attribution_summary(attr, film)
     res.figures["attributions"] = figures.attribution_figure(attr, film, names)
     lap("attribution")

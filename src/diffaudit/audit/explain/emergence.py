@@ -106,10 +106,11 @@ def commitment_summary(em: Emergence, labels: torch.Tensor, num_steps: int) -> d
     return {"per_head": out, "attribute_vs_class": order}
 
 
-def emergence_summary(em: Emergence, labels: torch.Tensor) -> dict:
+def emergence_summary(em: Emergence, labels: torch.Tensor | None) -> dict:
     """Mean probability of the final value over all steps (area under the curve, 1 = known from the start),
-    and how often the final class is the conditioning one."""
+    and how often the final class is the conditioning one (None: unconditional, `labels` None)."""
+    matches = None if labels is None else float((em.final["class"] == labels).double().mean())
     return {
         "area_under_curve": {h: float(p.double().mean()) for h, p in em.prob_final.items()},
-        "final_matches_condition": float((em.final["class"] == labels).double().mean()),
+        "final_matches_condition": matches,
     }

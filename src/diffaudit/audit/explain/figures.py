@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
@@ -29,9 +30,16 @@ def image_tiles(images: torch.Tensor) -> list[np.ndarray]:
 
 
 def heat_tiles(
-    maps: torch.Tensor, cmap: str, vmin: np.ndarray | float, vmax: np.ndarray | float
+    maps: torch.Tensor,
+    cmap: str,
+    vmin: np.ndarray | float,
+    vmax: np.ndarray | float,
+    size: int | None = None,
 ) -> list[np.ndarray]:
-    """(N, H, W) -> N RGB uint8 tiles through a colormap, with per-map (or shared) limits."""
+    """(N, H, W) -> N RGB uint8 tiles through a colormap, with per-map (or shared) limits; `size`: blown up
+    (nearest) to the images' side, for maps over a latent model's smaller latents."""
+    if size is not None and maps.shape[-1] != size:
+        maps = F.interpolate(maps.detach().double().unsqueeze(1), size=(size, size), mode="nearest")[:, 0]
     m = maps.detach().double().numpy()
     lo = np.broadcast_to(np.asarray(vmin, dtype=np.float64), (len(m),)).reshape(-1, 1, 1)
     hi = np.broadcast_to(np.asarray(vmax, dtype=np.float64), (len(m),)).reshape(-1, 1, 1)
@@ -93,7 +101,7 @@ def filmstrip_figure(traj: Trajectory, class_names: list[str]) -> Figure:
     rows, labels = [], []
     for n in range(len(traj.labels)):
         name = class_names[int(traj.labels[n])]
-        rows.append(image_tiles(traj.x_t[:, n]) + image_tiles(traj.final[n : n + 1]))
+        rows.append(image_tiles(traj.x_t_image[:, n]) + image_tiles(traj.final[n : n + 1]))
         rows.append(image_tiles(traj.x0[:, n]) + image_tiles(traj.final[n : n + 1]))
         labels += [f"{name} (seed {traj.seeds[n]}) x_t", f"{name} x0-prediction"]
     return tile_figure(
@@ -106,7 +114,7 @@ def guidance_figure(maps: torch.Tensor, traj: Trajectory, class_names: list[str]
     rows, labels = [], []
     for n in range(maps.shape[1]):
         m = maps[:, n]
-        rows.append(heat_tiles(m, "magma", 0.0, float(m.max())))
+        rows.append(heat_tiles(m, "magma", 0.0, float(m.max()), traj.image_size))
         labels.append(f"{class_names[int(traj.labels[n])]} (seed {traj.seeds[n]})")
     return tile_figure(
         rows,
@@ -122,8 +130,12 @@ def filmstrip_frames(traj: Trajectory, maps: torch.Tensor | None, scale: int = 4
     peak = None if maps is None else maps.flatten(2).amax(dim=(0, 2))  # per image, over steps
     for s in range(traj.num_steps):
         row_tiles = []
-        xt, x0 = image_tiles(traj.x_t[s]), image_tiles(traj.x0[s])
-        g = heat_tiles(maps[s], "magma", 0.0, peak.numpy()) if maps is not None and peak is not None else None
+        xt, x0 = image_tiles(traj.x_t_image[s]), image_tiles(traj.x0[s])
+        g = (
+            heat_tiles(maps[s], "magma", 0.0, peak.numpy(), traj.image_size)
+            if maps is not None and peak is not None
+            else None
+        )
         for n in range(len(traj.labels)):
             row_tiles.append([xt[n], x0[n]] + ([g[n]] if g is not None else []))
         img = Image.fromarray(canvas(row_tiles))
@@ -152,17 +164,17 @@ def attribution_figure(attr: Attributions, traj: Trajectory, class_names: list[s
             sg = attr.smoothgrad[i, n].sum(0, keepdim=True)
             lim = float(ig.abs().max())
             row = (
-                image_tiles(traj.x_t[k, n : n + 1])
+                image_tiles(traj.x_t_image[k, n : n + 1])
                 + image_tiles(traj.x0[k, n : n + 1])
-                + heat_tiles(ig, "RdBu_r", -lim, lim)
-                + heat_tiles(sg, "magma", 0.0, float(sg.max()))
+                + heat_tiles(ig, "RdBu_r", -lim, lim, traj.image_size)
+                + heat_tiles(sg, "magma", 0.0, float(sg.max()), traj.image_size)
             )
             if attr.ig_random is not None and attr.smoothgrad_random is not None:
                 igr = attr.ig_random[i, n].sum(0, keepdim=True)
                 sgr = attr.smoothgrad_random[i, n].sum(0, keepdim=True)
                 limr = float(igr.abs().max())
-                row += heat_tiles(igr, "RdBu_r", -limr, limr) + heat_tiles(
-                    sgr, "magma", 0.0, float(sgr.max())
+                row += heat_tiles(igr, "RdBu_r", -limr, limr, traj.image_size) + heat_tiles(
+                    sgr, "magma", 0.0, float(sgr.max()), traj.image_size
                 )
             rows.append(row)
             target = class_names[int(attr.target[n])]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from diffaudit.diffusion.parameterization import to_x0_eps, training_target
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.models.unet import predict
 
 
 def _se(v: torch.Tensor) -> float:
@@ -30,7 +31,8 @@ def loss_by_timestep(
 ) -> list[dict[str, float]]:
     """Per bin of [0, T): the objective's MSE and the (clipped) x0-prediction's MSE, mean and standard error.
 
-    The bins cover `pipe`'s training noise schedule; the objective is the model's prediction type.
+    The bins cover `pipe`'s training noise schedule; the objective is the model's prediction type. A latent
+    model is measured on the latents of the images (`pipe.encode`), so x0_mse is in latent units there.
     """
     unet, alphas_cumprod, prediction_type = (
         pipe.unet,
@@ -40,7 +42,8 @@ def loss_by_timestep(
     gen = torch.Generator().manual_seed(seed)
     n = min(max_images, len(images))
     pick = torch.randperm(len(images), generator=gen)[:n]
-    x0_all, y_all = images[pick], labels[pick]
+    x0_all, y_all = pipe.encode(images[pick]).cpu(), labels[pick]
+    clip = not pipe.latent
     total = len(alphas_cumprod)
     edges = torch.linspace(0, total, bins + 1).round().long()
     rows = []
@@ -58,12 +61,14 @@ def loss_by_timestep(
             )
             a = alphas_cumprod[tt].to(x0.dtype).view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            out = unet(x_t, tt, class_labels=y).sample
+            out = predict(unet, x_t, tt, y)
             target = training_target(x0, eps, a.flatten(), prediction_type)
             losses.append(F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)))
             pred_x0, _ = to_x0_eps(out, x_t, a.flatten(), prediction_type)
             x0_err.append(
-                F.mse_loss(pred_x0.clamp(-1, 1).float(), x0.float(), reduction="none").mean(dim=(1, 2, 3))
+                F.mse_loss(
+                    (pred_x0.clamp(-1, 1) if clip else pred_x0).float(), x0.float(), reduction="none"
+                ).mean(dim=(1, 2, 3))
             )
         loss, err = torch.cat(losses).double(), torch.cat(x0_err).double()
         rows.append(

@@ -7,7 +7,8 @@ actually made, not a re-derivation of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -22,15 +23,20 @@ from diffaudit.diffusion.sampling import StepInfo
 class Trajectory:
     """Sampling trajectories of N images over S steps (CPU tensors)."""
 
-    labels: torch.Tensor  # (N,) conditioning labels
+    labels: torch.Tensor  # (N,) conditioning labels (an unconditional model's: the evaluator's final class)
     seeds: list[int]
     timesteps: torch.Tensor  # (S,)
     alpha_bar: torch.Tensor  # (S,) signal level of each step, for re-running a step exactly
     input_scale: torch.Tensor  # (S,) x_in = input_scale * x_t (1 except for sigma-space samplers)
-    x_t: torch.Tensor  # (S, N, C, H, W) the state each step starts from
-    x0: torch.Tensor  # (S, N, C, H, W) the scheduler's x0-prediction at each step
+    x_t: torch.Tensor  # (S, N, C, H, W) the state each step starts from (a latent model's: latents)
+    x0: torch.Tensor  # (S, N, C, H, W) the scheduler's x0-prediction at each step, as an image (decoded)
     guidance: torch.Tensor | None  # (S, N, C, H, W) eps_cond - eps_uncond, in epsilon units; None without CFG
     final: torch.Tensor  # (N, C, H, W) the generated images in [-1, 1]
+    x_t_image: torch.Tensor  # x_t as an image to look at: x_t itself, or a latent model's decoded latents
+
+    @property
+    def image_size(self) -> int:
+        return int(self.final.shape[-1])
 
     @property
     def num_steps(self) -> int:
@@ -49,7 +55,12 @@ class Trajectory:
             self.x0[:, index],
             g,
             self.final[index],
+            self.x_t_image[:, index],
         )
+
+    def with_labels(self, labels: torch.Tensor) -> Trajectory:
+        """The same trajectories read as `labels` (an unconditional model's: the evaluator's classes)."""
+        return replace(self, labels=labels.cpu())
 
 
 def step_alpha_bar(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor) -> float:
@@ -91,8 +102,10 @@ def epsilon_difference(
 
 
 class _Recorder:
-    def __init__(self, scheduler: SchedulerMixin, prediction_type: str) -> None:
-        self.scheduler, self.prediction_type = scheduler, prediction_type
+    def __init__(
+        self, scheduler: SchedulerMixin, prediction_type: str, decode: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        self.scheduler, self.prediction_type, self.decode = scheduler, prediction_type, decode
         self.timesteps: list[torch.Tensor] = []
         self.alpha_bar: list[float] = []
         self.input_scale: list[float] = []
@@ -106,7 +119,7 @@ class _Recorder:
         self.alpha_bar.append(a)
         self.input_scale.append(step_input_scale(self.scheduler, info.index))
         self.x_t.append(info.x_t.detach().cpu().clone())
-        self.x0.append(scheduler_x0(self.scheduler, info).cpu())
+        self.x0.append(self.decode(scheduler_x0(self.scheduler, info)).cpu())
         if info.eps_cond is not None and info.eps_uncond is not None:
             self.guidance.append(
                 epsilon_difference(info.eps_cond, info.eps_uncond, a, self.prediction_type).cpu()
@@ -125,7 +138,7 @@ def record_trajectories(
     parts: list[_Recorder] = []
     finals = []
     for i in range(0, len(labels), batch_size):
-        rec = _Recorder(pipe.scheduler, pipe.prediction_type)
+        rec = _Recorder(pipe.scheduler, pipe.prediction_type, pipe.decode)
         finals.append(
             pipe(
                 labels=labels[i : i + batch_size],
@@ -139,16 +152,22 @@ def record_trajectories(
         parts.append(rec)
     first = parts[0]
     has_guidance = all(len(p.guidance) == len(p.x_t) for p in parts)
+    x_t = torch.cat([torch.stack(p.x_t) for p in parts], dim=1)
+    x_t_image = x_t
+    if pipe.latent:  # decoded step by step: what a noisy latent looks like as an image
+        with torch.no_grad():
+            x_t_image = torch.stack([pipe.decode(s).cpu() for s in x_t])
     return Trajectory(
         labels=labels.cpu(),
         seeds=[int(s) for s in seeds],
         timesteps=torch.stack(first.timesteps),
         alpha_bar=torch.tensor(first.alpha_bar, dtype=torch.float64),
         input_scale=torch.tensor(first.input_scale, dtype=torch.float64),
-        x_t=torch.cat([torch.stack(p.x_t) for p in parts], dim=1),
+        x_t=x_t,
         x0=torch.cat([torch.stack(p.x0) for p in parts], dim=1),
         guidance=torch.cat([torch.stack(p.guidance) for p in parts], dim=1) if has_guidance else None,
         final=torch.cat(finals),
+        x_t_image=x_t_image,
     )
 
 
