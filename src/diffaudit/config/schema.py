@@ -45,6 +45,9 @@ class DataCfg(_Strict):
     attributes: list[str] | None = None
     csv: str = "attributes.csv"
     bias: BiasCfg | None = None
+    # The image_size conf/data asked for, where an imported model's size replaced it (set at compose time,
+    # models/imported.py `fit_data_to_model`, so the report can say the dataset was resized); else null.
+    requested_image_size: int | None = None
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataCfg:

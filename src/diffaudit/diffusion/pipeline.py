@@ -183,6 +183,16 @@ class ClassConditionalPipeline(DiffusionPipeline):
     def latent(self) -> bool:
         return getattr(self, "vae", None) is not None
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the pipeline makes (a latent model's: decoded)."""
+        c = self.unet.config
+        if not self.latent:
+            return (int(c.in_channels), int(c.sample_size), int(c.sample_size))
+        v = self.vae.config
+        side = int(c.sample_size) * 2 ** (len(v.block_out_channels) - 1)
+        return (int(v.out_channels), side, side)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from model-space samples (the identity for a pixel-space model)."""
         if not self.latent:
@@ -207,8 +217,10 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
     @property
     def num_classes(self) -> int:
-        """The number of real classes (the null class excluded)."""
-        return self.null_class
+        """The number of real classes (the null class excluded; 0 for an unconditional model)."""
+        if self.conditioning == "class":
+            return int(self.unet.config.num_class_embeds)
+        return self.null_class if self.is_conditional else 0
 
     def sample_as_configured(
         self, settings: SamplerCfg, *, labels: torch.Tensor, seeds: Sequence[int], progress: bool = False

@@ -272,6 +272,7 @@ def fit_data_to_model(raw: dict[str, Any]) -> str | None:
     if data.get("image_size") == size:
         return None
     before, data["image_size"] = data.get("image_size"), size
+    data["requested_image_size"] = before
     return f"data.image_size {before} -> {size}: the dataset is brought to the imported model's size"
 
 

@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from diffaudit.config.schema import ModelCfg
 from diffaudit.errors import ModelFolderError
 from diffaudit.models.export import SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, exported_unet_config
-from diffaudit.models.imported import SOURCE_RECORD, VAE_SUBFOLDERS
+from diffaudit.models.imported import SOURCE_RECORD, inspect_model_folder
+from diffaudit.results.applicability import Conditioning
 from diffaudit.results.base import read_result
 from diffaudit.results.model_source import ModelSource
 
@@ -79,8 +80,12 @@ class LoadedModel:
     source: ModelSource | None
 
     @property
-    def conditioning(self) -> str:
-        return self.source.conditioning if self.source is not None else "class_cfg"
+    def conditioning(self) -> Conditioning:
+        """As source.json recorded it against the dataset; without one, diffaudit's own convention (a
+        class embedding ends in the null class), or unconditional without an embedding."""
+        if self.source is not None:
+            return self.source.conditioning
+        return "class_cfg" if is_class_conditional(self.unet) else "none"
 
 
 def load_model(model_dir: str | Path) -> LoadedModel:
@@ -103,9 +108,10 @@ def load_model(model_dir: str | Path) -> LoadedModel:
             unet = UNet2DModel.from_pretrained(model_dir / UNET_SUBFOLDER, use_safetensors=True).eval()
             noise_scheduler = DDPMScheduler.from_pretrained(model_dir / SCHEDULER_SUBFOLDER)
             vae = None
-            if source is not None and source.vae_class is not None:
-                sub = next(s for s in VAE_SUBFOLDERS if (model_dir / s).is_dir())
-                vae = vae_cls[source.vae_class].from_pretrained(model_dir / sub, use_safetensors=True).eval()
+            folder = inspect_model_folder(model_dir)
+            if folder.vae_class is not None and folder.vae_subfolder is not None:
+                path = model_dir / folder.vae_subfolder
+                vae = vae_cls[folder.vae_class].from_pretrained(path, use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ModelFolderError(
             f"{model_dir}: the model cannot be loaded ({str(err).splitlines()[0]})"

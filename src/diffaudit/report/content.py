@@ -18,6 +18,7 @@ from diffaudit.config.schema import Config
 from diffaudit.data.store import META_FILE
 from diffaudit.layout import Layout
 from diffaudit.models.export import exported_unet_config
+from diffaudit.models.imported import SOURCE_RECORD
 from diffaudit.results import (
     ExplainMetrics,
     FairnessResult,
@@ -30,11 +31,20 @@ from diffaudit.results import (
     SamplerStudyResult,
     load_results,
 )
+from diffaudit.results.applicability import Conditioning, not_applicable
+from diffaudit.results.base import read_result
 from diffaudit.results.intervals import Estimate, Interval
+from diffaudit.results.model_source import ModelSource
 from diffaudit.results.quality import QualityRow
 from diffaudit.utils.format import fmt_num
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".svg")
+CONDITIONING_TEXT: dict[Conditioning, str] = {
+    "class_cfg": "class-conditional (with a null class: classifier-free guidance)",
+    "class": "class-conditional (no null class, so no guidance)",
+    "none": "unconditional",
+}
+NOT_APPLICABLE_LABEL = {"conditional_accuracy": "Conditional accuracy", "cas": "CAS", "guidance": "Guidance"}
 MAX_IMAGE_BYTES = 4 << 20
 
 
@@ -84,6 +94,47 @@ class RunContent:
     attribute_groups: dict[str, list[str]]
     unet_config: dict[str, Any]
     params_text: str
+    model_source: ModelSource | None = None  # models/diffusion/source.json: an imported model's origin
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """How the audited model is conditioned (diffaudit trains with a null class: `class_cfg`)."""
+        return self.model_source.conditioning if self.model_source else "class_cfg"
+
+    def conditioning_phrase(self) -> str:
+        return CONDITIONING_TEXT[self.conditioning]
+
+    def model_kind(self) -> str:
+        """What the model is, in one phrase (the card's Type row, the report's model section)."""
+        how = CONDITIONING_TEXT[self.conditioning]
+        if self.model_source is None:
+            return f"{how} image diffusion model (diffusers `UNet2DModel`), trained by diffaudit"
+        s = self.model_source
+        return f"{how} {'latent ' if s.latent else ''}diffusion model trained elsewhere: {s.description}"
+
+    def model_notes(self) -> list[str]:
+        """Sentences a reviewer must read about the model: where an imported one came from, whether the
+        dataset was resized to it, and which parts of the audit do not apply to it."""
+        out = []
+        if (s := self.model_source) is not None:
+            out.append(
+                f"Imported model: {s.path}, content hash {s.md5} (DVC's hash of model.path, as dvc.lock "
+                "records it). Not trained by diffaudit: the train stage copied its configs and safetensors "
+                "weights."
+            )
+            if s.latent:
+                out.append(
+                    f"Latent model: the UNet denoises latents and its {s.vae_class} decodes them; every "
+                    "metric is measured on the decoded images, membership inference on the latents."
+                )
+        d = self.cfg.data
+        if d.requested_image_size is not None and d.requested_image_size != d.image_size:
+            out.append(
+                f"Dataset resized: conf/data asked for {d.requested_image_size}x{d.requested_image_size} "
+                f"images; they are brought to the model's {d.image_size}x{d.image_size}."
+            )
+        out += [f"{NOT_APPLICABLE_LABEL[k]}: {why}." for k, why in not_applicable(self.conditioning).items()]
+        return out
 
     @property
     def gates(self) -> GatesResult | None:
@@ -159,6 +210,8 @@ def load_content(cfg: Config, params_path: str | Path = "params.yaml") -> RunCon
         samples = load_tensors(samples_path)
     meta = _read_json(layout.prepared / META_FILE) or {}
     unet_config = _read_json(exported_unet_config(layout.diffusion)) or {}
+    source_path = layout.diffusion / SOURCE_RECORD
+    model_source = read_result(source_path, ModelSource) if source_path.is_file() else None
     params_file = Path(params_path)
     if not params_file.is_file():
         import yaml
@@ -175,6 +228,7 @@ def load_content(cfg: Config, params_path: str | Path = "params.yaml") -> RunCon
         attribute_groups=dict(meta.get("attribute_groups", {})),
         unet_config=unet_config,
         params_text=params_text,
+        model_source=model_source,
     )
 
 

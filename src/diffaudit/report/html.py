@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from diffaudit.report.content import (
     to_tables,
 )
 from diffaudit.results import FairnessResult, PrivacyResult, QualityResult, ReleaseRecord, ResultFile
+from diffaudit.results.applicability import LABELS_FROM_EVALUATOR, not_applicable
 from diffaudit.utils.format import fmt_num
 from diffaudit.utils.images import grid
 
@@ -49,8 +51,8 @@ table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
 th,td{border:1px solid #dfe3e8;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f0f2f5}caption{text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
 .banner{padding:12px 16px;border-radius:6px;font-size:17px;font-weight:600;margin:12px 0}
-.pass{background:#e3f6e8;color:#14532d}.fail{background:#fde8e8;color:#7f1d1d}.warn{background:#fff4d6;color:#713f12}
-td.pass,td.fail,td.warn{font-weight:600}
+.pass{background:#e3f6e8;color:#14532d}.fail{background:#fde8e8;color:#7f1d1d}.warn{background:#fff4d6;color:#713f12}.na{background:#eef0f3;color:#374151}
+td.pass,td.fail,td.warn,td.na{font-weight:600}
 .notrun-box{background:#f3f4f6;color:#4b5563;padding:10px 14px;border-radius:6px}
 figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top}
 figcaption{font-size:12px;color:#555;max-width:420px;word-break:break-all}
@@ -132,13 +134,22 @@ def _verdict(content: RunContent, record: ReleaseRecord | None) -> str:
     if record is not None:
         parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in record.reasons) + "</ul>")
     if g is not None:
+        applicable = g.applicable()
         summary = (
-            f"{len(g.gates) - len(g.failed)} of {len(g.gates)} gates pass"
+            f"{len(applicable) - len(g.failed)} of {len(applicable)} applicable gates pass"
+            + (f"; {len(g.not_applicable)} not applicable" if g.not_applicable else "")
             if g.gates
             else "no gates configured"
         )
         rows = []
         for name, gate in g.gates.items():
+            if gate.not_applicable is not None:
+                rows.append(
+                    f"<tr><td>{escape(name)}</td><td>–</td><td>{escape(fmt_num(gate.threshold))}</td>"
+                    f"<td class='na'>n/a</td><td>{escape(gate.not_applicable)}: neither passed nor failed"
+                    "</td></tr>"
+                )
+                continue
             cls, word = ("pass", "pass") if gate.passed else ("fail", "FAIL")
             mitigated = g.with_mitigation.get(name) if g.with_mitigation else None
             after = "" if mitigated is None else f"; with mitigation: {'pass' if mitigated else 'FAIL'}"
@@ -194,9 +205,21 @@ def _samples(content: RunContent) -> str:
             f"alt='samples of class {escape(name)}'></td><td class='muted'>{escape(acc_txt)}</td></tr>"
         )
     cfg = content.cfg.sampler
+    unconditional = quality is not None and quality.labels == LABELS_FROM_EVALUATOR
+    rows_are = (
+        "the first 10 images the evaluator reads as that class (an unconditional model: no label "
+        "conditioned them)"
+        if unconditional
+        else "the first 10 images conditioned on that class"
+    )
+    guidance = (
+        f"guidance scale {cfg.guidance_scale:g}"
+        if "guidance" not in not_applicable(content.conditioning)
+        else "no guidance"
+    )
     head = (
-        f"<p>{len(labels)} images, {escape(cfg.name)} sampler, {cfg.steps} steps, guidance scale "
-        f"{cfg.guidance_scale:g}; each row: the first 10 images conditioned on that class.</p>"
+        f"<p>{len(labels)} images, {escape(cfg.name)} sampler, {cfg.steps} steps, {guidance}; each row: "
+        f"{rows_are}.</p>"
     )
     real = Layout.of(content.cfg).real_grid
     real_html = (
@@ -247,6 +270,11 @@ def _quality(q: QualityResult) -> str:
             f"<td>{escape(fmt_quality_value(r))}</td><td>{escape(fmt_num(r.floor))}</td>"
             f"<td>{escape(fmt_num(r.n))}</td><td>{escape(note)}</td></tr>"
         )
+    for key, why in q.not_applicable.items():
+        rows.append(
+            f"<tr data-status='not-applicable'><td>{escape(quality_label(key, q.feature_space))}</td>"
+            f"<td>not applicable</td><td>–</td><td>–</td><td>{escape(why)}</td></tr>"
+        )
     head = (
         "<p>Floor: the same metric between real training and real test images of the same count, "
         "the best a generator can expect in this feature space.</p>"
@@ -274,6 +302,22 @@ def _vendi(q: QualityResult) -> str:
         f"({fmt_num(gen[worst])} vs {fmt_num(real[worst])}). A collapsed class scores far below its "
         "floor.</p>"
     )
+
+
+def _model(content: RunContent) -> str:
+    """What was audited: the model's kind, an imported model's origin and configs, what does not apply."""
+    notes = "".join(f"<li>{escape(n)}</li>" for n in content.model_notes())
+    parts = [f"<p id='model-kind'>{escape(content.model_kind())}.</p>"]
+    if notes:
+        parts.append(f"<ul id='model-notes'>{notes}</ul>")
+    if (s := content.model_source) is not None:
+        for title, cfg in (("model_index.json", s.model_index), ("unet/config.json", s.unet_config)):
+            if cfg is not None:
+                parts.append(
+                    f"<details><summary>{escape(title)} of the imported model</summary>"
+                    f"<pre>{escape(json.dumps(cfg, indent=2))}</pre></details>"
+                )
+    return "".join(parts)
 
 
 def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) -> str:
@@ -431,6 +475,7 @@ def render_html(
         else:
             body = _section_body(sec, content.section_data(sec.key), content, max_images)
         sections.append((sec.key, sec.title, ran, body))
+    sections.insert(1, ("model", "Model", True, _model(content)))
     sections.append(("lineage", "Config and lineage", True, _lineage(content, lineage, record)))
     nav = "".join(
         f"<a href='#{k}' class='{'' if ran else 'notrun'}'>{escape(t)}{'' if ran else ' (not run)'}</a>"

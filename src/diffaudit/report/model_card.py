@@ -69,44 +69,56 @@ def _details(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
         status = f"version {record.candidate_version}: " + (
             "champion (released)" if record.promoted else "candidate, not released"
         )
+    src, conditioning = content.model_source, content.conditioning
+    classes = {
+        "class_cfg": f"{(u.get('num_class_embeds') or 1) - 1} classes + 1 null class",
+        "class": f"{u.get('num_class_embeds')} classes, no null class",
+        "none": "unconditional (no class embedding)",
+    }[conditioning]
+    guidance = (
+        f"guidance scale {cfg.sampler.guidance_scale:g}" if conditioning == "class_cfg" else "no guidance"
+    )
+    if src is None:
+        arch = (
+            f"block_out_channels {u.get('block_out_channels', cfg.model.block_out_channels)}, "
+            f"layers_per_block {cfg.model.layers_per_block}, attention {cfg.model.attention}, {classes}"
+        )
+        diffusion = (
+            f"{cfg.diffusion.num_train_timesteps} steps, `{cfg.diffusion.beta_schedule}` schedule, "
+            f"`{cfg.diffusion.prediction_type}` objective"
+        )
+        training = (
+            f"{cfg.train.max_steps} steps, batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, EMA decay "
+            f"{cfg.train.ema_decay:g}, condition dropout {cfg.train.cond_drop_prob:g}, seed {cfg.seed}"
+        )
+    else:
+        arch = (
+            f"`{src.unet_class}`, block_out_channels {u.get('block_out_channels')}, layers_per_block "
+            f"{u.get('layers_per_block')}, {classes}" + (f", decoder `{src.vae_class}`" if src.latent else "")
+        )
+        diffusion = f"`{src.scheduler_class}` config, `{src.prediction_type}` objective"
+        training = f"not trained by diffaudit: imported from `{src.path}` (content hash `{src.md5}`)"
+    serving = (
+        "MLflow pyfunc: input rows `seed` (one image per row; an unconditional model takes no label); "
+        "output uint8 images (N, H, W, C); `make serve` serves the champion"
+        if conditioning == "none"
+        else "MLflow pyfunc: input rows `label` (class id), `guidance_scale`, `seed`; output uint8 images "
+        "(N, H, W, C); `make serve` serves the champion"
+    )
     rows = [
         ("Name", f"`{cfg.tracking.registered_model_name}` ({status})"),
-        (
-            "Type",
-            "class-conditional image diffusion model (diffusers `UNet2DModel`) with classifier-free guidance",
-        ),
-        (
-            "Architecture",
-            f"block_out_channels {u.get('block_out_channels', cfg.model.block_out_channels)}, "
-            f"layers_per_block {cfg.model.layers_per_block}, attention {cfg.model.attention}, "
-            f"{(u.get('num_class_embeds') or 1) - 1} classes + 1 null class"
-            + (f", {n_params:,} parameters" if n_params else ""),
-        ),
-        (
-            "Diffusion",
-            f"{cfg.diffusion.num_train_timesteps} steps, `{cfg.diffusion.beta_schedule}` schedule, "
-            f"`{cfg.diffusion.prediction_type}` objective",
-        ),
-        (
-            "Training",
-            f"{cfg.train.max_steps} steps, batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, EMA decay "
-            f"{cfg.train.ema_decay:g}, condition dropout {cfg.train.cond_drop_prob:g}, seed {cfg.seed}",
-        ),
-        (
-            "Sampling (as evaluated)",
-            f"`{cfg.sampler.name}`, {cfg.sampler.steps} steps, guidance scale {cfg.sampler.guidance_scale:g}",
-        ),
+        ("Type", content.model_kind()),
+        ("Architecture", arch + (f", {n_params:,} parameters" if n_params else "")),
+        ("Diffusion", diffusion),
+        ("Training", training),
+        ("Sampling (as evaluated)", f"`{cfg.sampler.name}`, {cfg.sampler.steps} steps, {guidance}"),
         ("Code", f"git commit `{lin.git_commit}`"),
         (
             "MLflow",
             f"report run `{lin.run_id or '–'}`, pipeline run `{lin.pipeline_run_id or '–'}` "
             f"({lin.tracking_uri})",
         ),
-        (
-            "Serving",
-            "MLflow pyfunc: input rows `label` (class id), `guidance_scale`, `seed`; output uint8 images "
-            "(N, H, W, C); `make serve` serves the champion",
-        ),
+        ("Serving", serving),
         ("Card generated", lin.generated_at),
     ]
     return md_table(Table("", ["", ""], [[k, v] for k, v in rows]))
@@ -126,11 +138,14 @@ def _headline(content: RunContent) -> str:
         for r in q.rows()
         if r.quantity in ("fid", "kid", "conditional_accuracy")
     ]
+    rows += [
+        [quality_label(k, q.feature_space), "not applicable", "–", why] for k, why in q.not_applicable.items()
+    ]
     return md_table(Table("", ["metric", "value [95% CI]", "real-vs-real floor", "spread"], rows))
 
 
 def _caveats(content: RunContent, record: ReleaseRecord | None) -> list[str]:
-    out = []
+    out = content.model_notes()
     g = content.gates
     if g is None:
         out.append("The release gates were not evaluated for this run: do not deploy it.")
@@ -145,6 +160,11 @@ def _caveats(content: RunContent, record: ReleaseRecord | None) -> list[str]:
         )
     if g is not None:
         out += [f"Gate {name}: {x.crossing_note}." for name, x in g.gates.items() if x.crossing_note]
+        out += [
+            f"Gate {name}: {x.not_applicable}; neither passed nor failed, so it does not block the release."
+            for name, x in g.gates.items()
+            if x.not_applicable
+        ]
     missing = [s.title for s in SECTIONS if not content.section_ran(s.key)]
     if missing:
         out.append("Not measured for this run: " + ", ".join(missing) + ".")
@@ -187,8 +207,8 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
     ]
     parts += [
         "## Intended use\n",
-        f"- Research and teaching on training, evaluating and auditing class-conditional diffusion models on "
-        f"`{cfg.data.name}` ({classes}).\n"
+        f"- Research and teaching on training, evaluating and auditing diffusion models (this one: "
+        f"{content.conditioning_phrase()}) on `{cfg.data.name}` ({classes}).\n"
         "- Producing sample sets to test measurement code (quality, explainability, fairness, privacy "
         "metrics).\n",
         "## Out-of-scope uses\n",

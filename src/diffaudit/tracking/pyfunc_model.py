@@ -1,5 +1,6 @@
-"""The trained diffusion model as an MLflow pyfunc: rows of (label, guidance_scale, seed) in,
-images out, so the registry can version it and `mlflow models serve` can answer over REST.
+"""The diffusion model as an MLflow pyfunc: rows of (label, guidance_scale, seed) in, images out, so the
+registry can version it and `mlflow models serve` can answer over REST. An unconditional model takes rows
+of `seed` alone (one image per row, so the row count is the image count).
 
 Each image comes from its own seed (the same image whatever the batch), which makes a served
 answer reproducible and comparable with the pipeline's own samples.
@@ -24,15 +25,21 @@ from diffaudit.diffusion.schedulers import SAMPLERS
 MAX_ROWS = 1024  # one request must not occupy a server for minutes
 
 
-def signature(image_size: int, channels: int, steps: int, sampler: str) -> ModelSignature:
-    """Input: one row per image; guidance_scale and seed may be left out. Output: (N, H, W, C) uint8."""
-    inputs = Schema(
+def signature(
+    image_size: int, channels: int, steps: int, sampler: str, conditional: bool = True
+) -> ModelSignature:
+    """Input: one row per image; guidance_scale and seed may be left out (an unconditional model: `seed`
+    alone, required). Output: (N, H, W, C) uint8."""
+    cols = (
         [
             ColSpec("long", "label"),
             ColSpec("double", "guidance_scale", required=False),
             ColSpec("long", "seed", required=False),
         ]
+        if conditional
+        else [ColSpec("long", "seed")]
     )
+    inputs = Schema(cols)
     outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, channels))])
     params = ParamSchema(
         [
@@ -79,12 +86,18 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         if not 1 <= steps <= 1000:
             raise _bad(f"steps must be in [1, 1000], got {steps}")
         df = pd.DataFrame(model_input)
-        if "label" not in df.columns:
-            raise _bad("input needs a `label` column (class ids)")
         if not 0 < len(df) <= MAX_ROWS:
             raise _bad(f"send between 1 and {MAX_ROWS} rows, got {len(df)}")
+        if not self.pipe.is_conditional:
+            if "label" in df.columns or "guidance_scale" in df.columns:
+                raise _bad("this model is unconditional: send rows of `seed` only (one image per row)")
+            if "seed" not in df.columns:
+                raise _bad("input needs a `seed` column (one image per row)")
+            df = df.assign(label=-1)
+        elif "label" not in df.columns:
+            raise _bad("input needs a `label` column (class ids)")
         labels = df["label"].astype("int64").to_numpy()
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        if self.pipe.is_conditional and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise _bad(
                 f"label must be a class id in [0, {self.num_classes - 1}]; classes: "
                 f"{self.config.get('class_names', list(range(self.num_classes)))}"
@@ -101,6 +114,8 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         )
         if (guidance < 0).any():
             raise _bad("guidance_scale must be >= 0")
+        if not self.pipe.guides and (guidance != 1.0).any():
+            raise _bad("guidance_scale must be 1: this model has no null class to guide with")
         seeds = df["seed"].fillna(0) if "seed" in df else pd.Series(range(len(df)), index=df.index)
         seeds = seeds.astype("int64").to_numpy()
 
@@ -120,8 +135,8 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         return out
 
     def _image_shape(self) -> tuple[int, int, int]:
-        c = self.pipe.unet.config
-        return (int(c.sample_size), int(c.sample_size), int(c.in_channels))
+        c, h, w = self.pipe.image_shape
+        return (h, w, c)
 
 
 # Logged as "models from code": MLflow stores this file and, on load, takes the model set here,

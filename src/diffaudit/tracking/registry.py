@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from diffaudit.config.release_schema import ReleaseCfg
 from diffaudit.config.schema import Config
-from diffaudit.models.export import exported_unet_config
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -71,22 +70,23 @@ def _requirements() -> list[str]:
 def log_model(cfg: Config, model_dir: str | Path, class_names: list[str], release: ReleaseCfg) -> Any:
     """Log the exported model as a pyfunc in the active run: from code (no pickle), with explicit
     requirements (inferring them would load the model in a subprocess, slowly)."""
-    import json
-
+    from diffaudit.models.imported import inspect_model_folder
     from diffaudit.tracking import pyfunc_model
 
-    unet_cfg = json.loads(exported_unet_config(model_dir).read_text())
+    folder = inspect_model_folder(model_dir)
+    conditioning = folder.conditioning(len(class_names))
     steps = release.serve_steps or cfg.sampler.steps
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,
         python_model=pyfunc_model.__file__,
         artifacts={"diffusion": str(model_dir)},
         signature=pyfunc_model.signature(
-            int(unet_cfg["sample_size"]), int(unet_cfg["in_channels"]), steps, cfg.sampler.name
+            folder.image_size, folder.channels, steps, cfg.sampler.name, conditional=conditioning != "none"
         ),
         model_config={
             "class_names": class_names,
-            "guidance_scale": cfg.sampler.guidance_scale,
+            "conditioning": conditioning,
+            "guidance_scale": cfg.sampler.guidance_scale if conditioning == "class_cfg" else 1.0,
             "steps": steps,
             "sampler": cfg.sampler.name,
         },
