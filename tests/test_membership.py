@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,6 +155,7 @@ class _AsPrediction(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str) -> None:
         super().__init__()
         self.unet, self.ac, self.prediction_type = unet, alphas_cumprod, prediction_type
+        self.config = unet.config  # class-conditional, as the wrapped UNet
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> object:
         eps = self.unet(x, t, class_labels=class_labels).sample
@@ -186,6 +188,7 @@ class _Echo(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.unused = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(num_class_embeds=3)  # read as class-conditional
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> object:
         return type("Out", (), {"sample": x})()

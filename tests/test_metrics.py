@@ -315,6 +315,8 @@ QUALITY_KEYS = [
     "cas_n_train",
     "cas_floor_n_train",
     "cas_n_test",
+    "labels",
+    "not_applicable",
 ]
 
 

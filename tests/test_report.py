@@ -64,7 +64,8 @@ def test_tables_walk_a_model_in_its_keys() -> None:
 def test_report_stage_writes_a_self_contained_page(run: ReleaseRun) -> None:
     page = (run.root / "reports" / "audit.html").read_text()
     ids = re.findall(r"<section id='(\w+)'", page)
-    assert ids == ["verdict", *[s.key for s in SECTIONS], "lineage"]  # the verdict comes first
+    assert ids == ["verdict", "model", *[s.key for s in SECTIONS], "lineage"]  # the verdict comes first
+    assert "class-conditional (with a null class: classifier-free guidance)" in page  # what was audited
     assert "RELEASED" in page and "conditional_accuracy" in page
     srcs = re.findall(r"src=['\"]([^'\"]+)", page)
     assert srcs and all(s.startswith("data:image/") for s in srcs)  # nothing fetched
@@ -92,6 +93,7 @@ def test_missing_inputs_say_not_run(run: ReleaseRun, tmp_path) -> None:
     status = dict(re.findall(r"<section id='(\w+)' data-status='([\w-]+)'", page))
     assert status == {
         "verdict": "ok",
+        "model": "ok",
         "samples": "ok",
         "quality": "ok",
         "sampler_study": "not-run",

@@ -333,6 +333,7 @@ def explain() -> dict:
     stats = {"mean": 1.25, "median": 1.0, "std": 0.5, "mean_fraction": 0.3125, "never_settled": 0.0}
     return {
         "sampler": {"name": "ddpm", "steps": 2, "guidance_scale": 1.0},
+        "model": {"conditioning": "class_cfg", "labels": "condition"},
         "num_images": 20,
         "commitment": {
             "per_head": {"class": stats | {"per_class": {"0": stats}}},

@@ -22,6 +22,7 @@ LABELS_FROM_EVALUATOR = "evaluator"
 LabelSource = Literal["condition", "evaluator"]
 
 UNCONDITIONAL = "not applicable: unconditional model (no conditioning label to check against)"
+UNCONDITIONAL_GUIDANCE = "not applicable: unconditional model (no label to guide towards)"
 NO_NULL_CLASS = "not applicable: the model has no null class, so no classifier-free guidance"
 
 
@@ -35,7 +36,7 @@ def not_applicable(conditioning: Conditioning) -> dict[str, str]:
     if conditioning == "none":
         out |= {"conditional_accuracy": UNCONDITIONAL, "cas": UNCONDITIONAL}
     if conditioning != "class_cfg":
-        out["guidance"] = UNCONDITIONAL if conditioning == "none" else NO_NULL_CLASS
+        out["guidance"] = UNCONDITIONAL_GUIDANCE if conditioning == "none" else NO_NULL_CLASS
     return out
 
 
