@@ -49,6 +49,15 @@ def _md5(path: Path) -> str | None:
     return path_md5(path) if path.exists() else None
 
 
+def model_tags(content: RunContent) -> dict[str, str]:
+    """MLflow tags naming what was audited: the conditioning, and an imported model's path and hash (the
+    train run carries the same as model.imported_*)."""
+    tags = {"diffaudit.model.conditioning": content.conditioning}
+    if (s := content.model_source) is not None:
+        tags |= {"diffaudit.model.imported_md5": s.md5, "diffaudit.model.imported_path": s.path}
+    return tags
+
+
 def lineage(
     cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None, record: ReleaseRecord | None
 ) -> Lineage:
@@ -105,6 +114,7 @@ def main(cfg: Config) -> None:
                 pipeline_id(cfg),
                 feature_space=space,
                 not_applicable=na,
+                model_tags=model_tags(content),
             )
         # Re-read the run so the parent tag set at start is visible.
         active_run = mlflow.get_run(active.info.run_id) if active is not None else None
@@ -127,8 +137,8 @@ def main(cfg: Config) -> None:
                 "release.model_version": record.candidate_version or "",
             }
             if record
-            else None
-        )
+            else {}
+        ) | model_tags(content)
         log_outputs(
             metrics={"promoted": float(summary.promoted), "gates_passed": float(gates_passed)}
             | {k: v for k, v in candidate.items() if v is not None},

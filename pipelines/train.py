@@ -78,7 +78,10 @@ def import_pretrained(cfg: Config, layout: Layout) -> None:
             tags={"model.imported_md5": source.md5, "model.imported_path": source.path},
             files=[layout.diffusion / SOURCE_RECORD],
         )
-    print(f"[train] imported {source.path} ({source.description}; {source.conditioning}; md5 {source.md5})")
+    print(
+        f"[train] imported {source.path} ({source.description}; conditioning={source.conditioning}; "
+        f"md5 {source.md5})"
+    )
 
 
 def _json_or_none(path: Path) -> dict | None:

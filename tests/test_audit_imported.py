@@ -107,6 +107,11 @@ def test_unconditional_pipeline_folder(repo) -> None:
     version = release["record"]["candidate_version"]
     client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
     mv = client.get_model_version(release["record"]["model_name"], version)
+    assert mv.tags["diffaudit.model.imported_md5"] == folder_md5(model)
+    assert mv.tags["diffaudit.model.conditioning"] == "none"
+    exp = client.get_experiment_by_name("diffaudit")
+    train = client.search_runs([exp.experiment_id], filter_string="tags.`diffaudit.stage` = 'train'")[0]
+    assert train.data.tags["model.imported_path"] == str(model.resolve())
     mlflow_env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
     code = (
         "import mlflow.pyfunc, pandas as pd, sys;"

@@ -36,6 +36,7 @@ def register_and_decide(
     pipeline_id: str | None,
     feature_space: str | None = None,
     not_applicable: dict[str, str] | None = None,
+    model_tags: dict[str, str] | None = None,
 ) -> ReleaseRecord:
     """Register the logged model, alias it `candidate`, and move `champion` when the rule allows (`gates`
     None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its
@@ -66,6 +67,7 @@ def register_and_decide(
         "diffaudit.decision": "champion" if decision.promote else "refused",
         "diffaudit.reasons": "; ".join(decision.reasons)[:4900],
     }
+    tags |= model_tags or {}  # an imported model's origin (pipelines/report.py `model_tags`)
     if pipeline_id:
         tags["diffaudit.pipeline_id"] = pipeline_id
     if feature_space:
