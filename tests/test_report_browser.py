@@ -63,7 +63,7 @@ def test_report_renders_in_chromium(run: ReleaseRun) -> None:
             page.goto(page_path.as_uri(), wait_until="load")
 
             ids = page.eval_on_selector_all("main > section", "els => els.map(e => e.id)")
-            assert ids == ["verdict", *[s.key for s in SECTIONS], "lineage"]
+            assert ids == ["verdict", "model", *[s.key for s in SECTIONS], "lineage"]
             for sid in ids:
                 assert page.locator(f"section#{sid} h2").is_visible()
             assert "RELEASED" in page.inner_text("#verdict-banner")
