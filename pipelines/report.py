@@ -27,7 +27,7 @@ from diffaudit.results.files import not_applicable_metrics
 from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
 from diffaudit.utils.io import write_text
-from diffaudit.utils.lineage import git_commit, path_md5
+from diffaudit.utils.lineage import git_commit, git_note, path_md5
 from pipelines._stage import run
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui`
@@ -66,9 +66,10 @@ def lineage(
     data = content.results.data
     lin = Lineage(
         git_commit=git_commit(),
+        git_note=git_note(),
         data_md5=data.data_md5 if data else None,
         model_md5=_md5(layout.diffusion),
-        samples_md5=_md5(layout.samples),
+        samples_md5=_md5(layout.samples_dir),  # the DVC output (dvc.lock's hash), not one file in it
         tracking_uri=redact_uri(tracking_uri(cfg)),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )

@@ -26,6 +26,7 @@ from diffaudit.report.content import (
     quality_label,
     to_tables,
 )
+from diffaudit.report.findings import finding, kid_note
 from diffaudit.results import FairnessResult, PrivacyResult, QualityResult, ReleaseRecord, ResultFile
 from diffaudit.results.applicability import LABELS_FROM_EVALUATOR, not_applicable
 from diffaudit.utils.format import fmt_num
@@ -60,6 +61,7 @@ img{image-rendering:pixelated;max-width:100%}
 .strip td{vertical-align:middle}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480px}
 .muted{color:#6b7280;font-size:13px}
+.finding{font-size:15px;border-left:4px solid #4c78a8;padding:6px 12px;background:#f5f8fc}
 """
 
 
@@ -284,7 +286,8 @@ def _quality(q: QualityResult) -> str:
     )
     per_class = q.conditional_accuracy_per_class
     chart = _bar_chart(dict(per_class), "conditional accuracy per class") if per_class else ""
-    return head + _vendi(q) + chart
+    note = f"<p class='muted' id='kid-note'>{escape(kid_note(q))}</p>" if kid_note(q) else ""
+    return head + note + _vendi(q) + chart
 
 
 def _vendi(q: QualityResult) -> str:
@@ -327,10 +330,10 @@ def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
         return f"<a href='{escape(url)}'>{escape(text)}</a>" if url else escape(text)
 
     rows = [
-        ("git commit", escape(lin.git_commit)),
-        ("data md5 (metrics/data.json)", escape(lin.data_md5 or "–")),
-        ("model md5 (models/diffusion)", escape(lin.model_md5 or "–")),
-        ("samples md5", escape(lin.samples_md5 or "–")),
+        ("git commit", escape(lin.git_commit + (f" ({lin.git_note})" if lin.git_note else ""))),
+        ("data md5 (data/prepared, as dvc.lock)", escape(lin.data_md5 or "–")),
+        ("model md5 (models/diffusion, as dvc.lock)", escape(lin.model_md5 or "–")),
+        ("samples md5 (samples/, as dvc.lock)", escape(lin.samples_md5 or "–")),
         ("MLflow tracking", escape(lin.tracking_uri)),
         ("MLflow report run", link(lin.run_url, lin.run_id)),
         ("MLflow pipeline run", link(lin.pipeline_url, lin.pipeline_run_id)),
@@ -474,6 +477,8 @@ def render_html(
             body = _samples(content)
         else:
             body = _section_body(sec, content.section_data(sec.key), content, max_images)
+        if ran and (said := finding(sec.key, content)):
+            body = f"<p class='finding' id='finding-{sec.key}'>{escape(said)}</p>{body}"
         sections.append((sec.key, sec.title, ran, body))
     sections.insert(1, ("model", "Model", True, _model(content)))
     sections.append(("lineage", "Config and lineage", True, _lineage(content, lineage, record)))
