@@ -179,3 +179,56 @@ def finding(key: str, content: RunContent) -> str:
     if kind is None or not isinstance(data, kind[0]):
         return ""
     return kind[1](data)
+
+
+# What each figure shows, by file stem (plots/**/<stem>.png|gif): the report captions every figure with it.
+FIGURE_CAPTIONS: dict[str, str] = {
+    "real_grid": "Real training images, one row per class.",
+    "memorization_gallery": (
+        "Pairs, smallest distance first: left a generated image, right its nearest training image; under "
+        "each pair their distance (DCR) against the near-copy threshold, d1/d2 against its threshold, and "
+        "whether either test flags it."
+    ),
+    "quality_vs_nfe": (
+        "Each sampler over network evaluations per image (NFE): FID over its real-vs-real floor (dashed: "
+        "the target), KID with its floor, conditional accuracy."
+    ),
+    "precision_recall_guidance": (
+        "Precision against recall at each guidance scale w (star: real training images, the floor)."
+    ),
+    "filmstrip": (
+        "Per image: the noisy state x_t (top row) and the sampler's x0-prediction (bottom row) at each "
+        "step, then the final image."
+    ),
+    "emergence": (
+        "Probability the evaluator gives the final class (and attribute value) on the x0-prediction at "
+        "each step, per class: mean with a quantile band."
+    ),
+    "commitment": "Distribution of the step after which the evaluator's reading no longer changes, per head.",
+    "attributions": (
+        "Which pixels of x_t drive the final class's logit at three steps: Integrated Gradients (red +, "
+        "blue -) and SmoothGrad, then the same with a re-initialised UNet (sanity check: maps that barely "
+        "change explain the evaluator, not the model)."
+    ),
+    "guidance_maps": "Where the label acts: |eps_cond - eps_uncond| per pixel and step, one row per image.",
+    "guidance_profile": "How strongly guidance pushes at each step (mean |eps_cond - eps_uncond|, band).",
+    "loss_by_timestep": "Validation loss and x0 error per timestep bin: where along the noise levels the "
+    "denoiser is good or poor.",
+    "spectrum": "Power of the x0-prediction per spatial-frequency band over the steps (coarse to fine).",
+}
+
+
+def figure_caption(stem: str, content: RunContent) -> str:
+    """The caption of a figure: what it shows (the mitigated grid: what was mitigated and how)."""
+    f = content.results.fairness
+    if stem == "mitigated_grid" and f is not None and f.mitigation is not None:
+        m = f.mitigation
+        target = ", ".join(fmt_num(t) for t in m.target)
+        return (
+            f"The generated set after balanced selection on {m.attribute}: extra images were drawn with the "
+            f"run's own sampler ({m.selection.extra_draws} extra draws) and kept so that each class's "
+            f"{m.attribute} shares approach the target ({target}); fairness discrepancy "
+            f"{fmt_num(m.before.fd_l2.value)} before, {fmt_num(m.after.fd_l2.value)} after. Informative "
+            "only: the release is judged on the model's plain samples."
+        )
+    return FIGURE_CAPTIONS.get(stem, "")
