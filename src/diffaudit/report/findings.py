@@ -184,6 +184,10 @@ def finding(key: str, content: RunContent) -> str:
 # What each figure shows, by file stem (plots/**/<stem>.png|gif): the report captions every figure with it.
 FIGURE_CAPTIONS: dict[str, str] = {
     "real_grid": "Real training images, one row per class.",
+    "mitigated_grid": (
+        "The generated set after balanced selection (audit.mitigation): extra images drawn with the run's "
+        "own sampler and kept towards the target attribute shares; informative only."
+    ),
     "memorization_gallery": (
         "Pairs, smallest distance first: left a generated image, right its nearest training image; under "
         "each pair their distance (DCR) against the near-copy threshold, d1/d2 against its threshold, and "
@@ -231,4 +235,6 @@ def figure_caption(stem: str, content: RunContent) -> str:
             f"{fmt_num(m.before.fd_l2.value)} before, {fmt_num(m.after.fd_l2.value)} after. Informative "
             "only: the release is judged on the model's plain samples."
         )
-    return FIGURE_CAPTIONS.get(stem, "")
+    # The longest known stem the file's starts with (filmstrip_0 is a filmstrip).
+    known = sorted((k for k in FIGURE_CAPTIONS if stem.startswith(k)), key=len, reverse=True)
+    return FIGURE_CAPTIONS[known[0]] if known else ""

@@ -225,8 +225,9 @@ def _samples(content: RunContent) -> str:
         f"{rows_are}.</p>"
     )
     real = Layout.of(content.cfg).real_grid
+    real_cap = f"{figure_caption(real.stem, content)} ({real.name})"
     real_html = (
-        f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), str(real), 420)}"
+        f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), real_cap, 420)}"
         if real.is_file()
         else ""
     )
