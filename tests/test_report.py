@@ -176,3 +176,14 @@ def test_every_section_states_its_finding_and_every_figure_says_what_it_shows(ru
     for cap in captions:
         assert not re.fullmatch(r"\S+\.(png|gif)", cap), f"a figure captioned by its file name alone: {cap}"
     assert any("balanced selection" in c for c in captions)  # what was mitigated, and how
+
+
+def test_model_card_makes_html_in_data_names_inert(run: ReleaseRun, tmp_path) -> None:
+    """Red team: the card embedded class and group names as raw HTML (Markdown renders it)."""
+    content = load_content(run.cfg, run.params)
+    content.class_names = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>"]
+    content.attribute_groups = {"<b>tone</b>": ["<i>a</i>", "b"]}
+    card = render_model_card(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
+    assert "<script" not in card and "<img" not in card and "<b>" not in card and "<i>" not in card
+    assert "&lt;script>alert(1)&lt;/script>" in card
+    assert "<= 0.05" in card  # our own comparison signs stay as they are

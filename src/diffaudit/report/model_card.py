@@ -4,6 +4,7 @@ Anything the pipeline did not measure is said to be unmeasured, never left blank
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,14 @@ from diffaudit.results import ReleaseRecord
 from diffaudit.utils.format import fmt_num
 
 
+def _no_html(s: str) -> str:
+    """Text from the data (class and group names) made inert: Markdown renders raw HTML, so every `<` that
+    could open a tag or comment is escaped (a plain `<=` stays readable)."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", s)
+
+
 def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
+    return _no_html(s).replace("|", "\\|").replace("\n", " ")
 
 
 def md_table(t: Table) -> str:
@@ -345,8 +352,9 @@ def render_model_card(content: RunContent, lineage: Lineage, record: ReleaseReco
     cfg = content.cfg
     data = content.results.data
     splits = data.splits if data else {}
-    groups = content.attribute_groups
-    classes = ", ".join(content.class_names) or "–"
+    # Names come from the data (a CSV): escaped, since Markdown renders raw HTML.
+    groups = {_no_html(a): [_no_html(g) for g in v] for a, v in content.attribute_groups.items()}
+    classes = ", ".join(_no_html(c) for c in content.class_names) or "–"
     appendix = Layout.of(cfg).model_card_appendix.name
     parts = [
         _front_matter(content),
