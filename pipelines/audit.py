@@ -62,7 +62,7 @@ def main(cfg: Config) -> None:
 
     layout = Layout.of(cfg)
     inputs = {
-        "samples": layout.samples,
+        "samples": layout.samples_dir,  # hashed as dvc.lock hashes the output
         "evaluator": layout.evaluator,
         "data": layout.prepared,
         "model": layout.diffusion,

@@ -20,7 +20,9 @@ from pipelines._stage import run
 def main(cfg: Config) -> None:
     layout = Layout.of(cfg)
     data_dir, samples_path, evaluator_dir = layout.prepared, layout.samples, layout.evaluator
-    with stage_run(cfg, "evaluate", {"samples": samples_path, "evaluator": evaluator_dir, "data": data_dir}):
+    with stage_run(
+        cfg, "evaluate", {"samples": layout.samples_dir, "evaluator": evaluator_dir, "data": data_dir}
+    ):
         meta = load_meta(data_dir)
         samples = load_tensors(samples_path)
         train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))

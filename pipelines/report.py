@@ -21,13 +21,13 @@ from diffaudit.models.export import exported_unet_config, model_fingerprint
 from diffaudit.release.promote import register_and_decide
 from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
-from diffaudit.report.model_card import render_model_card
+from diffaudit.report.model_card import render_model_card, render_model_card_appendix
 from diffaudit.results import ReleaseRecord, ReleaseSummary, metric_value, write_result
 from diffaudit.results.files import not_applicable_metrics
 from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
 from diffaudit.utils.io import write_text
-from diffaudit.utils.lineage import git_commit, path_md5
+from diffaudit.utils.lineage import git_commit, git_note, path_md5
 from pipelines._stage import run
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui`
@@ -66,9 +66,10 @@ def lineage(
     data = content.results.data
     lin = Lineage(
         git_commit=git_commit(),
+        git_note=git_note(),
         data_md5=data.data_md5 if data else None,
         model_md5=_md5(layout.diffusion),
-        samples_md5=_md5(layout.samples),
+        samples_md5=_md5(layout.samples_dir),  # the DVC output (dvc.lock's hash), not one file in it
         tracking_uri=redact_uri(tracking_uri(cfg)),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
@@ -121,6 +122,7 @@ def main(cfg: Config) -> None:
         lin = lineage(cfg, content, release, active_run, record)
         write_text(layout.report_html, render_html(content, lin, record, release.max_images_per_section))
         write_text(layout.model_card, render_model_card(content, lin, record))
+        write_text(layout.model_card_appendix, render_model_card_appendix(content))
         gates_passed = content.gates is not None and content.gates.passed
         summary = ReleaseSummary(
             promoted=record.promoted if record else False,
@@ -143,7 +145,7 @@ def main(cfg: Config) -> None:
             metrics={"promoted": float(summary.promoted), "gates_passed": float(gates_passed)}
             | {k: v for k, v in candidate.items() if v is not None},
             prefix="release.",
-            files=[layout.report_html, layout.model_card, layout.release],
+            files=[layout.report_html, layout.model_card, layout.model_card_appendix, layout.release],
             artifact_path="report",
             tags=tags,
         )

@@ -60,7 +60,7 @@ def main(cfg: Config) -> None:
         )
         best = result.best
         verdict = (
-            f"{best.sampler} reaches the target at {best.nfe} NFE ({best.seconds:.1f}s)"
+            f"{' and '.join([best.sampler, *best.ties])} reach the target at {best.nfe} NFE"
             if best
             else "no sampler reaches the target quality"
         )

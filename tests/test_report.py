@@ -10,7 +10,7 @@ import pytest
 
 from diffaudit.report.content import SECTIONS, Lineage, fmt_cell, load_content, to_tables
 from diffaudit.report.html import render_html
-from diffaudit.report.model_card import render_model_card
+from diffaudit.report.model_card import render_model_card, render_model_card_appendix
 from diffaudit.results import Estimate, Interval
 from diffaudit.results.fairness import Discrepancy, PerGroup
 from tests.helpers.release import ReleaseRun, copy_run
@@ -104,32 +104,47 @@ def test_missing_inputs_say_not_run(run: ReleaseRun, tmp_path) -> None:
     }
     assert "NOT AUDITED" in page and "Gates not run" in page
     card = render_model_card(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
-    assert card.count("_Not measured for this run") == 4
     assert "The release gates were not evaluated" in card
+    appendix = render_model_card_appendix(content)
+    assert appendix.count("_Not measured for this run") == 4
 
 
 def test_model_card_has_every_section_and_the_run_numbers(run: ReleaseRun) -> None:
+    """The Hugging Face layout: YAML metadata, then its sections; the long tables in the linked appendix."""
+    import yaml
+
     card = (run.root / "reports" / "MODEL_CARD.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "diffusers" and meta["datasets"] == ["digits"] and "license" in meta
+    assert "diffusion" in meta["tags"]
     for heading in (
-        "Model details",
-        "Intended use",
-        "Out-of-scope uses",
-        "Training data",
-        "Evaluation data",
-        "Factors",
-        "Metrics",
-        "Quantitative analyses",
-        "Model examination",
-        "Ethical considerations",
-        "Caveats and recommendations",
+        "## Model details",
+        "## Uses",
+        "### Out-of-scope use",
+        "## Bias, risks, and limitations",
+        "## How to get started",
+        "## Training details",
+        "### Preprocessing",
+        "### Training procedure",
+        "## Evaluation",
+        "### Results",
+        "### Release gates",
+        "## Environmental impact",
+        "## Technical specifications",
     ):
-        assert f"## {heading}\n" in card
+        assert f"{heading}\n" in card
     assert "champion (released)" in card
     assert "`thickness` (thin, thick)" in card  # the audited groups
-    assert "| max_abs | 0.0123 |" in card  # a headline figure of the explainability file
-    assert "| fd_l2 | 0.071 [0, 0.25] (test inversion) |" in card  # a fairness estimate, interval, method
+    assert "curl -s http" in card and "UNet2DModel.from_pretrained" in card
+    assert "| memorized_fraction | 0 | <= 0.05 | passed |" in card  # the gates with their thresholds
+    assert "torch 2.13.0" in card  # software versions
     # quality headline: the plug-in, its bias correction with the interval and method, the floor
     assert "| FID (evaluator features) | 2 (bias-corrected 1.6 [1.44, 1.76] (half-sample)) | 0.5 |" in card
+    appendix = (run.root / "reports" / "MODEL_CARD_APPENDIX.md").read_text()
+    assert "(MODEL_CARD_APPENDIX.md)" in card
+    assert "| max_abs | 0.0123 |" in appendix  # a headline figure of the explainability file
+    assert "| fd_l2 | 0.071 [0, 0.25] (test inversion) |" in appendix  # a fairness estimate, interval, method
+    assert len(card.splitlines()) < len(appendix.splitlines())
 
 
 def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:
@@ -140,6 +155,35 @@ def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:
     release = json.loads((run.root / "reports" / "release.json").read_text())
     client = MlflowClient()
     names = {a.path for a in client.list_artifacts(release["record"]["run_id"], "report")}
-    assert names == {"report/audit.html", "report/MODEL_CARD.md", "report/release.json"}
+    assert names == {
+        "report/audit.html",
+        "report/MODEL_CARD.md",
+        "report/MODEL_CARD_APPENDIX.md",
+        "report/release.json",
+    }
     metrics = client.get_run(release["record"]["run_id"]).data.metrics
     assert metrics["release.promoted"] == 1.0
+
+
+def test_every_section_states_its_finding_and_every_figure_says_what_it_shows(run: ReleaseRun) -> None:
+    page = (run.root / "reports" / "audit.html").read_text()
+    findings = dict(re.findall(r"<p class='finding' id='finding-(\w+)'>([^<]+)</p>", page))
+    assert set(findings) == {s.key for s in SECTIONS}
+    assert findings["quality"].startswith("FID 2 in the evaluator feature space, 4x its real-vs-real floor")
+    assert "reach" in findings["sampler_study"] and "NFE" in findings["sampler_study"]
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    assert captions
+    for cap in captions:
+        assert not re.fullmatch(r"\S+\.(png|gif)", cap), f"a figure captioned by its file name alone: {cap}"
+    assert any("balanced selection" in c for c in captions)  # what was mitigated, and how
+
+
+def test_model_card_makes_html_in_data_names_inert(run: ReleaseRun, tmp_path) -> None:
+    """Red team: the card embedded class and group names as raw HTML (Markdown renders it)."""
+    content = load_content(run.cfg, run.params)
+    content.class_names = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>"]
+    content.attribute_groups = {"<b>tone</b>": ["<i>a</i>", "b"]}
+    card = render_model_card(content, Lineage("abc", None, None, None, "sqlite:///x.db"))
+    assert "<script" not in card and "<img" not in card and "<b>" not in card and "<i>" not in card
+    assert "&lt;script>alert(1)&lt;/script>" in card
+    assert "<= 0.05" in card  # our own comparison signs stay as they are

@@ -202,3 +202,16 @@ def test_sampler_study_stage_writes_table_and_plots(
         assert [r["guidance_scale"] for r in csv.DictReader(f)] == ["1", "2"]
     assert len((plots / "nfe_sweep.csv").read_text().splitlines()) == 1 + 5
     assert os.environ["DIFFAUDIT_PROGRESS"] == "0"
+
+
+def test_best_sampler_is_the_fewest_nfe_and_ties_are_not_broken_by_seconds() -> None:
+    from diffaudit.metrics.sampler_study import best_point
+
+    def point(seconds: float) -> SimpleNamespace:
+        return SimpleNamespace(seconds=seconds)
+
+    sweep = {"ddim": {"10": point(0.5)}, "dpm_solver": {"10": point(0.4)}, "ddpm": {"50": point(2.0)}}
+    best = best_point(sweep, {"ddim": 10, "dpm_solver": 10, "ddpm": 50, "euler": None})
+    assert (best.sampler, best.nfe, best.ties) == ("ddim", 10, ["dpm_solver"])  # not dpm_solver by 0.1 s
+    assert best_point(sweep, {"ddim": None}) is None
+    assert best_point(sweep, {"ddpm": 50, "ddim": 10}).ties == []

@@ -65,6 +65,7 @@ class Layout:
     # report
     report_html: Path
     model_card: Path
+    model_card_appendix: Path  # the card's long tables, linked from it
     release: Path
     # folders the stages above write into
     metrics_dir: Path
@@ -102,6 +103,7 @@ class Layout:
             bias_amplification_csv=plots / "bias_amplification.csv",
             report_html=reports / "audit.html",
             model_card=reports / "MODEL_CARD.md",
+            model_card_appendix=reports / "MODEL_CARD_APPENDIX.md",
             release=reports / ReleaseSummary.FILE,
             metrics_dir=metrics,
             plots_dir=plots,
@@ -127,5 +129,5 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "sampler_study": ("sampler_study", "sampler_study_plots"),
     "explain": ("explain_plots", "explain", "explain_emergence_csv", "explain_loss_csv"),
     "audit": ("audit_plots", "fairness", "privacy", "gates", "bias_amplification_csv"),
-    "report": ("report_html", "model_card", "release"),
+    "report": ("report_html", "model_card", "model_card_appendix", "release"),
 }

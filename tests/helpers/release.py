@@ -449,7 +449,7 @@ def write_audit_files(root: Path, passed: bool = True) -> None:
     _png(plots / "explain" / "filmstrip_0.png", 80)
     frames = [Image.new("L", (16, 16), c) for c in (0, 128, 255)]
     frames[0].save(plots / "explain" / "emergence.gif", save_all=True, append_images=frames[1:], duration=100)
-    _png(plots / "sampler_study" / "fid_vs_nfe.png", 140)
+    _png(plots / "sampler_study" / "quality_vs_nfe.png", 140)
     _png(plots / "audit" / "memorization_gallery.png", 200)
     _png(plots / "audit" / "mitigated_grid.png", 30)
 

@@ -67,6 +67,20 @@ def _reaches(fid_over_floor: float, accuracy: float | None, study: StudyCfg) -> 
     return fid_over_floor <= study.target_fid_over_floor and hits
 
 
+def best_point(
+    nfe_sweep: dict[str, dict[str, PointScore]], fewest: dict[str, int | None]
+) -> BestPoint | None:
+    """The sampler reaching the target at the fewest NFE. Samplers reaching it at the same NFE tie: their
+    seconds at one NFE differ by noise, so time does not break the tie (the first by name is named, the
+    others listed in `ties`)."""
+    reached = sorted((n, s) for s, n in fewest.items() if n is not None)
+    if not reached:
+        return None
+    n_best, s_best = reached[0]
+    ties = [s for n, s in reached[1:] if n == n_best]
+    return BestPoint(sampler=s_best, nfe=n_best, seconds=nfe_sweep[s_best][str(n_best)].seconds, ties=ties)
+
+
 def run_study(
     pipe: ClassConditionalPipeline,
     evaluator: Evaluator,
@@ -138,8 +152,7 @@ def run_study(
     fewest = {
         s: next((int(k) for k, m in pts.items() if m.reaches_target), None) for s, pts in nfe_sweep.items()
     }
-    reached = [(n_, nfe_sweep[s][str(n_)].seconds, s) for s, n_ in fewest.items() if n_ is not None]
-    best = min(reached, default=None)
+    best = best_point(nfe_sweep, fewest)
     g0 = guidance_points[0]
     return SamplerStudyResult(
         feature_space=space,
@@ -161,7 +174,7 @@ def run_study(
             sampler=g0.sampler, nfe=g0.nfe, points={str(p.guidance_scale): scored[p] for p in guidance_points}
         ),
         fewest_nfe_to_target=fewest,
-        best=None if best is None else BestPoint(sampler=best[2], nfe=best[0], seconds=best[1]),
+        best=best,
         seconds=time.perf_counter() - t_start,
     )
 

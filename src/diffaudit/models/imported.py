@@ -8,7 +8,6 @@ never unpickled: a folder whose weights exist only as pickles (`.bin`, `.ckpt`, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from diffaudit.errors import ModelFolderError
 from diffaudit.models.export import CONFIG_NAME, SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, WEIGHTS_NAME
 from diffaudit.results.applicability import Conditioning
+from diffaudit.utils.lineage import path_md5
 
 if TYPE_CHECKING:
     from diffaudit.config.schema import Config
@@ -243,16 +243,9 @@ def inspect_model_folder(path: str | Path) -> ModelFolder:
 
 
 def folder_md5(path: str | Path) -> str:
-    """DVC's hash of a folder dependency (the md5 of its sorted `{md5, relpath}` listing, suffixed
-    `.dir`), so the report and MLflow show the hash that dvc.lock records for `model.path`."""
-    root = Path(path)
-    entries = [
-        {"md5": hashlib.md5(p.read_bytes()).hexdigest(), "relpath": p.relative_to(root).as_posix()}
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    ]
-    entries.sort(key=lambda e: e["relpath"])
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+    """DVC's hash of a folder dependency (utils/lineage.py `path_md5`), the value dvc.lock records for
+    `model.path`."""
+    return path_md5(path)
 
 
 def copy_model(folder: ModelFolder, dest: str | Path) -> None:

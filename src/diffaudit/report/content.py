@@ -171,6 +171,7 @@ class Lineage:
     pipeline_url: str | None = None
     model_url: str | None = None
     generated_at: str = ""
+    git_note: str = ""  # what differs from the commit, in words (utils/lineage.py git_note)
 
 
 def _read_json(path: Path) -> Any | None:

@@ -26,6 +26,7 @@ from diffaudit.report.content import (
     quality_label,
     to_tables,
 )
+from diffaudit.report.findings import figure_caption, finding, kid_note
 from diffaudit.results import FairnessResult, PrivacyResult, QualityResult, ReleaseRecord, ResultFile
 from diffaudit.results.applicability import LABELS_FROM_EVALUATOR, not_applicable
 from diffaudit.utils.format import fmt_num
@@ -55,11 +56,12 @@ th{background:#f0f2f5}caption{text-align:left;font-weight:600;padding:4px 0;whit
 td.pass,td.fail,td.warn,td.na{font-weight:600}
 .notrun-box{background:#f3f4f6;color:#4b5563;padding:10px 14px;border-radius:6px}
 figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top}
-figcaption{font-size:12px;color:#555;max-width:420px;word-break:break-all}
+figcaption{font-size:12px;color:#555;max-width:640px;overflow-wrap:anywhere}
 img{image-rendering:pixelated;max-width:100%}
 .strip td{vertical-align:middle}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480px}
 .muted{color:#6b7280;font-size:13px}
+.finding{font-size:15px;border-left:4px solid #4c78a8;padding:6px 12px;background:#f5f8fc}
 """
 
 
@@ -94,14 +96,15 @@ def tables_html(obj: Any, skip: tuple[str, ...] = (), max_depth: int = 5) -> str
     return "".join(_table_html(t) for t in to_tables(obj, skip=skip, max_depth=max_depth))
 
 
-def _images_html(paths: list[Path], root: Path, limit: int) -> str:
+def _images_html(paths: list[Path], root: Path, limit: int, content: RunContent) -> str:
     out = []
     for p in paths[:limit]:
         try:
-            cap = str(p.resolve().relative_to(root.resolve()))
+            where = str(p.resolve().relative_to(root.resolve()))
         except ValueError:
-            cap = p.name
-        out.append(_figure(data_uri(p), cap))
+            where = p.name
+        what = figure_caption(p.stem, content)
+        out.append(_figure(data_uri(p), f"{what} ({where})" if what else where))
     if len(paths) > limit:
         out.append(f'<p class="muted">{len(paths) - limit} more images under plots/ (not embedded)</p>')
     return "".join(out)
@@ -222,8 +225,9 @@ def _samples(content: RunContent) -> str:
         f"{rows_are}.</p>"
     )
     real = Layout.of(content.cfg).real_grid
+    real_cap = f"{figure_caption(real.stem, content)} ({real.name})"
     real_html = (
-        f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), str(real), 420)}"
+        f"<h3>Real training images, for comparison</h3>{_figure(data_uri(real), real_cap, 420)}"
         if real.is_file()
         else ""
     )
@@ -249,7 +253,10 @@ def _bar_chart(values: dict[str, float], title: str) -> str:
 
     fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
     ax.bar(list(values), list(values.values()), color="#4c78a8")
-    ax.set_ylim(0, 1)
+    # Zoomed to the bars (a 0-1 axis hides differences between classes at 0.95 and 0.99), axis marked.
+    low = min(values.values(), default=0.0)
+    ax.set_ylim(max(0.0, low - 0.1 * (1 - low) - 0.02), 1.0)
+    ax.set_ylabel("share (axis zoomed)", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.tick_params(labelsize=8)
     return _figure(_fig_uri(fig), title)
@@ -284,7 +291,8 @@ def _quality(q: QualityResult) -> str:
     )
     per_class = q.conditional_accuracy_per_class
     chart = _bar_chart(dict(per_class), "conditional accuracy per class") if per_class else ""
-    return head + _vendi(q) + chart
+    note = f"<p class='muted' id='kid-note'>{escape(kid_note(q))}</p>" if kid_note(q) else ""
+    return head + note + _vendi(q) + chart
 
 
 def _vendi(q: QualityResult) -> str:
@@ -327,10 +335,10 @@ def _lineage(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
         return f"<a href='{escape(url)}'>{escape(text)}</a>" if url else escape(text)
 
     rows = [
-        ("git commit", escape(lin.git_commit)),
-        ("data md5 (metrics/data.json)", escape(lin.data_md5 or "–")),
-        ("model md5 (models/diffusion)", escape(lin.model_md5 or "–")),
-        ("samples md5", escape(lin.samples_md5 or "–")),
+        ("git commit", escape(lin.git_commit + (f" ({lin.git_note})" if lin.git_note else ""))),
+        ("data md5 (data/prepared, as dvc.lock)", escape(lin.data_md5 or "–")),
+        ("model md5 (models/diffusion, as dvc.lock)", escape(lin.model_md5 or "–")),
+        ("samples md5 (samples/, as dvc.lock)", escape(lin.samples_md5 or "–")),
         ("MLflow tracking", escape(lin.tracking_uri)),
         ("MLflow report run", link(lin.run_url, lin.run_id)),
         ("MLflow pipeline run", link(lin.pipeline_url, lin.pipeline_run_id)),
@@ -451,7 +459,7 @@ def _section_body(sec: Section, data: ResultFile | None, content: RunContent, ma
             body += "<h3>Distributions</h3>" + _fairness_distributions(data)
     imgs = content.images.get(sec.key, [])
     if imgs:
-        body += f"<h3>Figures</h3>{_images_html(imgs, root, max_images)}"
+        body += f"<h3>Figures</h3>{_images_html(imgs, root, max_images, content)}"
     if data is not None:
         skip = ("sampler",) if sec.key == "quality" else ()
         body += (
@@ -474,6 +482,8 @@ def render_html(
             body = _samples(content)
         else:
             body = _section_body(sec, content.section_data(sec.key), content, max_images)
+        if ran and (said := finding(sec.key, content)):
+            body = f"<p class='finding' id='finding-{sec.key}'>{escape(said)}</p>{body}"
         sections.append((sec.key, sec.title, ran, body))
     sections.insert(1, ("model", "Model", True, _model(content)))
     sections.append(("lineage", "Config and lineage", True, _lineage(content, lineage, record)))

@@ -59,9 +59,12 @@ class GuidanceSweep(ResultModel):
 
 
 class BestPoint(ResultModel):
+    """The sampler that reaches the target at the fewest NFE; `ties`: the others that reach it at as few."""
+
     sampler: str
     nfe: int
     seconds: float
+    ties: list[str] = []
 
 
 class SamplerStudyResult(ResultFile):

@@ -66,14 +66,17 @@ def tile_figure(
     title: str,
     inch_per_tile: float = 0.42,
 ) -> Figure:
-    """One imshow of the tiled canvas, with a label per row and column (margins sized to the labels)."""
+    """One imshow of the tiled canvas, with a label per row and per column, the column labels above and
+    below a tall canvas (margins sized to the labels)."""
     img = canvas(rows)
     h, w = rows[0][0].shape[:2]
     ncol, nrow = max(len(r) for r in rows), len(rows)
     char = 0.045  # inches per character at fontsize 6
     left = 0.15 + char * max(len(s) for s in row_labels)
     bottom = 0.15 + char * max(len(s) for s in col_labels)
-    top, right = 0.35, 0.1
+    labels_on_top = nrow > 2  # a reader should not scroll to the bottom to learn what a column is
+    top = 0.35 + (char * max(len(s) for s in col_labels) if labels_on_top else 0.0)
+    right = 0.1
     width_in, height_in = ncol * inch_per_tile, nrow * inch_per_tile
     fig_w = max(left + width_in + right, 0.08 * len(title) + 0.3)
     fig_h = bottom + height_in + top
@@ -84,7 +87,11 @@ def tile_figure(
         [PAD + j * (w + PAD) + w / 2 for j in range(len(col_labels))], col_labels, fontsize=6, rotation=90
     )
     ax.set_yticks([PAD + i * (h + PAD) + h / 2 for i in range(nrow)], row_labels, fontsize=6)
-    ax.tick_params(length=0)
+    ax.tick_params(length=0, labeltop=labels_on_top)
+    if labels_on_top:
+        for tick in ax.xaxis.get_major_ticks():
+            tick.label2.set_rotation(90)
+            tick.label2.set_fontsize(6)
     for side in ax.spines.values():
         side.set_visible(False)
     fig.suptitle(title, fontsize=8, x=0.02, ha="left", y=1 - 0.08 / fig_h, va="top")
