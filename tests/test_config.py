@@ -131,3 +131,10 @@ def test_out_of_range_values_are_refused_at_compose(override: str, key: str, tmp
     )
     assert proc.returncode == 1 and not out.exists(), proc.stderr
     assert f"{key}: " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_registered_model_name_follows_the_data() -> None:
+    """Red team: a model trained on another dataset registered under diffaudit-digits."""
+    assert validate_config(compose_config([], CONF)).tracking.registered_model_name == "diffaudit-digits"
+    other = validate_config(compose_config(["data=mnist", "data.root=/datasets/mnist"], CONF))
+    assert other.tracking.registered_model_name == "diffaudit-mnist"
