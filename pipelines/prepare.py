@@ -41,6 +41,7 @@ def main(cfg: Config) -> None:
             "image_size": cfg.data.image_size,
             "data_md5": path_md5(out),
             "bias": cfg.data.bias.model_dump() if cfg.data.bias else None,
+            "duplicates_removed": ds.duplicates_removed,
             "splits": data_card(splits),
         }
         write_result(layout.data_card, DataResult.model_validate(card))

@@ -99,3 +99,42 @@ def test_stage_rejects_bad_params_with_a_message(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "train.lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.lr=inf", "train.lr"),
+        ("train.weight_decay=inf", "train.weight_decay"),
+        ("sampler.guidance_scale=inf", "sampler.guidance_scale"),
+        ("audit.gates.max_fairness_discrepancy=inf", "audit.gates.max_fairness_discrepancy"),
+        ("train.lr=nan", "train.lr"),
+        ("sampler.num_per_class=1000000000", "sampler.num_per_class"),
+        ("eval.study.num_per_class=1000000000", "eval.study.num_per_class"),
+        ("seed=4294967296", "seed"),
+        ("trainer.devices=0", "trainer.devices"),
+    ],
+)
+def test_out_of_range_values_are_refused_at_compose(override: str, key: str, tmp_path) -> None:
+    """Red team: inf passed every float bound, and 10^9 images, seed 2^32 and 0 devices passed the schema
+    and failed later with tracebacks (after the earlier stages had run)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "params.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.compose", "--out", str(out), override],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and not out.exists(), proc.stderr
+    assert f"{key}: " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_registered_model_name_follows_the_data() -> None:
+    """Red team: a model trained on another dataset registered under diffaudit-digits."""
+    assert validate_config(compose_config([], CONF)).tracking.registered_model_name == "diffaudit-digits"
+    other = validate_config(compose_config(["data=mnist", "data.root=/datasets/mnist"], CONF))
+    assert other.tracking.registered_model_name == "diffaudit-mnist"

@@ -376,10 +376,10 @@ def test_image_folder_rejects_symlink_out_of_root(tmp_path: Path) -> None:
 
 def test_image_folder_allows_symlink_within_root(tmp_path: Path) -> None:
     root = _write_folder(tmp_path / "data")
-    (root / "c.png").unlink()
-    (root / "c.png").symlink_to(root / "a.png")
+    (root / "c.png").rename(root / "elsewhere.png")  # a file no row lists
+    (root / "c.png").symlink_to(root / "elsewhere.png")
     ds = load_image_folder(root)
-    np.testing.assert_array_equal(ds.images[2], ds.images[0])
+    assert len(ds) == 3 and ds.images[2, 0, 0, 0] == pytest.approx(100 / 255)
 
 
 def test_image_folder_missing_and_corrupt_image(tmp_path: Path) -> None:
@@ -433,3 +433,52 @@ def test_image_folder_missing_label_value(tmp_path: Path) -> None:
     (root / "attributes.csv").write_text("filename,label\na.png,cat\nsub/b.png,\nc.png,dog\n")
     with pytest.raises(DataError, match="'label' has a missing value"):
         load_image_folder(root)
+
+
+def test_image_folder_drops_repeated_images_and_counts_them(tmp_path: Path) -> None:
+    """Red team: the same image listed twice landed in train and test alike. Repeats with the same labels
+    (the same file, or a byte-identical copy) are dropped and counted; the first row is kept."""
+    root = _write_folder(tmp_path / "data")
+    (root / "copy.png").write_bytes((root / "a.png").read_bytes())
+    table = pd.read_csv(root / "attributes.csv", dtype=str)
+    extra = pd.DataFrame(
+        [
+            {"filename": "a.png", "label": "cat", "sex": "f", "age": "30"},
+            {"filename": "copy.png", "label": "cat", "sex": "f", "age": "30"},
+        ]
+    )
+    pd.concat([table, extra]).to_csv(root / "attributes.csv", index=False)
+    ds = load_image_folder(root)
+    assert len(ds) == 3 and ds.duplicates_removed == 2
+    assert ds.labels.tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("row", ["a.png,dog,f,30", "copy.png,cat,m,30"])
+def test_image_folder_refuses_one_image_with_two_labels(tmp_path: Path, row: str) -> None:
+    root = _write_folder(tmp_path / "data")
+    (root / "copy.png").write_bytes((root / "a.png").read_bytes())
+    with open(root / "attributes.csv", "a") as f:
+        f.write(row + "\n")
+    with pytest.raises(DataError, match=r"data row 4.*data row 1 says .*one image needs one label"):
+        load_image_folder(root)
+
+
+def test_image_folder_class_named_na_or_null_is_a_name(tmp_path: Path) -> None:
+    """Red team: a class literally named NA, None or null was read as a missing value."""
+    rows = [
+        {"filename": "a.png", "label": "NA"},
+        {"filename": "b.png", "label": "None"},
+        {"filename": "c.png", "label": "null"},
+    ]
+    root = _write_folder(tmp_path / "data", rows=rows)
+    ds = load_image_folder(root)
+    assert ds.class_names == ["NA", "None", "null"] and ds.labels.tolist() == [0, 1, 2]
+
+
+def test_image_folder_resizes_each_image_as_it_reads(tmp_path: Path) -> None:
+    """Red team: a huge first image was stacked at native size before any resizing."""
+    root = _write_folder(tmp_path / "data")
+    Image.new("L", (3000, 3000), 200).save(root / "a.png")  # 9 MP: 36 MB as float32 if kept
+    ds = load_image_folder(root, image_size=8)
+    assert ds.images.shape == (3, 1, 8, 8)
+    np.testing.assert_allclose(ds.images[0], 200 / 255, atol=1e-6)

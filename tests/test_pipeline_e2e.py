@@ -84,6 +84,17 @@ def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     assert stages["evaluate"].data.metrics["fid_evaluator"] == pytest.approx(quality["fid_evaluator"])
 
 
+def test_a_second_make_repro_runs_no_stage(repo) -> None:
+    """Issue 18: the first run wrote bytecode caches into the source folders the stages depend on, so
+    `dvc status` was never clean and the next `make repro` reran prepare, train and explain."""
+    path, env = repo
+    status = _sh(["dvc", "status"], path, env).stdout
+    assert "up to date" in status, status
+    venv = Path(sys.executable).parent.parent
+    out = _sh(["make", "--no-print-directory", f"VENV={venv}", "repro"], path, env).stdout
+    assert "Running stage" not in out, out[-3000:]
+
+
 def test_changing_the_sampler_reruns_only_sample_and_downstream(repo) -> None:
     path, env = repo
     _sh([sys.executable, "-m", "pipelines.compose", "sampler.steps=3"], path, env)

@@ -43,19 +43,76 @@ def test_export_is_diffusers_format_with_safetensors(tiny_run) -> None:
     assert not loaded.training
 
 
-def test_resume_continues_from_the_last_step(tiny_run, tmp_path) -> None:
+def _with_train(cfg, **train):
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+
+
+def test_resume_from_continues_from_the_last_step(tiny_run, tmp_path) -> None:
+    """Training on to more steps is explicit: train.resume_from names the checkpoint (a changed max_steps
+    never resumes by itself, since it changes the LR schedule and so the weights)."""
     import shutil
 
     ckpt_dir = tmp_path / "checkpoints"
     shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
     data = tiny_run.root / "data" / "prepared"
     meta = load_meta(data)
-    more = tiny_run.cfg.model_copy(update={"train": tiny_run.cfg.train.model_copy(update={"max_steps": 40})})
+    named = tiny_run.root / "models" / "checkpoints" / "last.ckpt"
+    more = _with_train(tiny_run.cfg, max_steps=40, resume_from=str(named))
     module, trainer = train_diffusion(
         more, load_split(data, "train"), load_split(data, "val"), meta, ckpt_dir, progress=False
     )
     assert trainer.global_step == 40  # 30 from the checkpoint, then 10 more: not 40 from scratch
     assert module.ema.optimization_step == 40  # EMA continued from its saved state
+
+
+def test_a_changed_seed_or_weight_setting_trains_afresh(tiny_run, tmp_path, capsys) -> None:
+    """Red team: `seed=7 train.lr=0.0005` after a finished run used to "resume" it and train 0 steps."""
+    import shutil
+
+    from diffaudit.training.diffusion_training import weights_config
+
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
+    meta = load_meta(tiny_run.root / "data" / "prepared")
+    expected = training_config_hash(tiny_run.cfg, meta)
+    same = weights_config(_with_train(tiny_run.cfg, checkpoint_every_n_steps=7, log_every_n_steps=3))
+    assert resume_path(ckpt_dir, expected, weights=same) == ckpt_dir / "last.ckpt"  # not weight settings
+    for changed, said in (
+        (tiny_run.cfg.model_copy(update={"seed": 7}), "seed: 42 -> 7"),
+        (_with_train(tiny_run.cfg, lr=0.0005), "train.lr: 0.001 -> 0.0005"),
+        (_with_train(tiny_run.cfg, max_steps=31), "train.max_steps: 30 -> 31"),
+    ):
+        shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir, dirs_exist_ok=True)
+        assert resume_path(ckpt_dir, expected, weights=weights_config(changed)) is None
+        assert said in capsys.readouterr().out and not ckpt_dir.exists()
+
+
+def test_a_changed_checkpoint_interval_resumes_into_last_ckpt(tiny_run, tmp_path) -> None:
+    """Red team: after `train.checkpoint_every_n_steps` changed, Lightning wrote last-v1.ckpt beside a stale
+    last.ckpt and the next resume loaded the stale one."""
+    import lightning as L
+    import pytest
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAt(L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            if trainer.global_step == 20:
+                raise Killed
+
+    data = tiny_run.root / "data" / "prepared"
+    meta, train, val = load_meta(data), load_split(data, "train"), load_split(data, "val")
+    ckpt_dir = tmp_path / "checkpoints"
+    first = _with_train(tiny_run.cfg, checkpoint_every_n_steps=10)
+    with pytest.raises(Killed):
+        train_diffusion(first, train, val, meta, ckpt_dir, progress=False, extra_callbacks=[KillAt()])
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 20
+    again = _with_train(tiny_run.cfg, checkpoint_every_n_steps=15)
+    _, trainer = train_diffusion(again, train, val, meta, ckpt_dir, progress=False)
+    assert trainer.global_step == 30
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 30
+    assert not list(ckpt_dir.glob("last-v*.ckpt"))
 
 
 def test_checkpoint_from_another_config_is_detected(tiny_run, tmp_path) -> None:

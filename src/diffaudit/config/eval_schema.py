@@ -9,18 +9,25 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 SamplerName = Literal["ddpm", "ddim", "dpm_solver", "euler"]
 
 
+MAX_PER_CLASS = 100_000  # images per class in one sample set
+MAX_BATCH = 65_536  # images per denoising batch
+
+
 class SamplerCfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     name: SamplerName
     steps: int = Field(ge=1, le=10000)
-    guidance_scale: float = Field(ge=0.0)
+    guidance_scale: float = Field(ge=0.0, le=100.0)
     eta: float = Field(ge=0.0, le=1.0)
-    num_per_class: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    # Bounded so a typo (1e9) fails at compose time, not with an 80 GB allocation after training; 100k per
+    # class is beyond the 50k images a published FID uses.
+    num_per_class: int = Field(ge=1, le=MAX_PER_CLASS)
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
 
 
 class EvaluatorCfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0.0)
@@ -30,7 +37,7 @@ class EvaluatorCfg(BaseModel):
 class GuidanceSweepCfg(BaseModel):
     """Guidance scales swept at one (sampler, NFE); null means the configured `sampler` group's value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     sampler: SamplerName | None = None
     nfe: int | None = Field(default=None, ge=1, le=10000)
     scales: list[float] = Field(min_length=1)
@@ -46,8 +53,8 @@ class StudyCfg(BaseModel):
     """The sampler study: the same model and seeds sampled with every sampler over NFE lists, plus a guidance
     sweep."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    num_per_class: int = Field(ge=1)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    num_per_class: int = Field(ge=1, le=MAX_PER_CLASS)
     # Guidance of the NFE sweep; null: the configured sampler.guidance_scale.
     guidance_scale: float | None = Field(default=None, ge=0.0)
     nfe: dict[SamplerName, list[int]] = Field(min_length=1)
@@ -66,7 +73,7 @@ class StudyCfg(BaseModel):
 
 
 class EvalCfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     feature: Literal["evaluator", "inception"]
     inception_weights: str | None = None
     kid_subset_size: int = Field(ge=2)

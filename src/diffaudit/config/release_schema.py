@@ -16,7 +16,7 @@ class CompareMetric(BaseModel):
     `conditional_accuracy` from metrics/quality.json.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     metric: str = Field(pattern=r"^[A-Za-z0-9_]+\.[^.].*$")
     mode: Literal["max", "min"]
     tolerance: float = Field(default=0.0, ge=0.0)
@@ -31,7 +31,7 @@ def _default_compare() -> list[CompareMetric]:
 
 
 class ReleaseCfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     # Log the pyfunc model and register it (alias `candidate`) on every report run.
     register_model: bool = True
     # No metrics/gates.json (the audit has not run) means no promotion: never release unaudited.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffaudit.config.audit_schema import AuditCfg
 from diffaudit.config.eval_schema import EvalCfg, EvaluatorCfg, SamplerCfg
@@ -21,7 +21,7 @@ __all__ = ["AuditCfg", "EvalCfg", "EvaluatorCfg", "ExplainCfg", "SamplerCfg"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BiasCfg(_Strict):
@@ -114,6 +114,13 @@ class TrainerCfg(_Strict):
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp"]
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
 
+    @field_validator("devices")
+    @classmethod
+    def _some_devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be >= 1 or 'auto' (got {v})")
+        return v
+
 
 class TrackingCfg(_Strict):
     uri: str
@@ -131,7 +138,7 @@ class PathsCfg(_Strict):
 
 
 class Config(_Strict):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**32)  # Lightning's seed_everything takes 32 bits
     data: DataCfg
     model: ModelCfg
     diffusion: DiffusionCfg

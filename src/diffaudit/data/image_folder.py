@@ -16,6 +16,7 @@ from PIL import Image
 
 from diffaudit.data.types import RawDataset
 from diffaudit.errors import DataError
+from diffaudit.utils.lineage import file_md5
 
 _GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
@@ -73,11 +74,13 @@ def _encode(series: pd.Series, column: str, csv_path: Path) -> tuple[np.ndarray,
     if series.isna().any():
         row = int(np.flatnonzero(series.isna().to_numpy())[0])
         raise DataError(f"{csv_path}: column {column!r} has a missing value (data row {row + 1})")
-    try:
-        uniques = sorted(series.unique())
-    except TypeError:  # mixed types that do not compare: fall back to their text
+    uniques = list(series.unique())
+    numeric = pd.to_numeric(pd.Series(uniques), errors="coerce")
+    if numeric.notna().all():  # numbers sort as numbers ("2" before "10"), and keep their CSV spelling
+        uniques = [u for _, u in sorted(zip(numeric.tolist(), uniques, strict=True))]
+    else:
+        uniques = sorted(str(u) for u in uniques)
         series = series.astype(str)
-        uniques = sorted(series.unique())
     ids = {value: i for i, value in enumerate(uniques)}
     codes = series.map(ids).to_numpy(dtype=np.int64)
     return codes, [str(value) for value in uniques]
@@ -102,12 +105,18 @@ def load_image_folder(
     label_column: str = "label",
     attribute_columns: list[str] | None = None,
     channels: int | None = None,
+    image_size: int | None = None,
 ) -> RawDataset:
     """Load every row of `root/csv`, in CSV order: images from its `filename` column, class from
     `label_column`.
 
     attribute_columns None means every column other than filename and the label. channels 1 or 3 forces
-    grayscale or RGB; None takes the first image's kind.
+    grayscale or RGB; None takes the first image's kind. `image_size` resizes each image as it is read
+    (memory is then bounded by the result, whatever the files' sizes).
+
+    Only an empty cell is a missing value: a class named `NA`, `None` or `null` is a name. Rows whose image
+    has the same content as an earlier row's (the same file listed twice, or a byte-identical copy) are
+    dropped when their labels agree (`duplicates_removed` counts them) and refused when they do not.
     """
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
@@ -121,7 +130,7 @@ def load_image_folder(
             f"CSV not found: {csv_path} (expected a table with columns filename, {label_column}, ...)"
         )
     try:
-        table = pd.read_csv(csv_path, dtype={"filename": str})
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"CSV {csv_path} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -140,6 +149,9 @@ def load_image_folder(
         row = int(np.flatnonzero(table["filename"].isna().to_numpy())[0])
         raise DataError(f"{csv_path}: column 'filename' has a missing value (data row {row + 1})")
     paths = [_resolve_inside(root, name, csv_path) for name in table["filename"]]
+    keep = _unique_rows(table, paths, [label_column, *attribute_columns], csv_path)
+    removed = len(table) - len(keep)
+    table, paths = table.iloc[keep].reset_index(drop=True), [paths[i] for i in keep]
 
     labels, class_names = _encode(table[label_column], label_column, csv_path)
     if len(class_names) < 2:
@@ -153,7 +165,7 @@ def load_image_folder(
         attributes[column], groups[column] = _encode(table[column], column, csv_path)
 
     mode = {1: "L", 3: "RGB"}[channels] if channels is not None else infer_mode(paths[0])
-    images = load_images(paths, mode)
+    images = load_images(paths, mode, image_size)
     return RawDataset(
         images=images,
         labels=labels,
@@ -161,4 +173,28 @@ def load_image_folder(
         attributes=attributes,
         attribute_groups=groups,
         source=f"image_folder:{root}",
+        duplicates_removed=removed,
     )
+
+
+def _unique_rows(table: pd.DataFrame, paths: list[Path], columns: list[str], csv_path: Path) -> list[int]:
+    """Row positions to keep: the first row of each image content; a later row with the same content must
+    carry the same labels (else DataError naming both rows and the differing column)."""
+    first: dict[str, int] = {}
+    keep = []
+    for i, path in enumerate(paths):
+        digest = file_md5(path) if path.is_file() else f"missing:{path}"
+        j = first.setdefault(digest, i)
+        if j == i:
+            keep.append(i)
+            continue
+        name, earlier = table["filename"].iloc[i], table["filename"].iloc[j]
+        for column in columns:
+            a, b = table[column].iloc[j], table[column].iloc[i]
+            if a != b:
+                same = "is listed" if paths[j] == path else f"has the same content as {earlier!r},"
+                raise DataError(
+                    f"{csv_path}: {name!r} (data row {i + 1}) {same} with {column}={b!r} where data row "
+                    f"{j + 1} says {column}={a!r}; one image needs one label"
+                )
+    return keep

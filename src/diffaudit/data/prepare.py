@@ -39,6 +39,7 @@ def load_raw(cfg: DataCfg) -> RawDataset:
             label_column=cfg.label_attribute or "label",
             attribute_columns=cfg.attributes,
             channels=cfg.channels,
+            image_size=cfg.image_size,
         )
     else:  # the schema forbids this; kept for direct library use
         raise DataError(f"unknown dataset {cfg.name!r}")

@@ -26,6 +26,8 @@ class RawDataset:
     source: str = ""
     # Attributes computed from the pixels (data/attributes.py), which the audit can measure exactly.
     derived_attributes: list[str] = field(default_factory=list)
+    # Rows dropped at load as repeats of an earlier row's image (same file content, same labels).
+    duplicates_removed: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -52,4 +54,5 @@ class RawDataset:
             attribute_groups={k: list(v) for k, v in self.attribute_groups.items()},
             source=self.source,
             derived_attributes=list(self.derived_attributes),
+            duplicates_removed=self.duplicates_removed,
         )

@@ -27,6 +27,7 @@ class DiffusionModule(L.LightningModule):
         channels: int,
         num_classes: int,
         config_hash: str = "",
+        weights_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -134,6 +135,9 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema"] = self.ema.state_dict()
         checkpoint["diffaudit_config_hash"] = self.hparams.config_hash
+        # Every setting that changes the weights (training/diffusion_training.py `weights_config`): an
+        # automatic resume continues only a run made with the same ones.
+        checkpoint["diffaudit_weights_config"] = self.hparams.weights_config or {}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.ema.load_state_dict(checkpoint["ema"])

@@ -29,4 +29,7 @@ class DataResult(ResultFile):
     image_size: int
     data_md5: str
     bias: BiasRun | None
+    # CSV rows dropped as repeats of an earlier row's image (identical file content and labels): a repeated
+    # image would otherwise land in train and test alike.
+    duplicates_removed: int = 0
     splits: dict[str, SplitCard]  # "train", "val", "test"

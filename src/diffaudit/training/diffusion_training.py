@@ -20,9 +20,42 @@ from diffaudit.models.unet import save_exported
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
 
+# Train keys that do not change the weights: how often to checkpoint and log, loader processes, and the
+# explicit resume itself. Every other train key, the seed and the trainer do.
+NOT_WEIGHT_KEYS = ("checkpoint_every_n_steps", "log_every_n_steps", "num_workers", "resume_from")
+
+
+def weights_config(cfg: Config) -> dict:
+    """The settings beyond the architecture that change the trained weights: an automatic resume continues a
+    checkpoint only when all of them are the same (a changed seed or lr trains afresh)."""
+    return {
+        "seed": cfg.seed,
+        "train": cfg.train.model_dump(exclude=set(NOT_WEIGHT_KEYS)),
+        "trainer": cfg.trainer.model_dump(),
+    }
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def weights_difference(found: dict, expected: dict) -> list[str]:
+    """`key: checkpoint value -> this run's value` for every weight-affecting setting that differs."""
+    a, b = _flat(found), _flat(expected)
+    return [
+        f"{k}: {a.get(k, 'unrecorded')} -> {b.get(k, 'unset')}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    ]
+
 
 def training_config_hash(cfg: Config, meta: DataMeta) -> str:
-    """What a checkpoint must share with the current run to be resumed (not seeds or step counts)."""
+    """The architecture a checkpoint must share with the current run to be loaded at all (a named
+    `train.resume_from`, to fine-tune with other settings); an automatic resume also needs the same
+    `weights_config`."""
     return config_hash(
         {
             "model": cfg.model.model_dump(exclude={"source", "path"}),  # the architecture
@@ -33,23 +66,38 @@ def training_config_hash(cfg: Config, meta: DataMeta) -> str:
     )
 
 
-def checkpoint_hash(path: str | Path) -> str | None:
+def _checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a checkpoint, or pickled code that weights_only refuses
         raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {err}") from err
-    return ckpt.get("diffaudit_config_hash") if isinstance(ckpt, dict) else None
+    return ckpt if isinstance(ckpt, dict) else {}
 
 
-def resume_path(ckpt_dir: Path, expected_hash: str, strict: bool = False) -> Path | None:
-    """last.ckpt if it was made by the same config. A mismatch is an error when `strict`, else the
-    stale checkpoints are cleared (they belong to another config) and training starts fresh."""
+def checkpoint_hash(path: str | Path) -> str | None:
+    return _checkpoint(path).get("diffaudit_config_hash")
+
+
+def resume_path(
+    ckpt_dir: Path, expected_hash: str, strict: bool = False, weights: dict | None = None
+) -> Path | None:
+    """last.ckpt if it was made by the same architecture and (given `weights`) the same weight-affecting
+    settings. An architecture mismatch is an error when `strict`; otherwise the stale checkpoints are
+    cleared (they belong to another config) and training starts fresh, saying why."""
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return None
-    found = checkpoint_hash(last)
+    ckpt = _checkpoint(last)
+    found = ckpt.get("diffaudit_config_hash")
     if found == expected_hash:
-        return last
+        changed = (
+            [] if weights is None else weights_difference(ckpt.get("diffaudit_weights_config", {}), weights)
+        )
+        if not changed:
+            return last
+        print(f"[train] {last} was trained with other settings ({'; '.join(changed)}): starting fresh")
+        shutil.rmtree(ckpt_dir)
+        return None
     if strict:
         raise CheckpointMismatchError(
             f"{last} was made by a different model/diffusion/data config (hash {found}, expected "
@@ -105,6 +153,9 @@ def build_trainer(
             save_top_k=0,
             every_n_train_steps=cfg.train.checkpoint_every_n_steps,
             auto_insert_metric_name=False,
+            # Overwrite last.ckpt even when the callback's state (its interval) changed since it was written:
+            # a versioned last-v1.ckpt beside a stale last.ckpt would make the next resume load the stale one.
+            enable_version_counter=False,
         ),
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -152,6 +203,7 @@ def build_module(cfg: Config, meta: DataMeta, config_hash: str) -> DiffusionModu
         channels=meta.channels,
         num_classes=meta.num_classes,
         config_hash=config_hash,
+        weights_config=weights_config(cfg),
     )
 
 
@@ -171,7 +223,7 @@ def train_diffusion(
     expected = training_config_hash(cfg, meta)
     # This config's own last checkpoint wins (a rerun after a crash continues where it stopped);
     # train.resume_from only seeds a run that has none yet.
-    resume = resume_path(ckpt_dir, expected)
+    resume = resume_path(ckpt_dir, expected, weights=weights_config(cfg))
     if resume is None and cfg.train.resume_from:
         resume = explicit_resume(cfg.train.resume_from, expected)
     module = build_module(cfg, meta, config_hash=expected)
