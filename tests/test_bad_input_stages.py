@@ -29,7 +29,9 @@ def _image_folder(root: Path, per_class: int = 12) -> Path:
     for label in ("cat", "dog"):
         for i in range(per_class):
             name = f"{label}{i}.png"
-            Image.new("L", (16, 16), 10 * i).save(root / name)
+            Image.new("L", (16, 16), 10 * i + (5 if label == "dog" else 0)).save(
+                root / name
+            )  # distinct images
             rows.append({"filename": name, "label": label, "sex": "fm"[i % 2]})
     pd.DataFrame(rows).to_csv(root / "attributes.csv", index=False)
     return root
