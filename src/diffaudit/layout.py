@@ -19,6 +19,7 @@ from diffaudit.results import (
     ExplainMetrics,
     FairnessResult,
     GatesResult,
+    HeadlineResult,
     PrivacyResult,
     QualityResult,
     ReleaseSummary,
@@ -66,6 +67,7 @@ class Layout:
     report_html: Path
     model_card: Path
     release: Path
+    headline: Path
     # folders the stages above write into
     metrics_dir: Path
     plots_dir: Path
@@ -103,6 +105,7 @@ class Layout:
             report_html=reports / "audit.html",
             model_card=reports / "MODEL_CARD.md",
             release=reports / ReleaseSummary.FILE,
+            headline=reports / HeadlineResult.FILE,
             metrics_dir=metrics,
             plots_dir=plots,
             reports_dir=reports,
@@ -127,5 +130,5 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "sampler_study": ("sampler_study", "sampler_study_plots"),
     "explain": ("explain_plots", "explain", "explain_emergence_csv", "explain_loss_csv"),
     "audit": ("audit_plots", "fairness", "privacy", "gates", "bias_amplification_csv"),
-    "report": ("report_html", "model_card", "release"),
+    "report": ("report_html", "model_card", "release", "headline"),
 }
