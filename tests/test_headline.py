@@ -5,7 +5,6 @@ have one, floors beside their values, null where a number does not apply or was 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -53,32 +52,17 @@ def test_the_headline_of_a_run(tmp_path: Path) -> None:
     data = head.dump()
     assert len(data) <= MAX_KEYS
     assert all(isinstance(v, (int, float, bool, str)) or v is None for v in data.values())
-    assert all(len(v) <= 20 for v in data.values() if isinstance(v, str))
+    # `dvc metrics show` prints one row, a column per key: short keys keep it within 200 columns
+    assert 21 + sum(4 + max(len(k), 8) for k in data) <= 200
     # the feature space in the keys, each value beside its floor
-    assert data["fid_evaluator"] == 2.0 and data["fid_evaluator_floor"] == 0.5
-    assert data["fid_evaluator_ratio"] == pytest.approx(4.0)
-    assert data["kid_evaluator"] == 0.01 and data["kid_evaluator_floor"] == 0.001
+    assert (data["fid_evaluator"], data["fid_evaluator_floor"]) == (2.0, 0.5)
     assert not any("inception" in k for k in data)
-    assert (data["precision"], data["precision_floor"], data["recall"], data["recall_floor"]) == (
-        0.8,
-        0.9,
-        0.7,
-        0.9,
-    )
     assert (data["cond_acc"], data["cond_acc_floor"]) == (0.9, 0.95)
-    assert data["cas"] is None and data["cas_floor"] is None  # eval.cas off in the helper's file
     # fairness: the gated headline figures; the worst-group gap was not measured (NaN): null
-    assert (data["fairness_disc"], data["bias_amp"], data["group_gap"]) == (0.071, 0.1, None)
-    assert (data["memorized"], data["memorized_floor"], data["near_copy"], data["near_copy_floor"]) == (
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-    )
+    assert (data["fair_disc"], data["bias_amp"], data["group_gap"]) == (0.071, 0.1, None)
+    assert (data["memorized"], data["near_copy"]) == (0.0, 0.0)
     assert data["mia_auc"] is None  # membership inference off
-    assert (data["gates_passed"], data["gates_failed"], data["promoted"]) == (False, 1, False)
-    assert (data["study_sampler"], data["study_nfe"]) == ("ddim", 10)
-    assert (data["class_commit"], data["explain_steps"]) == (1.0, 2)
+    assert (data["gates_failed"], data["promoted"]) == (1, False)
     # written and read back strictly, as flat JSON
     write_result(tmp_path / HeadlineResult.FILE, head)
     assert read_result(tmp_path / HeadlineResult.FILE, HeadlineResult) == head
@@ -87,10 +71,9 @@ def test_the_headline_of_a_run(tmp_path: Path) -> None:
 
 def test_an_unconditional_model_has_no_conditional_accuracy() -> None:
     na = {"conditional_accuracy": UNCONDITIONAL, "cas": UNCONDITIONAL}
-    head = HeadlineResult.of(
-        _results(conditional_accuracy=None, conditional_accuracy_ci=None, not_applicable=na), _summary()
-    )
-    assert head.cond_acc is None and head.cond_acc_floor is None and head.cas is None
+    results = _results(conditional_accuracy=None, conditional_accuracy_ci=None, not_applicable=na)
+    head = HeadlineResult.of(results, _summary())
+    assert head.cond_acc is None and head.cond_acc_floor is None
 
 
 def test_the_inception_space_names_its_keys() -> None:
@@ -99,25 +82,22 @@ def test_the_inception_space_names_its_keys() -> None:
     results = _results()
     results.quality = QualityResult.model_validate(inception | {"feature_space": "inception"})
     data = HeadlineResult.of(results, _summary(promoted=True)).dump()
-    assert data["fid_inception"] == 2.0 and data["fid_inception_ratio"] == pytest.approx(4.0)
+    assert (data["fid_inception"], data["fid_inception_floor"]) == (2.0, 0.5)
     assert not any("evaluator" in k for k in data) and data["promoted"] is True
-    assert len(data) <= MAX_KEYS
 
 
 def test_missing_stages_give_nulls_not_errors() -> None:
     data = HeadlineResult.of(RunResults(), _summary()).dump()
-    assert len(data) <= MAX_KEYS
     assert data["promoted"] is False
     assert all(v is None for k, v in data.items() if k != "promoted")
 
 
-def test_one_space_and_a_ratio_of_that_space() -> None:
+def test_keys_of_one_feature_space() -> None:
     good = HeadlineResult.of(_results(), _summary()).dump()
-    with pytest.raises(ResultFileError, match="field fid_inception_ratio: a ratio of another"):
-        parse_result(good | {"fid_inception_ratio": 1.0}, HeadlineResult, "headline.json")
     with pytest.raises(ResultFileError, match="field fid_inception: a key of the inception feature"):
         parse_result(good | {"fid_inception": 1.0}, HeadlineResult, "headline.json")
-    assert math.isclose(HeadlineResult.model_validate(good).fid_evaluator_ratio or 0, 4.0)
+    with pytest.raises(ResultFileError, match="field fid_evaluator_floor: Field required"):
+        parse_result({k: v for k, v in good.items() if k != "fid_evaluator_floor"}, HeadlineResult, "h")
 
 
 def test_dvc_declares_only_the_headline_as_metrics() -> None:
