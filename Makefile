@@ -24,7 +24,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# `dvc plots show`'s page (.dvc/config plots.html_template) with vega inlined from the npm registry, so
+# every plot renders offline; without npm, DVC's CDN page with a warning on it (pipelines/plots_template.py).
+PLOTS_TEMPLATE := .dvc/offline_plots.html
+$(PLOTS_TEMPLATE): pipelines/plots_template.py | $(STAMP)
+	$(PY) -m pipelines.plots_template --allow-cdn $@
+
+install: $(STAMP) $(PLOTS_TEMPLATE)
 
 # Compose conf/ (+ OVERRIDES) into params.yaml, validated against the schema.
 params: install
@@ -73,4 +79,4 @@ retrain: install
 	$(PY) -m pipelines.retrain $(RETRAIN_ARGS) $(OVERRIDES)
 
 clean:
-	rm -rf data/prepared models samples metrics plots reports
+	rm -rf data/prepared models samples metrics plots reports dvc_plots
