@@ -114,7 +114,10 @@ def fetch(name: str, version: str, expected: str, dest: Path) -> Path:
 def script(tgz: Path, member: str, header: str) -> str:
     """One inline <script> of a file in the tarball (npm puts a package under `package/`)."""
     with tarfile.open(tgz) as tar:
-        f = tar.extractfile(f"package/{member}")
+        try:
+            f = tar.extractfile(f"package/{member}")
+        except KeyError:
+            f = None
         if f is None:
             raise TemplateError(f"{tgz.name} has no package/{member}")
         js = f.read().decode("utf-8")
