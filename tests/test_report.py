@@ -140,6 +140,11 @@ def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:
     release = json.loads((run.root / "reports" / "release.json").read_text())
     client = MlflowClient()
     names = {a.path for a in client.list_artifacts(release["record"]["run_id"], "report")}
-    assert names == {"report/audit.html", "report/MODEL_CARD.md", "report/release.json"}
+    assert names == {
+        "report/audit.html",
+        "report/MODEL_CARD.md",
+        "report/release.json",
+        "report/headline.json",
+    }
     metrics = client.get_run(release["record"]["run_id"]).data.metrics
     assert metrics["release.promoted"] == 1.0
