@@ -14,8 +14,9 @@ SERVE_PORT ?= 5001
 SERVE_ALIAS ?= champion
 RETRAIN_ARGS ?=
 BENCH_ARGS ?=
+EXP_ARGS ?=
 
-.PHONY: install params repro audit test lint bench ui serve retrain clean
+.PHONY: install params repro audit test lint bench ui serve retrain exp clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
@@ -24,7 +25,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# `dvc plots show`'s page (.dvc/config plots.html_template) with vega inlined from the npm registry, so
+# every plot renders offline; without npm, DVC's CDN page with a warning on it (pipelines/plots_template.py).
+PLOTS_TEMPLATE := .dvc/offline_plots.html
+$(PLOTS_TEMPLATE): pipelines/plots_template.py | $(STAMP)
+	$(PY) -m pipelines.plots_template --allow-cdn $@
+
+install: $(STAMP) $(PLOTS_TEMPLATE)
 
 # Compose conf/ (+ OVERRIDES) into params.yaml, validated against the schema.
 params: install
@@ -72,5 +79,12 @@ retrain: install
 	@test -d .dvc || dvc init -q
 	$(PY) -m pipelines.retrain $(RETRAIN_ARGS) $(OVERRIDES)
 
+# The experiments table at 200 columns: every experiment's headline (reports/headline.json). Plain
+# `dvc exp show` has a column per param (about 130) and per dependency (about 65) besides.
+exp: install
+	@keys=$$(PYTHONPATH=src $(PY) -c \
+	  'from diffaudit.results.headline import HeadlineResult as H; print("|".join(H.model_fields))') && \
+	  dvc exp show --no-pager --drop '.*' --keep "^(Experiment|Created|$$keys)$$" $(EXP_ARGS)
+
 clean:
-	rm -rf data/prepared models samples metrics plots reports
+	rm -rf data/prepared models samples metrics plots reports dvc_plots

@@ -1,5 +1,6 @@
 """Stage report (last): register the model (alias `candidate`; `champion` when the release rule allows),
-then write reports/audit.html, reports/MODEL_CARD.md and reports/release.json, all logged to MLflow.
+then write reports/audit.html, reports/MODEL_CARD.md, reports/release.json and reports/headline.json
+(the one DVC metrics file), all logged to MLflow.
 
 The registry comes first so the report can state the decision it documents.
 """
@@ -22,7 +23,7 @@ from diffaudit.release.promote import register_and_decide
 from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card, render_model_card_appendix
-from diffaudit.results import ReleaseRecord, ReleaseSummary, metric_value, write_result
+from diffaudit.results import HeadlineResult, ReleaseRecord, ReleaseSummary, metric_value, write_result
 from diffaudit.results.files import not_applicable_metrics
 from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
@@ -133,6 +134,7 @@ def main(cfg: Config) -> None:
             **({"record": record} if record else {}),
         )
         write_result(layout.release, summary)
+        write_result(layout.headline, HeadlineResult.of(content.results, summary))  # DVC's metrics file
         tags = (
             {
                 "release.decision": "champion" if record.promoted else "refused",
@@ -145,7 +147,13 @@ def main(cfg: Config) -> None:
             metrics={"promoted": float(summary.promoted), "gates_passed": float(gates_passed)}
             | {k: v for k, v in candidate.items() if v is not None},
             prefix="release.",
-            files=[layout.report_html, layout.model_card, layout.model_card_appendix, layout.release],
+            files=[
+                layout.report_html,
+                layout.model_card,
+                layout.model_card_appendix,
+                layout.release,
+                layout.headline,
+            ],
             artifact_path="report",
             tags=tags,
         )

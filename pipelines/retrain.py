@@ -27,6 +27,7 @@ from diffaudit.release.promote import revoke
 from diffaudit.report.html import mark_revoked
 from diffaudit.results import (
     GatesResult,
+    HeadlineResult,
     ReleaseSummary,
     load_results,
     metric_value,
@@ -54,11 +55,13 @@ def run_pipeline(params: str, overrides: list[str], dvc_args: list[str]) -> int:
     return rc
 
 
-def baseline_metrics(rev: str, release: ReleaseCfg) -> dict[str, float | None] | None:
-    """The configured metrics at git revision `rev`, from `dvc metrics diff <rev> --json` (None when
-    DVC cannot tell, e.g. no cache or remote holds that revision's metrics)."""
+def baseline_metrics(rev: str, release: ReleaseCfg, metrics_dir: Path) -> dict[str, float | None] | None:
+    """The configured metrics at git revision `rev`, from `dvc metrics diff <rev> --json` over the files
+    they name (None when DVC cannot tell, e.g. no cache or remote holds that revision's files). Those
+    files are plain outputs, not DVC's metrics (reports/headline.json is): they are named as targets."""
+    files = sorted({str(metrics_dir / f"{c.metric.partition('.')[0]}.json") for c in release.compare})
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "metrics", "diff", rev, "--json", "--all"],
+        [sys.executable, "-m", "dvc", "metrics", "diff", rev, "--json", "--all", "--targets", *files],
         capture_output=True,
         text=True,
     )
@@ -104,7 +107,7 @@ def judge(cfg: Config, pid: str | None, baseline_rev: str | None) -> tuple[bool,
     lines.append(head)
     lines += [f"  - {r}" for r in (record.reasons if record else [])]
     if baseline_rev:
-        old = baseline_metrics(baseline_rev, release)
+        old = baseline_metrics(baseline_rev, release, Layout.of(cfg).metrics_dir)
         if old is None:
             lines.append(f"  - baseline {baseline_rev}: metrics unavailable, not compared")
         else:
@@ -138,6 +141,10 @@ def _revoke(cfg: Config, summary: ReleaseSummary, reasons: list[str]) -> None:
     summary.promoted, summary.revoked = False, reasons
     layout = Layout.of(cfg)
     write_result(layout.release, summary)
+    if layout.headline.is_file():  # DVC's metrics say the same
+        headline = read_result(layout.headline, HeadlineResult)
+        headline.promoted = False
+        write_result(layout.headline, headline)
     html, card = layout.report_html, layout.model_card
     if html.is_file():
         write_text(html, mark_revoked(html.read_text(), reasons))

@@ -4,6 +4,7 @@ outputs, metrics, MLflow runs, and DVC's cache (a sampler change reruns only wha
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.end_to_end import copy_repo
+from diffaudit.results.headline import MAX_KEYS, HeadlineResult
+from tests.helpers.dvc_views import CHROMIUM, COLUMNS, dvc, install_template, render_offline, widest
 
 pytestmark = pytest.mark.slow
+ARTIFACTS = Path(
+    os.environ.get("DIFFAUDIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")
+)
 
 
 def _sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -61,7 +67,7 @@ def test_dvc_repro_runs_every_stage_and_tracks_it(repo) -> None:
     assert "## Model details" in (path / "reports" / "MODEL_CARD.md").read_text()
     release = json.loads((path / "reports" / "release.json").read_text())
     shown = json.loads(_sh(["dvc", "metrics", "show", "--json"], path, env).stdout)
-    assert "metrics/quality.json" in json.dumps(shown)
+    assert "reports/headline.json" in json.dumps(shown) and "metrics/quality.json" not in json.dumps(shown)
 
     client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("diffaudit")
@@ -95,6 +101,40 @@ def test_a_second_make_repro_runs_no_stage(repo) -> None:
     assert "Running stage" not in out, out[-3000:]
 
 
+def test_dvc_views_fit_200_columns_and_every_plot_draws_offline(repo) -> None:
+    """What a reviewer runs after `make repro`: `dvc metrics show` and the headline experiments table
+    (`make exp`) fit 200 columns, and every plot of `dvc plots show` draws in Chromium with every network
+    request refused (the page inlines vega: .dvc/config plots.html_template)."""
+    path, env = repo
+    shown = dvc(["metrics", "show"], path, env)
+    assert widest(shown) <= COLUMNS, shown
+    files = json.loads(dvc(["metrics", "show", "--json"], path, env))
+    headline = next(iter(files.values()))["data"]
+    assert list(headline) == ["reports/headline.json"]
+    assert 0 < len(headline["reports/headline.json"]["data"]) <= MAX_KEYS
+    keys = "|".join(HeadlineResult.model_fields)  # the Makefile's `exp` target
+    table = dvc(
+        ["exp", "show", "--no-pager", "--drop", ".*", "--keep", f"^(Experiment|Created|{keys})$"], path, env
+    )
+    assert widest(table) <= COLUMNS and "fid_evaluator_floor" in table and "…" not in table, table
+
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: CI must install Debian's chromium (.ci/run does)")
+        pytest.skip(f"{CHROMIUM} not installed")
+    install_template(path)
+    plots = json.loads(dvc(["plots", "show", "--json"], path, env))["data"]
+    dvc(["plots", "show"], path, env)
+    drew = render_offline(path / "dvc_plots" / "index.html", ARTIFACTS / "dvc_plots.png")
+    assert drew["refused"] == [] and drew["errors"] == [], drew
+    assert len(drew["plots"]) == len(plots) >= 9, drew
+    assert len(drew["drawn"]) == len(drew["vega_divs"]) == len(plots) - len(drew["images"]), drew
+    assert all(ink > 500 for ink in drew["drawn"]) and all(drew["images"]), drew
+    # the run as the baseline of the next test's `dvc metrics diff` (headline.json is in DVC's cache)
+    _sh(["git", "add", "-A"], path, env)
+    _sh(["git", "commit", "-qm", "run 1"], path, env)
+
+
 def test_changing_the_sampler_reruns_only_sample_and_downstream(repo) -> None:
     path, env = repo
     _sh([sys.executable, "-m", "pipelines.compose", "sampler.steps=3"], path, env)
@@ -103,6 +143,16 @@ def test_changing_the_sampler_reruns_only_sample_and_downstream(repo) -> None:
         assert f"Running stage '{stage}'" not in out
     assert "Running stage 'sample'" in out and "Running stage 'evaluate'" in out
     assert yaml.safe_load((path / "params.yaml").read_text())["sampler"]["steps"] == 3
+
+
+def test_dvc_metrics_diff_is_a_short_table(repo) -> None:
+    path, env = repo
+    diff = dvc(["metrics", "diff", "--all"], path, env)  # HEAD (run 1) against the sampler change
+    rows = diff.splitlines()[1:]
+    assert 0 < len(rows) <= MAX_KEYS and widest(diff) <= COLUMNS, diff
+    assert all(r.startswith("reports/headline.json") for r in rows), diff
+    changed = json.loads(dvc(["metrics", "diff", "--json"], path, env))["reports/headline.json"]
+    assert "fid_evaluator" in changed and changed["fid_evaluator"]["old"] != changed["fid_evaluator"]["new"]
 
 
 def test_dvc_exp_run_with_hydra_override(repo) -> None:

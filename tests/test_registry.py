@@ -191,7 +191,7 @@ def test_retrain_revokes_a_promotion_that_regressed_against_the_baseline(
 
     mine = _private_copy(run, tmp_path / "copy")
     better_main = {"quality.conditional_accuracy": 0.99, "quality.fid_evaluator": 1.0}
-    monkeypatch.setattr(retrain, "baseline_metrics", lambda rev, release: better_main)
+    monkeypatch.setattr(retrain, "baseline_metrics", lambda rev, release, metrics_dir: better_main)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert retrain.main(["--check", "--params", str(mine.params), "--baseline-rev", "main"]) == 1
     out = capsys.readouterr().out
@@ -200,6 +200,7 @@ def test_retrain_revokes_a_promotion_that_regressed_against_the_baseline(
     assert alias_version(mine.cfg.tracking.registered_model_name, CHAMPION) is None
     release = json.loads((mine.root / "reports" / "release.json").read_text())
     assert not release["promoted"] and release["revoked"]
+    assert json.loads((mine.root / "reports" / "headline.json").read_text())["promoted"] is False
     assert "REVOKED" in (mine.root / "reports" / "audit.html").read_text()
     assert "Release revoked" in (mine.root / "reports" / "MODEL_CARD.md").read_text()
 
@@ -212,7 +213,10 @@ def test_retrain_accepts_a_run_within_tolerance_of_the_baseline(
     monkeypatch.setattr(
         retrain,
         "baseline_metrics",
-        lambda rev, release: {"quality.conditional_accuracy": 0.91, "quality.fid_evaluator": 1.9},
+        lambda rev, release, metrics_dir: {
+            "quality.conditional_accuracy": 0.91,
+            "quality.fid_evaluator": 1.9,
+        },
     )
     assert retrain.main(["--check", "--params", str(run.params), "--baseline-rev", "main"]) == 0
     assert "within tolerance" in capsys.readouterr().out

@@ -160,6 +160,7 @@ def test_report_and_card_are_logged_to_mlflow(run: ReleaseRun) -> None:
         "report/MODEL_CARD.md",
         "report/MODEL_CARD_APPENDIX.md",
         "report/release.json",
+        "report/headline.json",
     }
     metrics = client.get_run(release["record"]["run_id"]).data.metrics
     assert metrics["release.promoted"] == 1.0

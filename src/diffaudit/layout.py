@@ -19,6 +19,7 @@ from diffaudit.results import (
     ExplainMetrics,
     FairnessResult,
     GatesResult,
+    HeadlineResult,
     PrivacyResult,
     QualityResult,
     ReleaseSummary,
@@ -67,6 +68,7 @@ class Layout:
     model_card: Path
     model_card_appendix: Path  # the card's long tables, linked from it
     release: Path
+    headline: Path
     # folders the stages above write into
     metrics_dir: Path
     plots_dir: Path
@@ -105,6 +107,7 @@ class Layout:
             model_card=reports / "MODEL_CARD.md",
             model_card_appendix=reports / "MODEL_CARD_APPENDIX.md",
             release=reports / ReleaseSummary.FILE,
+            headline=reports / HeadlineResult.FILE,
             metrics_dir=metrics,
             plots_dir=plots,
             reports_dir=reports,
@@ -129,5 +132,5 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "sampler_study": ("sampler_study", "sampler_study_plots"),
     "explain": ("explain_plots", "explain", "explain_emergence_csv", "explain_loss_csv"),
     "audit": ("audit_plots", "fairness", "privacy", "gates", "bias_amplification_csv"),
-    "report": ("report_html", "model_card", "model_card_appendix", "release"),
+    "report": ("report_html", "model_card", "model_card_appendix", "release", "headline"),
 }

@@ -17,6 +17,7 @@ from diffaudit.results.files import (
     metric_value,
 )
 from diffaudit.results.gates import GateEntry, GatesResult
+from diffaudit.results.headline import HeadlineResult
 from diffaudit.results.intervals import CI, Estimate, Interval
 from diffaudit.results.privacy import PrivacyResult
 from diffaudit.results.quality import QualityResult, space_key, space_keys, space_of
@@ -35,6 +36,7 @@ __all__ = [
     "FairnessResult",
     "GateEntry",
     "GatesResult",
+    "HeadlineResult",
     "Interval",
     "PrivacyResult",
     "QualityResult",
