@@ -16,7 +16,7 @@ RETRAIN_ARGS ?=
 BENCH_ARGS ?=
 EXP_ARGS ?=
 
-.PHONY: install params repro audit test lint bench ui serve retrain exp clean
+.PHONY: install params repro locked-repro audit test lint bench ui serve retrain exp clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
@@ -37,8 +37,18 @@ install: $(STAMP) $(PLOTS_TEMPLATE)
 params: install
 	$(PY) -m pipelines.compose $(OVERRIDES)
 
+# One pipeline run at a time in a folder: a second `make repro`/`audit`/`retrain` would rewrite params.yaml
+# under the first (DVC's own lock comes too late). The lock is taken before anything is composed; the
+# second run is refused with exit 1 and changes nothing.
+RUN_LOCK := .diffaudit-run.lock
+LOCKED = flock --nonblock --conflict-exit-code 75 $(RUN_LOCK)
+REFUSED = if [ $$rc -eq 75 ]; then echo "make $@: another pipeline run holds $(RUN_LOCK) in this folder; nothing was changed (wait for it, or run in another clone)" >&2; exit 1; fi; exit $$rc
+
 # The whole pipeline; DVC reruns only the stages whose deps or params changed.
-repro: params
+repro: install
+	@$(LOCKED) $(MAKE) --no-print-directory locked-repro; rc=$$?; $(REFUSED)
+
+locked-repro: params
 	@test -d .dvc || dvc init -q
 	DIFFAUDIT_PIPELINE_ID=$${DIFFAUDIT_PIPELINE_ID:-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$} bash -c '\
 	  dvc repro $(DVC_ARGS); rc=$$?; $(PY) -m pipelines.pipeline_run finish $$rc; exit $$rc'
@@ -47,7 +57,8 @@ repro: params
 # scheduler/): every stage, the train stage importing the folder instead of training. DVC hashes it.
 audit: install
 	@test -n "$(MODEL)" || { echo "make audit: set MODEL=<a diffusers model folder>" >&2; exit 1; }
-	$(MAKE) --no-print-directory repro OVERRIDES='model.source=pretrained model.path=$(abspath $(MODEL)) $(OVERRIDES)'
+	@$(LOCKED) $(MAKE) --no-print-directory locked-repro \
+	  OVERRIDES='model.source=pretrained model.path=$(abspath $(MODEL)) $(OVERRIDES)'; rc=$$?; $(REFUSED)
 
 # Every test, slow ones included. pytest's exit code 5 (no test collected) is a failure here.
 test: install
@@ -67,17 +78,17 @@ bench: install
 
 # The MLflow dashboard over the project's store, on loopback only unless UI_HOST says otherwise.
 ui: install
-	$(VENV)/bin/mlflow server --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	exec $(VENV)/bin/mlflow server --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  --host $(UI_HOST) --port $(UI_PORT)
 
 # Serve a registry alias (default: the champion) with `mlflow models serve` on loopback.
 serve: install
-	$(PY) -m pipelines.serve --alias $(SERVE_ALIAS) --host $(SERVE_HOST) --port $(SERVE_PORT)
+	exec $(PY) -m pipelines.serve --alias $(SERVE_ALIAS) --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 # The release loop: compose, dvc repro, promote or refuse against the champion, say why (exit 1 = refused).
 retrain: install
 	@test -d .dvc || dvc init -q
-	$(PY) -m pipelines.retrain $(RETRAIN_ARGS) $(OVERRIDES)
+	@$(LOCKED) $(PY) -m pipelines.retrain $(RETRAIN_ARGS) $(OVERRIDES); rc=$$?; $(REFUSED)
 
 # The experiments table at 200 columns: every experiment's headline (reports/headline.json). Plain
 # `dvc exp show` has a column per param (about 130) and per dependency (about 65) besides.
