@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -17,6 +17,8 @@ from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.lit_module import DiffusionModule
 from diffaudit.errors import CheckpointMismatchError
 from diffaudit.models.unet import save_exported
+from diffaudit.training.console import quiet_lightning
+from diffaudit.training.progress import StepProgressBar
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
 
@@ -116,7 +118,7 @@ def build_trainer(
         ),
     ] + list(extra_callbacks or [])
     if progress:  # tqdm rather than rich: it also prints progress into DVC's and CI's logs
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every_n_steps)))
+        callbacks.append(StepProgressBar(refresh_rate=max(1, cfg.train.log_every_n_steps)))
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=t.accelerator,
@@ -176,10 +178,11 @@ def train_diffusion(
         resume = explicit_resume(cfg.train.resume_from, expected)
     module = build_module(cfg, meta, config_hash=expected)
     train_dl, val_dl = make_loaders(train, val, cfg)
-    trainer = build_trainer(cfg, ckpt_dir, logger, progress, extra_callbacks)
-    if resume is not None and trainer.is_global_zero:
-        print(f"[train] resuming from {resume}")
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
+    with quiet_lightning():  # only the messages a user cannot act on (training/console.py)
+        trainer = build_trainer(cfg, ckpt_dir, logger, progress, extra_callbacks)
+        if resume is not None and trainer.is_global_zero:
+            print(f"[train] resuming from {resume}")
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
     return module, trainer
 
 
