@@ -19,7 +19,7 @@ from diffaudit.errors import ResultFileError
 from diffaudit.layout import Layout
 from diffaudit.results import ReleaseSummary, RunResults, load_results, read_result
 from diffaudit.tracking.links import artifact_url, run_url, ui_base
-from diffaudit.tracking.mlflow_tracking import PIPELINE_TAG, STAGE_TAG, setup, tracking_uri
+from diffaudit.tracking.mlflow_tracking import PIPELINE_TAG, STAGE_TAG, parent_name, setup, tracking_uri
 from diffaudit.tracking.summary import Verdict, verdict
 
 REPORT_ARTIFACT = "audit.html"  # the report, at the top of the parent run's artifacts
@@ -92,6 +92,8 @@ def finish(returncode: int) -> None:
         client.log_batch(run_id, metrics=[Metric(k, val, now, 0) for k, val in sorted(v.metrics.items())])
     for k, val in (v.tags | {"dvc_repro_exit_code": str(returncode)}).items():
         client.set_tag(run_id, k, val)
+    # The runs table shows names, not tags, until a reviewer picks columns: the verdict opens the name.
+    client.update_run(run_id, name=f"{v.short} · {parent_name(pid)}")
     client.set_terminated(run_id, "FINISHED" if returncode == 0 else "FAILED")
     for line in where_to_look(cfg, v, run_url(base, experiment_id, run_id)):
         print(line)

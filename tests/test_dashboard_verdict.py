@@ -109,11 +109,17 @@ def _chromium_or_skip() -> str:
 
 @pytest.mark.slow
 def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_path) -> None:
+    """Through the links diffaudit prints and writes (the end of `make repro`, the descriptions): the
+    experiment on its runs table, the parent run named with its verdict, its description and metrics."""
     from playwright.sync_api import expect, sync_playwright
+
+    from diffaudit.tracking.links import experiment_url, run_url
 
     executable = _chromium_or_skip()
     _, experiment_id, stages = _runs(run)
     parent = stages["pipeline"]
+    name = run.cfg.tracking.registered_model_name
+    assert parent.info.run_name == f"RELEASED v1 · pipeline-{PIPELINE_ID}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", run.tracking_uri]
@@ -125,19 +131,20 @@ def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_
         browser = p.chromium.launch(executable_path=executable, args=["--headless", "--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="networkidle")
-            # The runs table, not the traces page: the parent run is listed by name.
-            expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=60_000)
-            assert "/traces" not in urllib.parse.urlparse(page.url).fragment
-            assert page.get_by_text("No traces").count() == 0
+            page.goto(experiment_url(base, experiment_id), wait_until="domcontentloaded")
+            # The runs table, not the traces overview: the parent run is listed by its name, verdict in it.
+            expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=90_000)
+            fragment = urllib.parse.urlparse(page.url).fragment
+            assert fragment.startswith(f"/experiments/{experiment_id}/runs"), page.url
+            assert page.get_by_text("No data available for the selected time range").count() == 0
             page.screenshot(path=str(ARTIFACTS / "dashboard_runs.png"))
 
-            page.goto(
-                f"{base}/#/experiments/{experiment_id}/runs/{parent.info.run_id}", wait_until="networkidle"
+            page.goto(run_url(base, experiment_id, parent.info.run_id), wait_until="domcontentloaded")
+            expect(page.get_by_text(f"RELEASED: {name} v1 is the champion.").first).to_be_visible(
+                timeout=90_000
             )
-            name = run.cfg.tracking.registered_model_name
-            expect(page.get_by_text(f"RELEASED: {name} v", exact=False).first).to_be_visible(timeout=60_000)
             expect(page.get_by_text("fid_evaluator_over_floor").first).to_be_visible()
+            expect(page.get_by_text("release.decision").first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "dashboard_parent_run.png"), full_page=True)
         finally:
             browser.close()

@@ -30,10 +30,17 @@ from diffaudit.utils.lineage import git_commit, path_md5
 
 PIPELINE_TAG = "diffaudit.pipeline_id"
 STAGE_TAG = "diffaudit.stage"
-# MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment says what kind it is
-# (the `mlflow.experimentKind` tag its JS reads; "custom_model_development": the training runs table).
+# MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment says what kind it is:
+# the `mlflow.experimentKind` tag its JS reads ("custom_model_development": the training runs table).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17 ignores that tag: its "GenAI | Model training" switch (top left, remembered by the browser;
+# `?workflowType=machine_learning` in a link sets it) decides. The description says so.
+EXPERIMENT_NOTE = (
+    "diffaudit model training: one run per pipeline execution (`pipeline-...`, its description is the "
+    "release verdict, its tag `release.decision`), one nested run per stage. Choose **Model training** "
+    "(top left) to open it on its runs rather than the GenAI traces overview."
+)
 
 
 def is_global_zero() -> bool:
@@ -91,11 +98,20 @@ def setup(cfg: Config) -> str:
             root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
             mlflow.create_experiment(name, artifact_location=root.as_uri())
         experiment = mlflow.set_experiment(name)
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        _describe_experiment(experiment)
         return experiment.experiment_id
     except Exception as err:  # MLflow raises many types for a bad store
         raise TrackingError(f"cannot use MLflow store {redact_uri(uri)}: {err}") from None
+
+
+def _describe_experiment(experiment: Any) -> None:
+    """The experiment says it is model training, and (its description, shown in the experiment list) where
+    the verdict is; a description someone wrote is kept."""
+    client = MlflowClient()
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not experiment.tags.get("mlflow.note.content"):
+        client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_NOTE)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -123,6 +139,11 @@ def pipeline_id(cfg: Config) -> str:
     return f"{git_commit()[:12]}-{digest}"
 
 
+def parent_name(pid: str) -> str:
+    """The parent run's name (pipelines/pipeline_run.py puts the verdict before it when the pipeline ends)."""
+    return f"pipeline-{pid[:24]}"
+
+
 def find_or_create_parent(experiment_id: str, pid: str, cfg: Config | None = None) -> str:
     """The parent run of pipeline execution `pid`, created (and left FINISHED) on first use."""
     client = MlflowClient()
@@ -135,7 +156,7 @@ def find_or_create_parent(experiment_id: str, pid: str, cfg: Config | None = Non
         return found[0].info.run_id
     run = client.create_run(
         experiment_id,
-        run_name=f"pipeline-{pid[:24]}",
+        run_name=parent_name(pid),
         tags={PIPELINE_TAG: pid, STAGE_TAG: "pipeline", "git_commit": git_commit()},
     )
     if cfg is not None:

@@ -107,6 +107,8 @@ class Verdict:
     description: str  # one paragraph (markdown), the parent run's description
     metrics: dict[str, float] = field(default_factory=dict)
 
+    short: str = ""  # the verdict in a few words, for the run's name ("RELEASED v3", "FAILED")
+
     @property
     def tags(self) -> dict[str, str]:
         return {DECISION_TAG: self.decision, NOTE_TAG: self.description}
@@ -172,7 +174,8 @@ def verdict(
             "Its stage runs show how far it got; result files left by an earlier run are not reported "
             "as this one's."
         )
-        return Verdict(FAILED if returncode != 0 else NOT_REGISTERED, line, description)
+        decision = FAILED if returncode != 0 else NOT_REGISTERED
+        return Verdict(decision, line, description, short=decision.upper())
     record = release.record
     decision = decision_of(release)
     metrics = headline_metrics(results) | {"promoted": float(release.promoted and not release.revoked)}
@@ -189,7 +192,7 @@ def verdict(
         model = "the model"
         head = "**NOT REGISTERED: no release decision** (release.register_model is off, or no run)."
         reasons = []
-    because = f" Why: {'; '.join(reasons)}." if reasons else ""
+    because = f" The release rule: {'; '.join(reasons)}." if reasons else ""
     link = f" The audit report: [{report_path or 'audit.html'}]({report_url})" if report_url else ""
     attached = " (attached to this run as `audit.html`)." if report_url else ""
     description = (
@@ -199,8 +202,14 @@ def verdict(
         + attached
     )
     word = {CHAMPION: "RELEASED", REFUSED: "REFUSED", REVOKED: "REVOKED", NOT_REGISTERED: "NOT REGISTERED"}
-    first = reasons[0] if reasons else gates_sentence(results.gates)
-    line = f"{word[decision]}: {model}" + (
-        f" is champion ({first})" if decision == CHAMPION else f" ({first})"
-    )
-    return Verdict(decision, line, description, metrics)
+    gates = results.gates
+    if decision == CHAMPION or not (gates and gates.failed):
+        why = reasons[0] if reasons else gates_sentence(gates)
+        more = len(reasons) - 1
+    else:  # the failed gates by name, then how many other reasons (a regression, a revocation)
+        why = f"gates failed: {', '.join(gates.failed)}"
+        more = len([r for r in reasons if not r.startswith("gate ")])
+    why += f"; {more} more reason{'s' * (more > 1)} in the report" if more > 0 else ""
+    line = f"{word[decision]}: {model}" + (f" is champion ({why})" if decision == CHAMPION else f" ({why})")
+    version = f" v{record.candidate_version}" if record is not None else ""
+    return Verdict(decision, line, description, metrics, short=f"{word[decision]}{version}")

@@ -7,7 +7,9 @@ all warnings):
 - torch's FutureWarning that `isinstance(treespec, LeafSpec)` is deprecated: raised inside Lightning's
   own pytree helper, fixed by a Lightning release, not by us.
 - Lightning's hardware inventory ("GPU available: False, used: False", TPU, HPU) and its advertising
-  ("💡 Tip: ... litlogger"): the hardware used is the config's `trainer.*`, logged as params.
+  ("💡 Tip: ... litlogger"): the hardware used is the config's `trainer.*`, logged as params; and
+  "`Trainer.fit` stopped: `max_steps=N` reached", glued to the bar's last frame: the bar and the train
+  stage's own "[train] N steps" line say it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 LOGGING_INTERVAL = r"The number of training batches \(\d+\) is smaller than the logging interval"
 LEAFSPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-_NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:")
+_NOISE = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",
+    "`Trainer.fit` stopped: `max_steps=",
+)
 _LIGHTNING_INFO = "lightning.pytorch.utilities.rank_zero"  # where rank_zero_info logs
 
 
