@@ -100,3 +100,22 @@ def test_links_come_from_the_setting_or_the_tracking_server(uri: str) -> None:
     assert ui_base(uri, "https://mlflow.team.example/") == "https://mlflow.team.example"
     expected = MAKE_UI if uri.startswith("sqlite") else "https://mlflow.example"
     assert ui_base(uri) == expected
+
+
+def test_the_report_stage_and_the_end_of_repro_say_what_matters(tmp_path, capfd) -> None:
+    """The report stage logs and registers the model without MLflow's input-example warning or its
+    "Downloading artifacts" bar; the pipeline's last lines are the verdict, the report and `make ui`."""
+    from tests.helpers.release import build_release_run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = build_release_run(tmp_path)
+    out, err = capfd.readouterr()
+    assert "Downloading artifacts" not in out + err
+    assert not [str(w.message) for w in caught if "input example" in str(w.message).lower()]
+    last = out.strip().splitlines()[-3:]
+    name = run.cfg.tracking.registered_model_name
+    assert last[0].startswith(f"[pipeline] RELEASED: {name} v1 is champion (all 2 applicable gates pass")
+    assert last[1] == f"[pipeline] report: {run.root / 'reports' / 'audit.html'} (open it in a browser)"
+    assert last[2].startswith("[pipeline] dashboard: make ui; this run: http")
+    assert last[2].endswith("?workflowType=machine_learning")

@@ -227,6 +227,7 @@ SETTING_KEYS = frozenset(
         "n_generated",
         "n_train",
         "n_test",
+        "n_members",
         "num_images",
         "num_per_class",
     }

@@ -5,6 +5,7 @@ The release rule that uses them lives above, in diffaudit.release.
 
 from __future__ import annotations
 
+import os
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -80,7 +81,17 @@ def log_model(cfg: Config, model_dir: str | Path, class_names: list[str], releas
         # MLflow asks for an input example to check the signature by: the signature here is explicit
         # (pyfunc_model.signature), and an example would make MLflow run a sampling pass to validate it.
         warnings.filterwarnings("ignore", message=r".*An input example was not provided when logging")
-        return _log_pyfunc(cfg, model_dir, class_names, folder, conditioning, steps)
+        # MLflow copies the model folder into the logged model through its artifact downloader, which draws
+        # a "Downloading artifacts" bar for a local copy of three files: not drawn.
+        before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            return _log_pyfunc(cfg, model_dir, class_names, folder, conditioning, steps)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def _log_pyfunc(
