@@ -148,3 +148,22 @@ def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_
             page.screenshot(path=str(ARTIFACTS / "dashboard_parent_run.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_a_revoked_release_is_revoked_on_the_dashboard_too(tmp_path) -> None:
+    """`make retrain --baseline-rev` revokes a promotion after the pipeline closed: the version, the report
+    run and the parent run all say so."""
+    from diffaudit.release.promote import revoke
+    from tests.helpers.release import build_release_run
+
+    own = build_release_run(tmp_path)
+    name = own.cfg.tracking.registered_model_name
+    revoke(name, "1", None, "fid regressed against main")
+    client, _, stages = _runs(own)
+    parent = stages["pipeline"]
+    assert parent.data.tags["release.decision"] == "revoked"
+    assert parent.info.run_name == f"REVOKED · pipeline-{PIPELINE_ID}"
+    assert parent.data.tags["mlflow.note.content"].startswith("**REVOKED** by a later check: fid regressed")
+    assert parent.data.metrics["promoted"] == 0.0
+    assert stages["report"].data.tags["release.decision"] == "revoked"
+    assert client.get_model_version(name, "1").description.startswith("**Revoked**")
