@@ -46,6 +46,7 @@ def test_experiment_says_it_is_model_training(run: ReleaseRun) -> None:
     client = MlflowClient(run.tracking_uri)
     exp = client.get_experiment_by_name(run.cfg.tracking.experiment_name)
     assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert exp.tags["mlflow.note.content"].startswith("Choose Model training (top left)")
 
 
 def test_parent_run_carries_the_verdict(run: ReleaseRun) -> None:
@@ -138,6 +139,14 @@ def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_
             assert fragment.startswith(f"/experiments/{experiment_id}/runs"), page.url
             assert page.get_by_text("No data available for the selected time range").count() == 0
             page.screenshot(path=str(ARTIFACTS / "dashboard_runs.png"))
+            # The experiment's plain address (what `make ui` -> Experiments gives) opens as GenAI until the
+            # switch says Model training, as the experiment's description tells; then the browser keeps it.
+            page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="domcontentloaded")
+            page.get_by_text("Model training", exact=True).first.click(timeout=90_000)
+            expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=90_000)
+            page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="domcontentloaded")
+            page.reload(wait_until="domcontentloaded")
+            expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=90_000)
 
             page.goto(run_url(base, experiment_id, parent.info.run_id), wait_until="domcontentloaded")
             expect(page.get_by_text(f"RELEASED: {name} v1 is the champion.").first).to_be_visible(

@@ -2,8 +2,9 @@
 rule as the report's links (pipelines/report.py `ui_base`).
 
 MLflow 3.17's UI opens every experiment as GenAI (its traces overview) unless the browser's
-"GenAI | Model training" switch says otherwise; the switch follows `?workflowType=machine_learning` in
-the URL and remembers it. Every link here carries it, so it opens on the training runs.
+"GenAI | Model training" switch says otherwise (a click on it is remembered by the browser); a link
+with `?workflowType=machine_learning` opens as Model training. Every link here carries it, so it opens
+on the training runs.
 """
 
 from __future__ import annotations

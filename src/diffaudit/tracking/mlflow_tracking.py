@@ -34,12 +34,13 @@ STAGE_TAG = "diffaudit.stage"
 # the `mlflow.experimentKind` tag its JS reads ("custom_model_development": the training runs table).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-# MLflow 3.17 ignores that tag: its "GenAI | Model training" switch (top left, remembered by the browser;
-# `?workflowType=machine_learning` in a link sets it) decides. The description says so.
+# MLflow 3.17 ignores that tag: its "GenAI | Model training" switch (top left; a click is remembered by
+# the browser, `?workflowType=machine_learning` in a link opens that link so) decides. The description
+# says so.
 EXPERIMENT_NOTE = (
-    "diffaudit model training: one run per pipeline execution (`pipeline-...`, its description is the "
-    "release verdict, its tag `release.decision`), one nested run per stage. Choose **Model training** "
-    "(top left) to open it on its runs rather than the GenAI traces overview."
+    "Choose Model training (top left) to see the runs, not the GenAI overview. diffaudit model training: "
+    "one run per pipeline execution, its name and description the release verdict (tag "
+    "`release.decision`), one nested run per stage."
 )
 
 
