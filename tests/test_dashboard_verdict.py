@@ -176,3 +176,23 @@ def test_a_revoked_release_is_revoked_on_the_dashboard_too(tmp_path) -> None:
     assert parent.data.metrics["promoted"] == 0.0
     assert stages["report"].data.tags["release.decision"] == "revoked"
     assert client.get_model_version(name, "1").description.startswith("**Revoked**")
+
+
+def test_an_unconditional_model_has_no_conditional_accuracy_headline() -> None:
+    """Conditional accuracy does not apply to an unconditional model (results/applicability.py): the parent
+    run logs no number for it and its description says why."""
+    from diffaudit.results import QualityResult, RunResults
+    from diffaudit.results.applicability import UNCONDITIONAL
+    from diffaudit.tracking.summary import headline_metrics, quality_sentence
+    from tests.helpers.release import quality
+
+    data = quality() | {
+        "conditional_accuracy": None,
+        "conditional_accuracy_ci": None,
+        "labels": "evaluator",
+        "not_applicable": {"conditional_accuracy": UNCONDITIONAL, "cas": UNCONDITIONAL},
+    }
+    results = RunResults(quality=QualityResult.model_validate(data))
+    metrics = headline_metrics(results)
+    assert "conditional_accuracy" not in metrics and metrics["fid_evaluator_over_floor"] == pytest.approx(4.0)
+    assert f"conditional accuracy {UNCONDITIONAL}" in quality_sentence(results)
