@@ -106,7 +106,6 @@ class Verdict:
     line: str  # the verdict in one console line
     description: str  # one paragraph (markdown), the parent run's description
     metrics: dict[str, float] = field(default_factory=dict)
-
     short: str = ""  # the verdict in a few words, for the run's name ("RELEASED v3", "FAILED")
 
     @property
@@ -158,7 +157,6 @@ def verdict(
     returncode: int,
     pipeline_id: str,
     report_url: str | None = None,
-    report_path: str | None = None,
 ) -> Verdict:
     """The verdict of pipeline execution `pipeline_id` (dvc repro exited `returncode`). A failed execution
     decided nothing: files left on disk by an earlier run are not reported as its outcome. After a
@@ -193,7 +191,7 @@ def verdict(
         head = "**NOT REGISTERED: no release decision** (release.register_model is off, or no run)."
         reasons = []
     because = f" The release rule: {'; '.join(reasons)}." if reasons else ""
-    link = f" The audit report: [{report_path or 'audit.html'}]({report_url})" if report_url else ""
+    link = f" The audit report: [audit.html]({report_url})" if report_url else ""
     attached = " (attached to this run as `audit.html`)." if report_url else ""
     description = (
         " ".join(s for s in (head, gates_sentence(results.gates), quality_sentence(results)) if s)
