@@ -50,17 +50,15 @@ def existing_aliases(name: str) -> dict[str, str]:
 
 
 def missing_alias_message(name: str, alias: str, uri: str) -> str:
-    """One line: the alias does not exist, and the ones that do (or why there are none)."""
+    """One line: the alias does not exist, why when it is the champion, and the aliases that do."""
     aliases = existing_aliases(name)
-    where = f"{name}@{alias} does not exist in {redact_uri(uri)}"
+    out = f"{name}@{alias} does not exist in {redact_uri(uri)}"
+    if alias == CHAMPION:
+        out += ": no run has passed the release rule yet (see reports/release.json, or `make retrain`)"
     if aliases:
         listed = ", ".join(f"{a} (v{v})" for a, v in aliases.items())
-        return f"{where}; its aliases: {listed} (make serve SERVE_ALIAS=<alias>)"
-    if alias == CHAMPION:
-        return (
-            f"{where}: no run has passed the release rule yet (see reports/release.json, or `make retrain`)"
-        )
-    return f"{where}: {name} has no aliases (no run has registered it yet: `make repro`)"
+        return f"{out}; its aliases: {listed} (make serve SERVE_ALIAS=<alias>)"
+    return f"{out}; {name} has no aliases (no run has registered it yet: `make repro`)"
 
 
 def main(argv: list[str] | None = None) -> int:
