@@ -273,10 +273,11 @@ def log_outputs(
     params: Mapping[str, Any] | None = None,
 ) -> None:
     """What a stage leaves in its MLflow run, in one call: every numeric leaf of `metrics` (dotted names
-        after `prefix`), `curves` as metric histories (name -> {step: value}, the dashboard's line charts),
-        `files` as artifacts (under `artifact_path`), each folder under its artifact name, tags, and `params`
-    (facts that are settings rather than measurements, e.g. split sizes). Does
-        nothing outside a run (ranks other than 0), so stages call it unconditionally."""
+    after `prefix`; settings and sample sizes left out: `is_setting`), `curves` as metric histories
+    (name -> {step: value}, the dashboard's line charts), `files` as artifacts (under `artifact_path`),
+    each folder under its artifact name, tags, and `params` (facts that are settings rather than
+    measurements, e.g. split sizes). Does nothing outside a run (ranks other than 0), so stages call it
+    unconditionally."""
     if not mlflow.active_run():
         return
     if metrics:
