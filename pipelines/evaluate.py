@@ -13,6 +13,7 @@ from diffaudit.results import Interval, QualityResult, write_result
 from diffaudit.results.applicability import LABELS_FROM_CONDITION
 from diffaudit.results.quality import QualityRow, SamplerRun
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
+from diffaudit.tracking.summary import quality_metrics
 from diffaudit.utils.io import load_tensor_metadata, load_tensors, write_text
 from pipelines._stage import run
 
@@ -50,7 +51,7 @@ def main(cfg: Config) -> None:
             rows += [f"{c},,,,{v:.4f}" for c, v in floor.items()]
         write_text(layout.conditional_accuracy_csv, "\n".join(rows) + "\n")
         log_outputs(
-            metrics=result.dump(exclude={"sampler"}),
+            metrics=quality_metrics(result),  # short stable names; every number is in quality.json
             files=[layout.quality],
             tags={f"not_applicable.{k}": why for k, why in result.not_applicable.items()},
         )

@@ -53,8 +53,7 @@ def main(cfg: Config) -> None:
         )
         save_png(real, layout.real_grid)
         log_outputs(
-            metrics={k: v["n"] for k, v in card["splits"].items()},
-            prefix="n_",
+            params={f"data.n_{k}": v["n"] for k, v in card["splits"].items()},  # sizes: params, not charts
             files=[layout.data_card, layout.real_grid],
             tags={"data_md5": card["data_md5"]},
         )

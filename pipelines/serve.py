@@ -10,6 +10,9 @@ import argparse
 import os
 import sys
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from diffaudit.config.schema import load_params
 from diffaudit.errors import ConfigError, TrackingError
 from diffaudit.tracking.mlflow_tracking import redact_uri, setup, tracking_uri
@@ -37,6 +40,27 @@ def serve_command(model_uri: str, host: str, port: int, workers: int = 1) -> lis
     ]
 
 
+def existing_aliases(name: str) -> dict[str, str]:
+    """alias -> version of the registered model ({} when the model is not registered)."""
+    try:
+        model = MlflowClient().get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {alias: str(version) for alias, version in sorted((model.aliases or {}).items())}
+
+
+def missing_alias_message(name: str, alias: str, uri: str) -> str:
+    """One line: the alias does not exist, why when it is the champion, and the aliases that do."""
+    aliases = existing_aliases(name)
+    out = f"{name}@{alias} does not exist in {redact_uri(uri)}"
+    if alias == CHAMPION:
+        out += ": no run has passed the release rule yet (see reports/release.json, or `make retrain`)"
+    if aliases:
+        listed = ", ".join(f"{a} (v{v})" for a, v in aliases.items())
+        return f"{out}; its aliases: {listed} (make serve SERVE_ALIAS=<alias>)"
+    return f"{out}; {name} has no aliases (no run has registered it yet: `make repro`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--alias", default=CHAMPION)
@@ -53,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     name = cfg.tracking.registered_model_name
     mv = alias_version(name, args.alias)
     if mv is None:
-        print(
-            f"[serve] error: {name}@{args.alias} does not exist in {redact_uri(tracking_uri(cfg))}: "
-            "no run has passed the release rule yet (see reports/release.json, or `make retrain`)",
-            file=sys.stderr,
-        )
+        print(f"[serve] error: {missing_alias_message(name, args.alias, tracking_uri(cfg))}", file=sys.stderr)
         return 1
     uri = f"models:/{name}@{args.alias}"
     print(f"[serve] {uri} (version {mv.version}) on http://{args.host}:{args.port}/invocations", flush=True)

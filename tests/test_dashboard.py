@@ -73,7 +73,7 @@ def test_dashboard_shows_the_pipeline_stages_and_model(run: ReleaseRun, tmp_path
             q = urllib.parse.urlencode({"run_id": run_id, "path": path})
             return {f["path"] for f in get_json(f"{api}/artifacts/list?{q}").get("files", [])}
 
-        assert metrics(stages["prepare"])["n_train"] > 0
+        assert int(params(stages["prepare"])["data.n_train"]) > 0  # a size: a param, not a metric chart
         assert metrics(stages["report"])["release.promoted"] == 1.0
         assert (
             params(stages["report"])["tracking.registered_model_name"]

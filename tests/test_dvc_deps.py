@@ -12,12 +12,16 @@ from tests.helpers.config import ROOT
 
 # Code that cannot change a stage's outputs without dvc.yaml saying so anyway: the config schema (the
 # stage's params are deps), the error types, the artifact layout (its paths are dvc.yaml's own), the
-# MLflow run bookkeeping, lineage hashes and the stage entry's error handling.
+# MLflow run bookkeeping and what the dashboard shows of a run (headline metric names, the verdict's
+# words, links into the UI: tracking/summary.py, tracking/links.py write to MLflow only, never a DVC
+# output), lineage hashes and the stage entry's error handling.
 EXEMPT = (
     "diffaudit.config",
     "diffaudit.errors",
     "diffaudit.layout",
     "diffaudit.tracking.mlflow_tracking",
+    "diffaudit.tracking.summary",
+    "diffaudit.tracking.links",
     "diffaudit.utils.lineage",
     "pipelines._stage",
 )

@@ -7,6 +7,8 @@ network pass. `fid` / `kid` are the image-level forms: extract with the feature 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -37,9 +39,13 @@ def kid_features(
 ) -> tuple[float, float]:
     """Kernel inception distance (mean, std over `subsets` random subsets) between two feature sets."""
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(
-        feature=CachedFeatures(real.shape[1]), normalize=True, subsets=subsets, subset_size=size
-    )
+    with warnings.catch_warnings():
+        # torchmetrics warns on every KID that it keeps the features: here they are already in memory
+        # (a few thousand rows at most), so there is nothing to act on.
+        warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save all")
+        metric = KernelInceptionDistance(
+            feature=CachedFeatures(real.shape[1]), normalize=True, subsets=subsets, subset_size=size
+        )
     _feed(metric, real.double(), True)
     _feed(metric, fake.double(), False)
     with torch.random.fork_rng(devices=[]), single_thread():

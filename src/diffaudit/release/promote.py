@@ -16,6 +16,8 @@ from diffaudit.config.schema import Config
 from diffaudit.release.policy import compare, decide
 from diffaudit.results.gates import GatesResult
 from diffaudit.results.release import ReleaseRecord
+from diffaudit.tracking.links import artifact_url, ui_base
+from diffaudit.tracking.mlflow_tracking import PIPELINE_TAG, STAGE_TAG, tracking_uri
 from diffaudit.tracking.registry import (
     CANDIDATE,
     CHAMPION,
@@ -24,6 +26,7 @@ from diffaudit.tracking.registry import (
     alias_version,
     version_metrics,
 )
+from diffaudit.tracking.summary import DECISION_TAG, NOTE_TAG, REVOKED
 
 
 def register_and_decide(
@@ -73,6 +76,10 @@ def register_and_decide(
     if feature_space:
         tags[FEATURE_SPACE_TAG] = feature_space
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
+    report = report_url(cfg, release, run_id)
+    client.update_model_version(
+        name, mv.version, description=version_description(decision.promote, decision.reasons, report)
+    )
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
@@ -92,6 +99,56 @@ def register_and_decide(
     )
 
 
+def mark_revoked_runs(client: MlflowClient, report_run: str | None, pid: str | None, reason: str) -> None:
+    """The dashboard agrees with the registry: the report run and its pipeline's parent run say revoked."""
+    if not report_run:
+        return
+    run = client.get_run(report_run)
+    client.set_tag(report_run, DECISION_TAG, REVOKED)
+    found = (
+        client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{STAGE_TAG}` = 'pipeline'",
+            max_results=1,
+        )
+        if pid
+        else []
+    )
+    for parent in found:
+        note = parent.data.tags.get(NOTE_TAG, "")
+        client.set_tag(parent.info.run_id, DECISION_TAG, REVOKED)
+        client.set_tag(
+            parent.info.run_id, NOTE_TAG, f"**REVOKED** by a later check: {reason}.\n\n{note}"[:4900]
+        )
+        client.log_metric(parent.info.run_id, "promoted", 0.0, step=1)
+        name = parent.info.run_name or ""
+        base = name.partition(" · ")[2] or name  # drop the verdict the pipeline's end put first
+        client.update_run(parent.info.run_id, name=f"REVOKED · {base}")
+
+
+def report_url(cfg: Config, release: ReleaseCfg, run_id: str | None) -> str | None:
+    """The report run's audit.html in the MLflow UI (release.ui_url, else the tracking server, else
+    `make ui`): the stage logs it there as report/audit.html."""
+    if not run_id:
+        return None
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    return artifact_url(
+        ui_base(tracking_uri(cfg), release.ui_url), experiment_id, run_id, "report/audit.html"
+    )
+
+
+def version_description(promoted: bool, reasons: list[str], report: str | None) -> str:
+    """A model version's description (markdown): the decision, its reasons, the report."""
+    head = (
+        "**Champion**: released by the release rule."
+        if promoted
+        else "**Refused**: stays candidate, not released."
+    )
+    why = "".join(f"\n- {r}" for r in reasons)
+    link = f"\n\nAudit report: [audit.html]({report})" if report else ""
+    return f"{head}{why}{link}"[:4900]
+
+
 def revoke(name: str, version: str, previous_champion: str | None, reason: str) -> None:
     """Undo a promotion decided before a later check failed (e.g. a regression against the main
     branch): the champion alias goes back to the previous champion, or away when there was none."""
@@ -104,3 +161,10 @@ def revoke(name: str, version: str, previous_champion: str | None, reason: str) 
             client.delete_registered_model_alias(name, CHAMPION)
     client.set_model_version_tag(name, version, "diffaudit.decision", "refused")
     client.set_model_version_tag(name, version, "diffaudit.reasons", reason[:4900])
+    mv = client.get_model_version(name, version)
+    client.update_model_version(
+        name,
+        version,
+        description=f"**Revoked**: promoted, then refused.\n- {reason}\n\n{mv.description or ''}"[:4900],
+    )
+    mark_revoked_runs(client, mv.run_id, (mv.tags or {}).get("diffaudit.pipeline_id"), reason)

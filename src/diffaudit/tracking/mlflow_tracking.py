@@ -30,6 +30,18 @@ from diffaudit.utils.lineage import git_commit, path_md5
 
 PIPELINE_TAG = "diffaudit.pipeline_id"
 STAGE_TAG = "diffaudit.stage"
+# MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment says what kind it is:
+# the `mlflow.experimentKind` tag its JS reads ("custom_model_development": the training runs table).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17 ignores that tag: its "GenAI | Model training" switch (top left; a click is remembered by
+# the browser, `?workflowType=machine_learning` in a link opens that link so) decides. The description
+# says so.
+EXPERIMENT_NOTE = (
+    "Choose Model training (top left) to see the runs, not the GenAI overview. diffaudit model training: "
+    "one run per pipeline execution, its name and description the release verdict (tag "
+    "`release.decision`), one nested run per stage."
+)
 
 
 def is_global_zero() -> bool:
@@ -86,9 +98,21 @@ def setup(cfg: Config) -> str:
             # Artifacts beside the database, not in whatever directory the process started in.
             root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
             mlflow.create_experiment(name, artifact_location=root.as_uri())
-        return mlflow.set_experiment(name).experiment_id
+        experiment = mlflow.set_experiment(name)
+        _describe_experiment(experiment)
+        return experiment.experiment_id
     except Exception as err:  # MLflow raises many types for a bad store
         raise TrackingError(f"cannot use MLflow store {redact_uri(uri)}: {err}") from None
+
+
+def _describe_experiment(experiment: Any) -> None:
+    """The experiment says it is model training, and (its description, shown in the experiment list) where
+    the verdict is; a description someone wrote is kept."""
+    client = MlflowClient()
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not experiment.tags.get("mlflow.note.content"):
+        client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_NOTE)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -116,6 +140,11 @@ def pipeline_id(cfg: Config) -> str:
     return f"{git_commit()[:12]}-{digest}"
 
 
+def parent_name(pid: str) -> str:
+    """The parent run's name (pipelines/pipeline_run.py puts the verdict before it when the pipeline ends)."""
+    return f"pipeline-{pid[:24]}"
+
+
 def find_or_create_parent(experiment_id: str, pid: str, cfg: Config | None = None) -> str:
     """The parent run of pipeline execution `pid`, created (and left FINISHED) on first use."""
     client = MlflowClient()
@@ -128,7 +157,7 @@ def find_or_create_parent(experiment_id: str, pid: str, cfg: Config | None = Non
         return found[0].info.run_id
     run = client.create_run(
         experiment_id,
-        run_name=f"pipeline-{pid[:24]}",
+        run_name=parent_name(pid),
         tags={PIPELINE_TAG: pid, STAGE_TAG: "pipeline", "git_commit": git_commit()},
     )
     if cfg is not None:
@@ -184,8 +213,38 @@ def peak_rss_mib() -> float:
     return kib / 1024
 
 
+# Leaves of a result dump that are settings or sample sizes, not measurements: config belongs in params
+# (every stage logs the flattened config there), and a metric chart of a constant buries the headline.
+SETTING_KEYS = frozenset(
+    {
+        "bootstrap",
+        "reps",
+        "level",
+        "ci_level",
+        "pr_k",
+        "subset_size",
+        "n",
+        "n_images",
+        "n_generated",
+        "n_train",
+        "n_test",
+        "n_members",
+        "num_images",
+        "num_per_class",
+    }
+)
+SETTING_SUFFIXES = ("_n", "_n_train", "_n_test")
+
+
+def is_setting(path: str) -> bool:
+    """Whether a dotted metric path names a setting or a sample size (any part of it: `bootstrap.reps`,
+    `cas_n_train`, `conditional_accuracy_per_class_n.3`)."""
+    return any(part in SETTING_KEYS or part.endswith(SETTING_SUFFIXES) for part in path.split("."))
+
+
 def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:
-    """Log every numeric leaf of a nested dict as an MLflow metric named by its dotted path."""
+    """Log every numeric leaf of a nested dict as an MLflow metric named by its dotted path, except the
+    settings and sample sizes (`is_setting`)."""
     flat: dict[str, float] = {}
 
     def walk(d: Any, p: str) -> None:
@@ -193,7 +252,9 @@ def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:
             for k, v in d.items():
                 walk(v, f"{p}{k}.")
         elif isinstance(d, (int, float)) and not isinstance(d, bool):
-            flat[re.sub(r"[^\w./ -]", "_", p.rstrip("."))] = float(d)
+            name = p.rstrip(".")
+            if not is_setting(name.removeprefix(prefix)):
+                flat[re.sub(r"[^\w./ -]", "_", name)] = float(d)
 
     walk(metrics, prefix)
     if flat:
@@ -209,11 +270,14 @@ def log_outputs(
     artifact_path: str | None = None,
     tags: Mapping[str, str] | None = None,
     curves: Mapping[str, Mapping[int, float]] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> None:
     """What a stage leaves in its MLflow run, in one call: every numeric leaf of `metrics` (dotted names
-    after `prefix`), `curves` as metric histories (name -> {step: value}, the dashboard's line charts),
-    `files` as artifacts (under `artifact_path`), each folder under its artifact name, and tags. Does
-    nothing outside a run (ranks other than 0), so stages call it unconditionally."""
+    after `prefix`; settings and sample sizes left out: `is_setting`), `curves` as metric histories
+    (name -> {step: value}, the dashboard's line charts), `files` as artifacts (under `artifact_path`),
+    each folder under its artifact name, tags, and `params` (facts that are settings rather than
+    measurements, e.g. split sizes). Does nothing outside a run (ranks other than 0), so stages call it
+    unconditionally."""
     if not mlflow.active_run():
         return
     if metrics:
@@ -226,6 +290,8 @@ def log_outputs(
         mlflow.log_artifacts(str(folder), name)
     if tags:
         mlflow.set_tags(dict(tags))
+    if params:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
 
 
 def _log_curves(curves: Mapping[str, Mapping[int, float]]) -> None:

@@ -5,6 +5,8 @@ The release rule that uses them lives above, in diffaudit.release.
 
 from __future__ import annotations
 
+import os
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -71,11 +73,32 @@ def log_model(cfg: Config, model_dir: str | Path, class_names: list[str], releas
     """Log the exported model as a pyfunc in the active run: from code (no pickle), with explicit
     requirements (inferring them would load the model in a subprocess, slowly)."""
     from diffaudit.models.imported import inspect_model_folder
-    from diffaudit.tracking import pyfunc_model
 
     folder = inspect_model_folder(model_dir)
     conditioning = folder.conditioning(len(class_names))
     steps = release.serve_steps or cfg.sampler.steps
+    with warnings.catch_warnings():
+        # MLflow asks for an input example to check the signature by: the signature here is explicit
+        # (pyfunc_model.signature), and an example would make MLflow run a sampling pass to validate it.
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided when logging")
+        # MLflow copies the model folder into the logged model through its artifact downloader, which draws
+        # a "Downloading artifacts" bar for a local copy of three files: not drawn.
+        before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            return _log_pyfunc(cfg, model_dir, class_names, folder, conditioning, steps)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
+
+
+def _log_pyfunc(
+    cfg: Config, model_dir: str | Path, class_names: list[str], folder: Any, conditioning: str, steps: int
+) -> Any:
+    from diffaudit.tracking import pyfunc_model
+
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,
         python_model=pyfunc_model.__file__,

@@ -3,13 +3,21 @@ EMA."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffaudit.config.schema import Config
@@ -50,6 +58,97 @@ def weights_difference(found: dict, expected: dict) -> list[str]:
         for k in sorted(a.keys() | b.keys())
         if a.get(k) != b.get(k)
     ]
+
+
+# One training progress bar over the optimizer steps (train.max_steps), with an ETA.
+#
+# Lightning's TQDMProgressBar draws one bar per epoch (an epoch of the default digits run is 19 steps:
+# 53 bars for 1000 steps, none of them saying how far training is) and one more per validation.
+# Training here is counted in steps, so the bar is too: it starts at the resumed step, and the
+# validation passes (one small batch) draw nothing.
+class StepProgressBar(TQDMProgressBar):
+    """`train: 40%|████      | 400/1000 [02:51<04:17, 2.33it/s, train/loss=0.081, val/loss=0.079]`"""
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)  # validation is one small batch between steps: no bar of its own
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed run starts at its step; `initial` keeps the rate and ETA to this run's own steps.
+        self.train_progress_bar = Tqdm(
+            desc="train",
+            total=trainer.max_steps,
+            initial=trainer.global_step,
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        pass  # one bar for the whole run, not one per epoch
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step, bar = trainer.global_step, self.train_progress_bar
+        if self._should_update(step, bar.total) and not bar.disable:
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's run version: not progress
+        return metrics
+
+
+# Training's console without the messages a user cannot act on, each silenced by its exact text (never
+# all warnings):
+#
+# - Lightning's "number of training batches is smaller than the logging interval": wrong in effect here.
+#   Steps are logged every `log_every_n_steps` optimizer steps counted across epochs (the default run's
+#   epoch is 19 steps, its interval 25), so every interval is logged; tests/test_console.py checks it.
+# - torch's FutureWarning that `isinstance(treespec, LeafSpec)` is deprecated: raised inside Lightning's
+#   own pytree helper, fixed by a Lightning release, not by us.
+# - Lightning's hardware inventory ("GPU available: False, used: False", TPU, HPU) and its advertising
+#   ("💡 Tip: ... litlogger"): the hardware used is the config's `trainer.*`, logged as params; and
+#   "`Trainer.fit` stopped: `max_steps=N` reached", glued to the bar's last frame: the bar and the train
+#   stage's own "[train] N steps" line say it.
+LOGGING_INTERVAL = r"The number of training batches \(\d+\) is smaller than the logging interval"
+LEAFSPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+_NOISE = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",
+    "`Trainer.fit` stopped: `max_steps=",
+)
+_LIGHTNING_INFO = "lightning.pytorch.utilities.rank_zero"  # where rank_zero_info logs
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_NOISE)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Around building and fitting a Trainer: the messages above are dropped, every other one shown."""
+    log = logging.getLogger(_LIGHTNING_INFO)
+    noise = _DropNoise()
+    log.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=LOGGING_INTERVAL, category=PossibleUserWarning)
+            warnings.filterwarnings("ignore", message=LEAFSPEC, category=FutureWarning)
+            yield
+    finally:
+        log.removeFilter(noise)
 
 
 def training_config_hash(cfg: Config, meta: DataMeta) -> str:
@@ -167,7 +266,7 @@ def build_trainer(
         ),
     ] + list(extra_callbacks or [])
     if progress:  # tqdm rather than rich: it also prints progress into DVC's and CI's logs
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every_n_steps)))
+        callbacks.append(StepProgressBar(refresh_rate=max(1, cfg.train.log_every_n_steps)))
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=t.accelerator,
@@ -228,10 +327,11 @@ def train_diffusion(
         resume = explicit_resume(cfg.train.resume_from, expected)
     module = build_module(cfg, meta, config_hash=expected)
     train_dl, val_dl = make_loaders(train, val, cfg)
-    trainer = build_trainer(cfg, ckpt_dir, logger, progress, extra_callbacks)
-    if resume is not None and trainer.is_global_zero:
-        print(f"[train] resuming from {resume}")
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
+    with quiet_lightning():  # only the messages a user cannot act on (see quiet_lightning)
+        trainer = build_trainer(cfg, ckpt_dir, logger, progress, extra_callbacks)
+        if resume is not None and trainer.is_global_zero:
+            print(f"[train] resuming from {resume}")
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
     return module, trainer
 
 

@@ -52,7 +52,7 @@ def train_evaluator(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         acc = accuracy(model, val)["class"]
         history.append({"epoch": epoch, "train_loss": total / len(train), "val_class_accuracy": acc})
         if acc > best_acc:
