@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import mlflow
 from mlflow.entities import Run
@@ -25,25 +24,12 @@ from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card, render_model_card_appendix
 from diffaudit.results import HeadlineResult, ReleaseRecord, ReleaseSummary, metric_value, write_result
 from diffaudit.results.files import not_applicable_metrics
+from diffaudit.tracking.links import model_version_url, run_url, ui_base
 from diffaudit.tracking.mlflow_tracking import log_outputs, pipeline_id, redact_uri, stage_run, tracking_uri
 from diffaudit.tracking.registry import log_model
 from diffaudit.utils.io import write_text
 from diffaudit.utils.lineage import git_commit, git_note, path_md5
 from pipelines._stage import run
-
-DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui`
-
-
-def ui_base(cfg: Config, release: ReleaseCfg) -> str:
-    """Where a reviewer opens MLflow: the configured URL, the tracking server itself, or `make ui`."""
-    if release.ui_url:
-        return release.ui_url.rstrip("/")
-    uri = tracking_uri(cfg)
-    return (
-        redact_uri(uri).replace("//***@", "//").rstrip("/")
-        if uri.startswith(("http://", "https://"))
-        else DEFAULT_UI
-    )
 
 
 def _md5(path: Path) -> str | None:
@@ -62,7 +48,7 @@ def model_tags(content: RunContent) -> dict[str, str]:
 def lineage(
     cfg: Config, content: RunContent, release: ReleaseCfg, active: Run | None, record: ReleaseRecord | None
 ) -> Lineage:
-    base = ui_base(cfg, release)
+    base = ui_base(tracking_uri(cfg), release.ui_url)  # tracking/links.py: one rule for every link
     layout = Layout.of(cfg)
     data = content.results.data
     lin = Lineage(
@@ -77,12 +63,12 @@ def lineage(
     if active is not None:
         exp, rid = active.info.experiment_id, active.info.run_id
         lin.experiment_id, lin.run_id = exp, rid
-        lin.run_url = f"{base}/#/experiments/{exp}/runs/{rid}"
+        lin.run_url = run_url(base, exp, rid)
         parent = active.data.tags.get("mlflow.parentRunId")
         if parent:
-            lin.pipeline_run_id, lin.pipeline_url = parent, f"{base}/#/experiments/{exp}/runs/{parent}"
+            lin.pipeline_run_id, lin.pipeline_url = parent, run_url(base, exp, parent)
     if record is not None and record.candidate_version:
-        lin.model_url = f"{base}/#/models/{quote(record.model_name)}/versions/{record.candidate_version}"
+        lin.model_url = model_version_url(base, record.model_name, record.candidate_version)
     return lin
 
 
