@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from benchmarks import end_to_end, eval_scaling, sampling, training_overhead
+from benchmarks import end_to_end, eval_scaling, precision, sampling, training_overhead
 from benchmarks.common import ROOT, Figure, loadavg, table
 
-BENCHMARKS = ("training_overhead", "sampling", "eval_scaling", "end_to_end")
+BENCHMARKS = ("training_overhead", "precision", "sampling", "eval_scaling", "end_to_end")
 
 
 def _jobs(
@@ -39,6 +39,7 @@ def _jobs(
             lambda: training_overhead.run(q, args.train_steps, args.segment),
             training_overhead.figures,
         ),
+        "precision": (lambda: precision.run(q), precision.figures),
         "sampling": (lambda: sampling.run(q), sampling.figures),
         "eval_scaling": (
             lambda: eval_scaling.run(q, tuple(args.eval_sizes) if args.eval_sizes else None),

@@ -23,6 +23,8 @@ def test_quick_run_writes_every_benchmark(tmp_path: Path) -> None:
         assert "error" not in r, (name, r.get("error"))
     t = res["benchmarks"]["training_overhead"]
     assert t["training_overhead_ratio"] > 0 and t["step_flops"] > 0 and t["checkpoints_written"]
+    p = res["benchmarks"]["precision"]
+    assert p["train_step_speedup"] > 0 and p["precision"] in ("bf16-mixed", "32-true")
     s = res["benchmarks"]["sampling"]
     # classifier-free guidance: one forward of 2n images per step, for every sampler
     assert all(v["one_batched_forward"] for v in s["cfg_forward"].values()), s["cfg_forward"]
@@ -32,6 +34,7 @@ def test_quick_run_writes_every_benchmark(tmp_path: Path) -> None:
     names = {f["name"] for f in res["figures"]}
     assert {
         "training_overhead_ratio",
+        "train_step_speedup",
         "cfg: one batched forward per step",
         "eval memory growth exponent",
     } <= names

@@ -112,7 +112,8 @@ class TrainerCfg(_Strict):
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(ge=1)
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp"]
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    # "auto": bf16 autocast where the hardware computes bf16 natively, else fp32 (training/precision.py)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
 
     @field_validator("devices")
     @classmethod

@@ -25,6 +25,7 @@ from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.lit_module import DiffusionModule
 from diffaudit.errors import CheckpointMismatchError
 from diffaudit.models.unet import save_exported
+from diffaudit.training.precision import resolve_precision
 from diffaudit.utils.io import atomic_path
 from diffaudit.utils.lineage import config_hash
 
@@ -39,7 +40,7 @@ def weights_config(cfg: Config) -> dict:
     return {
         "seed": cfg.seed,
         "train": cfg.train.model_dump(exclude=set(NOT_WEIGHT_KEYS)),
-        "trainer": cfg.trainer.model_dump(),
+        "trainer": cfg.trainer.model_dump() | {"precision": resolve_precision(cfg.trainer)},  # as resolved
     }
 
 
@@ -273,7 +274,7 @@ def build_trainer(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=resolve_precision(t),
         gradient_clip_val=cfg.train.grad_clip or None,
         val_check_interval=min(cfg.train.checkpoint_every_n_steps, cfg.train.max_steps),
         check_val_every_n_epoch=None,
