@@ -24,7 +24,11 @@ def test_training_draws_one_bar_over_the_steps_with_an_eta(tiny_run, tmp_path, c
     ckpt_dir = tmp_path / "checkpoints"
     shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
     data = tiny_run.root / "data" / "prepared"
-    train = tiny_run.cfg.train.model_copy(update={"max_steps": 56, "log_every_n_steps": 25})
+    # Training on past max_steps is an explicit resume (a changed max_steps never resumes by itself).
+    named = str(tiny_run.root / "models" / "checkpoints" / "last.ckpt")
+    train = tiny_run.cfg.train.model_copy(
+        update={"max_steps": 56, "log_every_n_steps": 25, "resume_from": named}
+    )
     cfg = tiny_run.cfg.model_copy(update={"train": train})
     logger = CSVLogger(tmp_path / "logs")
     with warnings.catch_warnings(record=True) as caught:
