@@ -68,16 +68,20 @@ def test_saved_tensors_are_byte_identical_across_processes(tmp_path) -> None:
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tiny_run, tmp_path) -> None:
     import shutil
 
+    # Training on past the tiny run's 30 steps is an explicit resume (train.resume_from) from a copy.
+    good = tmp_path / "good.ckpt"
+    shutil.copy(tiny_run.root / "models" / "checkpoints" / "last.ckpt", good)
+    before = good.read_bytes()
     ckpt_dir = tmp_path / "checkpoints"
-    shutil.copytree(tiny_run.root / "models" / "checkpoints", ckpt_dir)
-    before = (ckpt_dir / "last.ckpt").read_bytes()
     data = tiny_run.root / "data" / "prepared"
     train = load_split(data, "train")
     train.images = torch.full_like(train.images, float("nan"))
-    cfg = tiny_run.cfg.model_copy(update={"train": tiny_run.cfg.train.model_copy(update={"max_steps": 45})})
+    more = tiny_run.cfg.train.model_copy(update={"max_steps": 45, "resume_from": str(good)})
+    cfg = tiny_run.cfg.model_copy(update={"train": more})
     with pytest.raises(NonFiniteLossError, match="loss is nan at global step 30"):
         train_diffusion(cfg, train, load_split(data, "val"), load_meta(data), ckpt_dir, progress=False)
-    assert (ckpt_dir / "last.ckpt").read_bytes() == before
+    assert good.read_bytes() == before  # the last good checkpoint is kept
+    assert not list(ckpt_dir.glob("*.ckpt"))  # and no checkpoint of the NaN state was written
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
