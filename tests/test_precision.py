@@ -42,3 +42,24 @@ def test_the_checkpoint_records_the_resolved_precision(tiny_run) -> None:
         == resolve_precision(tiny_run.cfg.trainer)
     )
     assert recorded != "auto"
+
+
+def test_training_is_deterministic_by_seed_at_the_default_precision(tiny_run, tmp_path) -> None:
+    """bf16 autocast (the CPU default where native) keeps training deterministic per seed on one machine."""
+    from diffaudit.data.store import load_meta, load_split
+    from diffaudit.training.diffusion_training import train_diffusion
+
+    data = tiny_run.root / "data" / "prepared"
+    cfg = tiny_run.cfg.model_copy(update={"train": tiny_run.cfg.train.model_copy(update={"max_steps": 6})})
+    weights = []
+    for run in ("a", "b"):
+        module, _ = train_diffusion(
+            cfg,
+            load_split(data, "train"),
+            load_split(data, "val"),
+            load_meta(data),
+            tmp_path / run,
+            progress=False,
+        )
+        weights.append({k: v.clone() for k, v in module.unet.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
