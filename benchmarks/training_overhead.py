@@ -40,6 +40,7 @@ from diffaudit.diffusion.parameterization import training_target
 from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.models.unet import build_unet
 from diffaudit.training.diffusion_training import build_module, build_trainer, make_loaders
+from diffaudit.training.precision import resolve_precision
 
 TARGET_RATIO = 1.05
 
@@ -80,7 +81,7 @@ class BareLoop:
     ) -> None:
         self.cfg = cfg
         self.device = device or torch.device("cpu")
-        self.bf16 = cfg.trainer.precision == "bf16-mixed"
+        self.bf16 = resolve_precision(cfg.trainer) == "bf16-mixed"  # as the pipeline's trainer resolves it
         self.unet = build_unet(cfg.model, meta.image_size, meta.channels, meta.num_classes)
         self.unet.load_state_dict(init.state_dict())
         self.unet.to(self.device).train()
@@ -349,7 +350,7 @@ def measure(
         "hardware_fraction": flops / bare_step / mm,
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
-        "precision": cfg.trainer.precision,
+        "precision": resolve_precision(cfg.trainer),
     }
 
 
