@@ -72,9 +72,10 @@ lint: install
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 
 # Benchmarks (docs/performance.md): ratios measured in one run, written to benchmarks/results.json.
-# PASSIVE: idle OpenMP threads sleep instead of spinning, so interleaved measurements don't steal cores.
+# OpenMP's wait policy is left as the pipeline runs it (active), so the absolute figures describe the
+# pipeline's own loop; `OMP_WAIT_POLICY=PASSIVE make bench` on a shared machine (docs/performance.md).
 bench: install
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # The MLflow dashboard over the project's store, on loopback only unless UI_HOST says otherwise.
 ui: install

@@ -29,9 +29,13 @@ from typing import Any
 import yaml
 
 from benchmarks.common import ROOT, Figure, max_rss_children_mib
+from diffaudit.tracking.mlflow_tracking import PEAK_RSS_METRIC, PIPELINE_TAG, STAGE_TAG, STARTUP_METRIC
 
-STAGE_TAG, PIPELINE_TAG = "diffaudit.stage", "diffaudit.pipeline_id"
 TARGET_SECONDS, TARGET_MIB = 600.0, 4096.0
+# Start-up (process start to the stage's first line of work, `startup_seconds` of each stage run): the
+# longest over the stages that do not train, and the sum of all over the `make repro` span (issue 19).
+TARGET_STARTUP_MAX, TARGET_STARTUP_SHARE = 3.0, 0.08
+TRAINING_STAGES = ("train", "evaluator")  # the evaluator stage trains the evaluator classifier
 THRESHOLD = "audit.gates.min_conditional_accuracy"
 # Config sections that set the pipeline's cost: a timed run that differs from the default here is another
 # workload.
@@ -85,11 +89,13 @@ def last_repro(db: Path, experiment: str = "diffaudit") -> dict[str, Any] | None
     peaks = [s["peak_rss_mib"] for s in stages.values() if s["peak_rss_mib"] is not None]
     ends = [r.info.end_time for r in runs if r.data.tags.get(PIPELINE_TAG) == pid and r.info.end_time]
     end = parent.info.end_time if closed else max(ends, default=parent.info.start_time)
+    span = (end - parent.info.start_time) / 1000
     return {
         "pipeline_id": pid,
         "closed_by_make_repro": closed,
         "exit_code": int(parent.data.tags["dvc_repro_exit_code"]) if closed else None,
-        "pipeline_seconds": (end - parent.info.start_time) / 1000,
+        "pipeline_seconds": span,
+        "startup": startup(stages, span),
         "stages": stages,
         "sum_stage_seconds": sum(s["seconds"] for s in stages.values()),
         "peak_rss_mib": max(peaks) if peaks else None,
@@ -116,12 +122,30 @@ def _differs_from_default(logged: dict[str, str]) -> dict[str, list[str | None]]
 
 
 def _stage_row(run: Any, in_pipeline: bool) -> dict[str, Any]:
-    peak = run.data.metrics.get("peak_rss_mib")
     return {
         "seconds": (run.info.end_time - run.info.start_time) / 1000,
         "in_last_repro": in_pipeline,
         "pipeline_id": run.data.tags.get(PIPELINE_TAG),
-        "peak_rss_mib": peak,
+        "peak_rss_mib": run.data.metrics.get(PEAK_RSS_METRIC),
+        "startup_seconds": run.data.metrics.get(STARTUP_METRIC),
+    }
+
+
+def startup(stages: dict[str, dict[str, Any]], span: float) -> dict[str, Any]:
+    """Start-up of the stages that ran in the last repro: the longest over the stages that do not train
+    (`import_seconds_max`), and the sum of every stage's over the pipeline span (`startup_share`)."""
+    ran = {k: s["startup_seconds"] for k, s in stages.items() if s["in_last_repro"]}
+    timed = {k: v for k, v in ran.items() if v is not None}
+    non_training = {k: v for k, v in timed.items() if k not in TRAINING_STAGES}
+    worst = max(non_training, key=non_training.__getitem__, default=None)
+    total = sum(timed.values())
+    return {
+        "per_stage": timed,
+        "untimed": sorted(set(ran) - set(timed)),  # runs from before stages logged it
+        "import_seconds_max": non_training[worst] if worst else None,
+        "import_seconds_max_stage": worst,
+        "startup_seconds_total": total,
+        "startup_share": total / span if timed and span > 0 else None,
     }
 
 
@@ -322,6 +346,7 @@ def figures(r: dict[str, Any]) -> list[Figure]:
                     note="" if s["in_last_repro"] else f"cached; from pipeline {s['pipeline_id']}",
                 )
             )
+        out += startup_figures(rep["startup"], judged=full and not (missing or other))
         peak = rep["peak_rss_mib"]
         out.append(
             Figure(
@@ -333,7 +358,40 @@ def figures(r: dict[str, Any]) -> list[Figure]:
                 "" if peak is not None else "stages do not log peak_rss_mib",
             )
         )
-    c = r["cache"]
+    out += _cache_figures(r["cache"])
+    return out
+
+
+def startup_figures(st: dict[str, Any], judged: bool) -> list[Figure]:
+    """`import_seconds_max` and `startup_share` of the last repro; judged only on a full default run."""
+    note = "" if judged else "not judged (partial repro or not the default config)"
+    if st["untimed"]:
+        note += f"; no startup_seconds from {', '.join(st['untimed'])} (older runs)"
+    worst, share = st["import_seconds_max"], st["startup_share"]
+    return [
+        Figure(
+            "import_seconds_max",
+            worst,
+            "s",
+            f"<= {TARGET_STARTUP_MAX:g}",
+            worst <= TARGET_STARTUP_MAX if judged and worst is not None else None,
+            f"{st['import_seconds_max_stage']}; process start to first line of work, stages that do not "
+            f"train" + (f"; {note}" if note else ""),
+        ),
+        Figure(
+            "startup_share",
+            share,
+            "",
+            f"<= {TARGET_STARTUP_SHARE:g}",
+            share <= TARGET_STARTUP_SHARE if judged and share is not None else None,
+            f"{st['startup_seconds_total']:.0f} s of start-up over the parent run's span"
+            + (f"; {note}" if note else ""),
+        ),
+    ]
+
+
+def _cache_figures(c: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
     if "skipped" in c:
         out.append(
             Figure(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from diffaudit.config.schema import Config, load_params
 from diffaudit.errors import STAGE_ERRORS
+from diffaudit.utils.process import mark_stage_process
 
 
 def progress_enabled() -> bool:
@@ -16,6 +17,7 @@ def progress_enabled() -> bool:
 
 
 def run(stage: str, main: Callable[[Config], None]) -> None:
+    mark_stage_process(stage)  # its stage run logs the start-up (diffaudit.utils.process)
     params = os.environ.get("DIFFAUDIT_PARAMS", "params.yaml")
     try:
         cfg = load_params(params)

@@ -30,6 +30,8 @@ def test_quick_run_writes_every_benchmark(tmp_path: Path) -> None:
     assert all(v["one_batched_forward"] for v in s["cfg_forward"].values()), s["cfg_forward"]
     e = res["benchmarks"]["eval_scaling"]
     assert set(e["per_size"]) == {str(n) for n in e["sizes"]}
+    st = res["benchmarks"]["startup"]
+    assert st["import_wall_seconds"]["floor"] > 0 and st["self_time_by_package"]
     assert res["benchmarks"]["end_to_end"]["cache"] == {"skipped": "not requested"}
     names = {f["name"] for f in res["figures"]}
     assert {

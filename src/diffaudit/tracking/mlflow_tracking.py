@@ -27,9 +27,14 @@ from mlflow.tracking import MlflowClient
 from diffaudit.config.schema import Config
 from diffaudit.errors import TrackingError
 from diffaudit.utils.lineage import git_commit, path_md5
+from diffaudit.utils.process import stage_startup_seconds
 
 PIPELINE_TAG = "diffaudit.pipeline_id"
 STAGE_TAG = "diffaudit.stage"
+# Every stage run logs both (benchmarks/end_to_end.py reads them): seconds from process start to the
+# stage's first line of work, and the process's peak resident set.
+STARTUP_METRIC = "startup_seconds"
+PEAK_RSS_METRIC = "peak_rss_mib"
 # MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment says what kind it is:
 # the `mlflow.experimentKind` tag its JS reads ("custom_model_development": the training runs table).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -198,8 +203,11 @@ def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = No
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
         _log_params(MlflowClient(), run.info.run_id, config_params(cfg))
         mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/params.yaml")
+        startup = stage_startup_seconds(stage)  # work starts here: after interpreter, imports, params, run
+        if startup is not None:
+            mlflow.log_metric(STARTUP_METRIC, startup)
         yield run
-        mlflow.log_metric("peak_rss_mib", peak_rss_mib())
+        mlflow.log_metric(PEAK_RSS_METRIC, peak_rss_mib())
 
 
 def peak_rss_mib() -> float:
