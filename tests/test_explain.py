@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from diffaudit.audit.explain.attribution import (
     trajectory_steps,
 )
 from diffaudit.audit.explain.emergence import commitment_steps, commitment_summary, emergence
+from diffaudit.audit.explain.figures import emergence_figure
 from diffaudit.audit.explain.spectrum import radial_power_spectrum, settle_steps
 from diffaudit.audit.explain.timestep_profile import loss_by_timestep
 from diffaudit.audit.explain.trajectory import Trajectory, explain_seeds, record_trajectories
@@ -290,3 +292,15 @@ def test_explain_stage_writes_and_logs_everything(
     assert len(history) == cfg.sampler.steps
     arts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "explain")}
     assert "explain/filmstrip.gif" in arts and "explain/attributions.png" in arts
+
+
+def test_emergence_figure_says_what_groups_its_panels() -> None:
+    """An unconditional model's panels group images by the class they end up as, not by a condition."""
+    curve = {"mean": np.linspace(0, 1, 5), "lo": np.zeros(5), "hi": np.ones(5)}
+    curves = {"class": {0: curve, 1: curve}}
+    cond = emergence_figure(curves, ["zero", "one"], (0.1, 0.9))
+    uncond = emergence_figure(curves, ["zero", "one"], (0.1, 0.9), conditional=False)
+    assert "per conditioning class" in cond._suptitle.get_text()
+    assert "conditioning" not in uncond._suptitle.get_text()
+    assert "final class" in uncond._suptitle.get_text()
+    assert [a.get_title() for a in uncond.axes[:2]] == ["ends as zero", "ends as one"]

@@ -107,7 +107,7 @@ def explain_model(
         "not_applicable": not_applicable(pipe.conditioning),
     }
     res = ExplainResult()
-    res.figures["emergence"] = figures.emergence_figure(curves, names, band)
+    res.figures["emergence"] = figures.emergence_figure(curves, names, band, conditional=pipe.is_conditional)
     res.figures["commitment"] = figures.commitment_figure(em, traj.num_steps)
     for head, prob in em.prob_final.items():
         res.step_metrics[f"emergence.{head}"] = prob.double().mean(1).tolist()

@@ -197,9 +197,16 @@ def attribution_figure(attr: Attributions, traj: Trajectory, class_names: list[s
 
 # -- curves ------------------------------------------------------------------------------------------
 def emergence_figure(
-    curves: dict[str, dict[int, dict[str, np.ndarray]]], class_names: list[str], band: tuple[float, float]
+    curves: dict[str, dict[int, dict[str, np.ndarray]]],
+    class_names: list[str],
+    band: tuple[float, float],
+    conditional: bool = True,
 ) -> Figure:
-    """One panel per class: mean probability of the final value per head, with a quantile band."""
+    """One panel per class: mean probability of the final value per head, with a quantile band.
+
+    The classes are the conditioning labels, or for an unconditional model the class each image ends up
+    as (the evaluator's reading of the final image); the title says which.
+    """
     classes = sorted(next(iter(curves.values())))
     ncol = min(5, len(classes))
     nrow = int(np.ceil(len(classes) / ncol))
@@ -220,7 +227,7 @@ def emergence_figure(
             color = f"C{j}"
             ax.plot(steps, cur["mean"], color=color, label=head)
             ax.fill_between(steps, cur["lo"], cur["hi"], color=color, alpha=0.2, linewidth=0)
-        ax.set_title(f"class {class_names[c]}", fontsize=8)
+        ax.set_title(f"class {class_names[c]}" if conditional else f"ends as {class_names[c]}", fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
     for ax in axes[len(classes) :]:
@@ -229,7 +236,8 @@ def emergence_figure(
     fig.legend(handles, names, fontsize=7, loc="upper right", ncol=len(names), frameon=False)
     fig.supxlabel("sampling step", fontsize=8)
     fig.supylabel("P(final value | x0-prediction)", fontsize=8)
-    fig.suptitle(f"Emergence: mean and {band[0]:.0%}-{band[1]:.0%} band per conditioning class", fontsize=9)
+    grouped_by = "conditioning class" if conditional else "final class (evaluator; an unconditional model)"
+    fig.suptitle(f"Emergence: mean and {band[0]:.0%}-{band[1]:.0%} band per {grouped_by}", fontsize=9)
     return fig
 
 
