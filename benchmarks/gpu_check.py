@@ -8,6 +8,11 @@ round-robin (rounds x steps each) so clock and thermal drift hit them alike; ima
 achieved TFLOP/s against the measured bf16 matmul TFLOP/s.
 Part 2, the pipeline on the GPU: the default model at 32x32 and batch 256 with `trainer=gpu`
 (bf16-mixed) through the same interleaved Lightning-vs-bare measurement as the CPU benchmark.
+Part 3, sampling: images/s of the pipeline's own `ClassConditionalPipeline` at the default sampler
+settings (conf/sampler: steps, guidance), 10k images in batches of 1000, on the default model.
+`--variants` picks part 1's variants; `bf16_compile_max_autotune` (`torch.compile(mode="max-autotune")`,
+CUDA graphs included) is not among the defaults, since its autotuning takes minutes. Every variant
+reports its share of the measured bf16 matmul rate.
 
 Needs a CUDA build of torch (the project's lock installs the CPU wheel). Without a CUDA device it
 prints why and exits 0. Writes gpu_results.json into --out ($OUT when set, else benchmarks/out/).
@@ -34,10 +39,12 @@ if not __package__:  # run as a script (python benchmarks/gpu_check.py): the rep
 from benchmarks.common import Figure, load_config, synthetic_split, table  # noqa: E402
 from benchmarks.training_overhead import matmul_flops, measure, sync  # noqa: E402
 from diffaudit.data.store import DataMeta  # noqa: E402
+from diffaudit.diffusion.pipeline import ClassConditionalPipeline  # noqa: E402
 from diffaudit.diffusion.schedulers import build_noise_scheduler  # noqa: E402
 from diffaudit.models.unet import build_unet  # noqa: E402
 
-VARIANTS = ("fp32", "fp32_tf32", "bf16", "bf16_channels_last", "bf16_compile")
+VARIANTS = ("fp32", "fp32_tf32", "bf16", "bf16_channels_last", "bf16_compile", "bf16_compile_max_autotune")
+DEFAULT_VARIANTS = VARIANTS[:-1]
 
 
 class Variant:
@@ -54,7 +61,8 @@ class Variant:
         torch.manual_seed(0)
         unet = build_unet(cfg.model, size, 3, 10).to(device).train().to(memory_format=self.cl)
         self.params = list(unet.parameters())
-        self.unet: Callable[..., Any] = torch.compile(unet) if "compile" in name else unet
+        mode = "max-autotune" if name.endswith("max_autotune") else None  # autotuned kernels + CUDA graphs
+        self.unet: Callable[..., Any] = torch.compile(unet, mode=mode) if "compile" in name else unet
         self.opt = torch.optim.AdamW(self.params, lr=1e-4, fused=device.type == "cuda")
         self.alphas = build_noise_scheduler(cfg.diffusion).alphas_cumprod.to(device)
         self.x0 = (torch.rand(batch, 3, size, size, device=device) * 2 - 1).to(memory_format=self.cl)
@@ -98,9 +106,10 @@ def cifar_throughput(
     compile_: bool,
     model: str = "unet_cifar",
     size: int = 32,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
 ) -> dict[str, Any]:
-    """Round-robin images/s of every variant (warm-up, compile included, outside the timing)."""
-    names = [v for v in VARIANTS if compile_ or "compile" not in v]
+    """Round-robin images/s of the variants (warm-up, compile included, outside the timing)."""
+    names = [v for v in variants if compile_ or "compile" not in v]
     cuda = device.type == "cuda"
     variants, out = {}, {}
     for name in names:
@@ -129,6 +138,7 @@ def cifar_throughput(
             "s_per_step": best,
             "images_per_s": batch / best,
             "tflops": flops / best / 1e12,
+            "share_of_bf16_matmul": flops / best / peak_bf16,
             "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0,
         }
     base = out.get("fp32", {}).get("images_per_s")
@@ -162,6 +172,43 @@ def pipeline_on_gpu(
     return measure(cfg, train, val, meta, steps, segment, mlflow_logger=True)
 
 
+def sampling_throughput(device: torch.device, n: int, batch: int) -> dict[str, Any]:
+    """Images/s of the pipeline's sampling at the default sampler settings, on the default model (random
+    weights: the cost does not depend on them), after a warm-up batch."""
+    cfg = load_config([])
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model, cfg.data.image_size, cfg.data.channels, 10).to(device).eval()
+    pipe = ClassConditionalPipeline.from_unet(unet, build_noise_scheduler(cfg.diffusion), cfg.sampler.name)
+    guidance = pipe.guidance(cfg.sampler.guidance_scale)
+
+    def draw(count: int) -> float:
+        labels = torch.arange(count) % 10
+        sync(device)
+        t0 = time.perf_counter()
+        pipe(
+            labels=labels,
+            seeds=range(count),
+            num_inference_steps=cfg.sampler.steps,
+            guidance_scale=guidance,
+            batch_size=batch,
+        )
+        sync(device)
+        return time.perf_counter() - t0
+
+    draw(min(n, batch))  # warm-up: cuDNN's algorithm search, allocator
+    seconds = draw(n)
+    return {
+        "sampler": cfg.sampler.name,
+        "steps": cfg.sampler.steps,
+        "guidance_scale": guidance,
+        "image_size": cfg.data.image_size,
+        "images": n,
+        "batch": batch,
+        "seconds": seconds,
+        "images_per_s": n / seconds,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=128)
@@ -176,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=32, help="image size of part 1 (3 channels)")
     p.add_argument("--pipeline-batch", type=int, default=256, help="batch of part 2 (the default model)")
     p.add_argument("--pipeline-image-size", type=int, default=32, help="image size of part 2")
+    p.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS), help="part 1's variants"
+    )
+    p.add_argument("--sample-images", type=int, default=10_000, help="images of part 3 (0 skips it)")
+    p.add_argument("--sample-batch", type=int, default=1000, help="batch of part 3")
     p.add_argument(
         "--cpu", action="store_true", help="run on the CPU anyway (tests the script on tiny sizes)"
     )
@@ -195,8 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"[gpu_check] {result['device']}, torch {torch.__version__}", flush=True)
     result["cifar"] = cifar_throughput(
-        device, args.batch, args.steps, args.rounds, not args.no_compile, args.model, args.image_size
+        device,
+        args.batch,
+        args.steps,
+        args.rounds,
+        not args.no_compile,
+        args.model,
+        args.image_size,
+        tuple(args.variants),
     )
+    if args.sample_images:
+        try:
+            result["sampling"] = sampling_throughput(device, args.sample_images, args.sample_batch)
+        except Exception as err:  # keep part 1's figures
+            result["sampling"] = {"error": f"{type(err).__name__}: {err}"}
     if args.pipeline_steps:
         try:
             result["pipeline"] = pipeline_on_gpu(
@@ -221,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"cifar {name} images/s",
                     r["images_per_s"],
                     "img/s",
-                    note=f"x{r.get('speedup_vs_fp32', 0):.2f} vs fp32, {r['tflops']:.1f} TFLOP/s, "
-                    f"{r['peak_mem_gib']:.1f} GiB",
+                    note=f"x{r.get('speedup_vs_fp32', 0):.2f} vs fp32, {r['tflops']:.1f} TFLOP/s "
+                    f"({r['share_of_bf16_matmul']:.0%} of bf16 matmul), {r['peak_mem_gib']:.1f} GiB",
                 )
             )
     figs.append(Figure("bf16 matmul peak", c["matmul_tflops_bf16"], "TFLOP/s"))
@@ -241,6 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         figs.append(Figure("gpu pipeline images/s", pl["lightning_images_per_s"], "img/s"))
     elif pl:
         figs.append(Figure("gpu pipeline", None, note=pl.get("error", "")[:80]))
+    sm = result.get("sampling", {})
+    if "images_per_s" in sm:
+        figs.append(
+            Figure(
+                "sampling images/s",
+                sm["images_per_s"],
+                "img/s",
+                note=f"{sm['images']} images, batch {sm['batch']}, {sm['sampler']} {sm['steps']} steps, "
+                f"guidance {sm['guidance_scale']:g}, {sm['image_size']}x{sm['image_size']}, "
+                f"{sm['seconds']:.1f} s",
+            )
+        )
+    elif sm:
+        figs.append(Figure("sampling", None, note=sm.get("error", "")[:80]))
     print(table(figs))
     print(f"[gpu_check] results in {args.out / 'gpu_results.json'}")
     return 0

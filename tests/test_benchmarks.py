@@ -125,13 +125,20 @@ def test_gpu_check_logic_on_cpu_tiny(tmp_path: Path) -> None:
         "4",
         "--pipeline-image-size",
         "16",
+        "--sample-images",
+        "6",
+        "--sample-batch",
+        "4",
         "--out",
         str(tmp_path),
     ]
     assert gpu_check.main(args) == 0
     res = json.loads((tmp_path / "gpu_results.json").read_text())
+    sm = res["sampling"]
+    assert sm["images"] == 6 and sm["images_per_s"] > 0 and sm["steps"] > 0, sm
     assert {"fp32", "bf16", "bf16_channels_last"} <= set(res["cifar"]["variants"])
-    assert all("images_per_s" in v for v in res["cifar"]["variants"].values()), res["cifar"]["variants"]
+    variants = res["cifar"]["variants"].values()
+    assert all("images_per_s" in v and v["share_of_bf16_matmul"] > 0 for v in variants)
     assert res["pipeline"]["precision"] == "bf16-mixed" and res["pipeline"]["training_overhead_ratio"] > 0
 
 
