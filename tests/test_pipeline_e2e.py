@@ -15,7 +15,15 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.end_to_end import copy_repo
 from diffaudit.results.headline import MAX_KEYS, HeadlineResult
-from tests.helpers.dvc_views import CHROMIUM, COLUMNS, dvc, install_template, render_offline, widest
+from tests.helpers.dvc_views import (
+    CHROMIUM,
+    COLUMNS,
+    dvc,
+    dvc_in_terminal,
+    install_template,
+    render_offline,
+    widest,
+)
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(
@@ -117,6 +125,14 @@ def test_dvc_views_fit_200_columns_and_every_plot_draws_offline(repo) -> None:
         ["exp", "show", "--no-pager", "--drop", ".*", "--keep", f"^(Experiment|Created|{keys})$"], path, env
     )
     assert widest(table) <= COLUMNS and "fid_evaluator_floor" in table and "…" not in table, table
+    # Plain `dvc exp show` in a 200-column terminal: its pager opens on the first 200 columns, which hold
+    # the experiment, its date and every headline metric with its value (params and deps scroll right).
+    screen = [line[:COLUMNS] for line in dvc_in_terminal(["exp", "show"], path, env).splitlines()]
+    header = next(line for line in screen if "Experiment" in line)
+    workspace = next(line for line in screen if line.strip().startswith("workspace"))
+    keys = list(headline["reports/headline.json"]["data"])
+    assert header.split()[2 : 2 + len(keys)] == keys, header
+    assert "…" not in header + workspace and len(workspace.split()) >= 2 + len(keys), screen
 
     if not Path(CHROMIUM).is_file():
         if os.environ.get("CI"):

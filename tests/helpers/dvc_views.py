@@ -32,6 +32,37 @@ def dvc(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> 
     return proc.stdout
 
 
+def dvc_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
+    """A DVC command's screen as a reviewer's COLUMNS-wide terminal gets it: run on a pseudo-terminal, so
+    DVC renders as it does interactively (`exp show` at full width, for its pager), with `cat` as the
+    pager; ANSI styling stripped. What `less -S` would show first is each line's first COLUMNS chars."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, COLUMNS, 0, 0))
+    proc = subprocess.Popen(
+        ["dvc", *args],
+        cwd=cwd,
+        env={k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")} | {"DVC_PAGER": "cat"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO: the command closed the terminal
+        while chunk := os.read(master, 65536):
+            chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=timeout) == 0, f"dvc {args} failed:\n{b''.join(chunks)[-3000:]!r}"
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
 def widest(text: str) -> int:
     return max((len(line) for line in text.splitlines()), default=0)
 
