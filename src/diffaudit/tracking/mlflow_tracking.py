@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from diffaudit.config.schema import Config
 from diffaudit.errors import TrackingError
+from diffaudit.tracking.orphans import close_orphaned_runs, process_tags
 from diffaudit.utils.lineage import git_commit, path_md5
 from diffaudit.utils.process import stage_startup_seconds
 
@@ -189,6 +190,8 @@ def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = No
         yield None
         return
     experiment_id = setup(cfg)
+    for run_id in close_orphaned_runs(MlflowClient(), experiment_id):
+        print(f"[{stage}] MLflow run {run_id} was left RUNNING by a killed process: marked FAILED")
     pid = pipeline_id(cfg)
     parent = find_or_create_parent(experiment_id, pid, cfg)
     tags = {
@@ -196,7 +199,7 @@ def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = No
         PIPELINE_TAG: pid,
         "git_commit": git_commit(),
         "mlflow.parentRunId": parent,  # nests the run under the pipeline in the UI
-    }
+    } | process_tags()
     for name, path in (inputs or {}).items():
         if Path(path).exists():
             tags[f"input_md5.{name}"] = path_md5(path)
