@@ -18,7 +18,7 @@ from diffaudit.config.release_schema import ReleaseCfg, release_config
 from diffaudit.config.schema import Config
 from diffaudit.layout import Layout
 from diffaudit.models.export import exported_unet_config, model_fingerprint
-from diffaudit.release.promote import register_and_decide
+from diffaudit.release.promote import publish, register_and_decide
 from diffaudit.report.content import Lineage, RunContent, load_content
 from diffaudit.report.html import render_html
 from diffaudit.report.model_card import render_model_card, render_model_card_appendix
@@ -103,6 +103,7 @@ def main(cfg: Config) -> None:
                 feature_space=space,
                 not_applicable=na,
                 model_tags=model_tags(content),
+                publish_now=False,  # the aliases move last, once the report is written and logged
             )
         # Re-read the run so the parent tag set at start is visible.
         active_run = mlflow.get_run(active.info.run_id) if active is not None else None
@@ -143,6 +144,8 @@ def main(cfg: Config) -> None:
             artifact_path="report",
             tags=tags,
         )
+        if record is not None:
+            publish(record)
         written = f"wrote {layout.report_html} and {layout.model_card}"
         if record is None:
             print(f"[report] {written} (model not registered)")

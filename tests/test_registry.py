@@ -220,3 +220,48 @@ def test_retrain_accepts_a_run_within_tolerance_of_the_baseline(
     )
     assert retrain.main(["--check", "--params", str(run.params), "--baseline-rev", "main"]) == 0
     assert "within tolerance" in capsys.readouterr().out
+
+
+KILL_AT_FIRST_WRITE = """
+import os, signal
+import pipelines.report as report
+from pipelines._stage import run
+
+def killed(*args, **kwargs):  # the first file the report stage writes comes after registration
+    os.kill(os.getpid(), signal.SIGKILL)
+
+report.write_text = killed
+run("report", report.main)
+"""
+
+
+def test_a_report_stage_killed_after_registration_moves_no_alias(run: ReleaseRun, tmp_path: Path) -> None:
+    """Red team, issue 18: killed right after registering, the stage used to leave `candidate` on a version
+    with no report. The aliases now move last: the version stays, marked pending, and every alias (what
+    `make serve` loads) stays where it was. A rerun publishes its own version."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from diffaudit.release.promote import PENDING, PUBLISHED, RELEASE_STATE_TAG
+    from tests.helpers.config import ROOT, stage_env
+
+    new = _private_copy(run, tmp_path / "copy")
+    mlflow.set_tracking_uri(new.tracking_uri)
+    name = new.cfg.tracking.registered_model_name
+    before = {a: alias_version(name, a).version for a in (CANDIDATE, CHAMPION)}
+    env = stage_env(new.params, "killed-report")
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_WRITE], cwd=ROOT, env=env, timeout=600)
+    assert killed.returncode == -9
+    client = mlflow.MlflowClient()
+    latest = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    assert int(latest.version) > int(before[CANDIDATE]) and latest.tags[RELEASE_STATE_TAG] == PENDING
+    assert {a: alias_version(name, a).version for a in (CANDIDATE, CHAMPION)} == before
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.report"], cwd=ROOT, env=env, timeout=600, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    cand = alias_version(name, CANDIDATE)
+    assert int(cand.version) == int(latest.version) + 1 and cand.tags[RELEASE_STATE_TAG] == PUBLISHED

@@ -28,6 +28,11 @@ from diffaudit.tracking.registry import (
 )
 from diffaudit.tracking.summary import DECISION_TAG, NOTE_TAG, REVOKED
 
+# A version's release state: pending from registration until its aliases moved (a process killed in between
+# leaves it pending, and the aliases untouched), then published.
+RELEASE_STATE_TAG = "diffaudit.release_state"
+PENDING, PUBLISHED = "pending: registered, aliases not yet moved", "published"
+
 
 def register_and_decide(
     cfg: Config,
@@ -40,11 +45,16 @@ def register_and_decide(
     feature_space: str | None = None,
     not_applicable: dict[str, str] | None = None,
     model_tags: dict[str, str] | None = None,
+    publish_now: bool = True,
 ) -> ReleaseRecord:
     """Register the logged model, alias it `candidate`, and move `champion` when the rule allows (`gates`
     None: the audit has not run). `feature_space` names the evaluator that measured the candidate (its
     md5); the champion's metrics are compared only when it was measured by the same one (or says nothing
-    about it)."""
+    about it).
+
+    `publish_now=False` registers the version (tagged `diffaudit.release_state` = pending) but moves no
+    alias: the caller writes its report first and then calls `publish`, so a process killed in between
+    leaves the aliases, and what `make serve` loads, as they were."""
     client = MlflowClient()
     name = cfg.tracking.registered_model_name
     champion = alias_version(name, CHAMPION, client)
@@ -75,15 +85,13 @@ def register_and_decide(
         tags["diffaudit.pipeline_id"] = pipeline_id
     if feature_space:
         tags[FEATURE_SPACE_TAG] = feature_space
+    tags[RELEASE_STATE_TAG] = PENDING
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
     report = report_url(cfg, release, run_id)
     client.update_model_version(
         name, mv.version, description=version_description(decision.promote, decision.reasons, report)
     )
-    client.set_registered_model_alias(name, CANDIDATE, mv.version)
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
-    return ReleaseRecord(
+    record = ReleaseRecord(
         model_name=name,
         candidate_version=str(mv.version),
         champion_version=str(mv.version) if decision.promote else champion_version,
@@ -97,6 +105,20 @@ def register_and_decide(
         run_id=run_id,
         pipeline_id=pipeline_id,
     )
+    if publish_now:
+        publish(record)
+    return record
+
+
+def publish(record: ReleaseRecord) -> None:
+    """Move the aliases a registered version's decision calls for (`candidate`, and `champion` when it
+    was promoted), last, and mark the version published."""
+    client = MlflowClient()
+    name, version = record.model_name, record.candidate_version
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    if record.promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, RELEASE_STATE_TAG, PUBLISHED)
 
 
 def mark_revoked_runs(client: MlflowClient, report_run: str | None, pid: str | None, reason: str) -> None:
