@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from diffaudit.config.schema import Config, load_params
-from diffaudit.errors import STAGE_ERRORS
+from diffaudit.errors import STAGE_ERRORS, is_disk_full
 from diffaudit.utils.process import mark_stage_process
 
 
@@ -24,4 +24,9 @@ def run(stage: str, main: Callable[[Config], None]) -> None:
         main(cfg)
     except STAGE_ERRORS as err:
         print(f"[{stage}] error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # a full disk met outside atomic_path (e.g. a Lightning checkpoint)
+        if not is_disk_full(err):
+            raise
+        print(f"[{stage}] error: no space left on the device: {err}", file=sys.stderr)
         sys.exit(1)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from tests.helpers.config import ROOT, stage_env, tiny_config
@@ -66,3 +69,46 @@ def test_train_stage_refuses_a_checkpoint_of_another_config(tiny_run, tmp_path: 
     assert "[train] error" in proc.stderr and "different model" in proc.stderr and str(foreign) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "models" / "diffusion").exists()
+
+
+@pytest.mark.parametrize("megapixels", [100, 400])  # PIL warns over 89.5 M pixels and raises over 179 M
+def test_prepare_stage_refuses_a_decompression_bomb_unread(tmp_path: Path, megapixels: int) -> None:
+    """Red team, issue 18: a small PNG declaring gigapixels came out as a traceback (or, under PIL's
+    error limit, was decoded). Refused before decoding, in one line naming the file."""
+    folder = _image_folder(tmp_path / "images")
+    side = int((megapixels * 1e6) ** 0.5)
+    Image.new("1", (side, side), 0).save(folder / "dog3.png")  # a 1-bit blank: a few KB on disk
+    out = tmp_path / "run"
+    tiny_config(out, ["data=image_folder", f"data.root={folder}", "data.image_size=16", "data.channels=1"])
+    proc = _run_stage("prepare", out / "params.yaml")
+    assert proc.returncode == 1, proc.stderr
+    assert "[prepare] error" in proc.stderr and "dog3.png" in proc.stderr and "decompression" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (out / "data" / "prepared").exists()
+
+
+@contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real small filesystem (tmpfs) at `path`, to fill. Mounting needs root with CAP_SYS_ADMIN (this
+    machine and its CI have it); elsewhere the test skips, saying why."""
+    path.mkdir(parents=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    proc = subprocess.run(mount, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path) -> None:
+    """Red team, issue 18: the prepare stage on a full device died with safetensors' traceback."""
+    out = tmp_path / "run"
+    with _tmpfs(tmp_path / "small", "300k") as small:
+        tiny_config(out, [f"paths.data={small / 'data'}"])
+        proc = _run_stage("prepare", out / "params.yaml")
+        left = sorted(p.relative_to(small).as_posix() for p in small.rglob("*"))
+    assert proc.returncode == 1, proc.stderr
+    assert "[prepare] error: no space left on the device writing" in proc.stderr, proc.stderr
+    assert str(small / "data" / "prepared") in proc.stderr and "Traceback" not in proc.stderr
+    assert left == ["data"], left  # no prepared folder, no temporary file

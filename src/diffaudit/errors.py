@@ -7,6 +7,8 @@ should not pay for importing Lightning and diffusers (~10 s on 2 cores).
 
 from __future__ import annotations
 
+import errno
+
 
 class ConfigError(ValueError):
     """The composed config is invalid; the message lists every bad key with what is allowed."""
@@ -38,6 +40,19 @@ class ModelFolderError(ValueError):
     unsupported class, a shape the data cannot match); the message names the file and what was expected."""
 
 
+class DiskFullError(OSError):
+    """No space was left on the device (or the quota) while writing an output; what was being written is
+    removed (utils.io.atomic_path)."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` reports a full device: OSError's ENOSPC/EDQUOT, or a library that words it (safetensors'
+    "No space left on device (os error 28)", torch's stream writer)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(err) or "os error 28" in str(err)
+
+
 class GateFailedError(RuntimeError):
     """A release gate failed and the config (audit.fail_on_gate) says that fails the stage."""
 
@@ -52,5 +67,6 @@ STAGE_ERRORS: tuple[type[Exception], ...] = (
     CheckpointMismatchError,
     ModelFolderError,
     GateFailedError,
+    DiskFullError,
     FileNotFoundError,
 )

@@ -7,6 +7,7 @@ misread column would bias every audit run on top of it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,12 +27,21 @@ def _open_image(path: Path, mode: str, size: int | None) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = img.convert(mode)
-            if size is not None:
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.float32) / 255.0
+        with warnings.catch_warnings():
+            # Over PIL's MAX_IMAGE_PIXELS it only warns (over twice that it raises): refuse both before
+            # decoding, since a small file can declare gigapixels (a decompression bomb).
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = img.convert(mode)
+                if size is not None:
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.float32) / 255.0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(
+            f"image {path} declares more pixels than PIL's decompression-bomb limit "
+            f"(MAX_IMAGE_PIXELS {Image.MAX_IMAGE_PIXELS:,}): refused unread ({exc})"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffaudit.errors import DiskFullError, is_disk_full
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -28,7 +30,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
-        yield target
+        try:
+            yield target
+        except Exception as err:
+            if isinstance(err, DiskFullError) or is_disk_full(err):  # the outermost path names the output
+                msg = f"no space left on the device writing {path} (nothing of it was kept)"
+                raise DiskFullError(msg) from None
+            raise
         if path.is_dir() and not path.is_symlink():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
