@@ -112,3 +112,29 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path)
     assert "[prepare] error: no space left on the device writing" in proc.stderr, proc.stderr
     assert str(small / "data" / "prepared") in proc.stderr and "Traceback" not in proc.stderr
     assert left == ["data"], left  # no prepared folder, no temporary file
+
+
+@pytest.mark.parametrize("corruption", ["truncated weights", "garbage weights", "config not JSON"])
+def test_sample_stage_on_a_corrupt_exported_model_is_one_line(tmp_path: Path, corruption: str) -> None:
+    """Red team, issue 18: a corrupt exported model; one line naming the file, no samples written."""
+    from pipelines import prepare
+    from tests.helpers.config import pipeline_env
+    from tests.helpers.release import write_untrained_model
+
+    cfg = tiny_config(tmp_path)
+    with pipeline_env(tmp_path, "corrupt-model"):
+        prepare.main(cfg)
+    write_untrained_model(cfg)
+    unet = tmp_path / "models" / "diffusion" / "unet"
+    weights, config = unet / "diffusion_pytorch_model.safetensors", unet / "config.json"
+    if corruption == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif corruption == "garbage weights":
+        weights.write_bytes(b"not a safetensors file")
+    else:
+        config.write_text("{not json")
+    bad = config if corruption == "config not JSON" else weights
+    proc = _run_stage("sample", tmp_path / "params.yaml")
+    assert proc.returncode == 1, proc.stderr
+    assert "[sample] error" in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
