@@ -21,6 +21,7 @@ from tests.helpers.release import free_port
 VENV = Path(sys.executable).parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "to_group"),
     [(signal.SIGTERM, False), (signal.SIGINT, True)],
