@@ -57,9 +57,7 @@ class HostGuard:
         if "*" in self.allowed:
             return True
         name = host_name(header or "")
-        return any(
-            name == h or (h.startswith("*.") and name.endswith(h[1:]) and name != h[2:]) for h in self.allowed
-        )
+        return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in self.allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.admits(_header(scope, b"host")):
