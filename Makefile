@@ -12,6 +12,7 @@ UI_PORT ?= 5000
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 5001
 SERVE_ALIAS ?= champion
+SERVE_ALLOWED_HOSTS ?= 127.0.0.1,localhost,::1
 RETRAIN_ARGS ?=
 BENCH_ARGS ?=
 EXP_ARGS ?=
@@ -78,13 +79,16 @@ bench: install
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # The MLflow dashboard over the project's store, on loopback only unless UI_HOST says otherwise.
+# pipelines/ui.py runs `mlflow server` and, on a stop signal, stops all it started (job runners too).
 ui: install
-	exec $(VENV)/bin/mlflow server --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	exec $(PY) -m pipelines.ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  --host $(UI_HOST) --port $(UI_PORT)
 
-# Serve a registry alias (default: the champion) with `mlflow models serve` on loopback.
+# Serve a registry alias (default: the champion) over MLflow's scoring protocol on loopback, answering only
+# the Host names in SERVE_ALLOWED_HOSTS (add yours when SERVE_HOST is not loopback; `*` for any).
 serve: install
-	exec $(PY) -m pipelines.serve --alias $(SERVE_ALIAS) --host $(SERVE_HOST) --port $(SERVE_PORT)
+	exec $(PY) -m pipelines.serve --alias $(SERVE_ALIAS) --host $(SERVE_HOST) --port $(SERVE_PORT) \
+	  --allowed-hosts '$(SERVE_ALLOWED_HOSTS)'
 
 # The release loop: compose, dvc repro, promote or refuse against the champion, say why (exit 1 = refused).
 retrain: install

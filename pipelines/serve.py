@@ -1,7 +1,9 @@
-"""`make serve`: serve a registry alias (default: the champion) with `mlflow models serve` on loopback.
+"""`make serve`: serve a registry alias (default: the champion) over MLflow's scoring protocol on loopback.
 
 Resolves the model name and tracking store from params.yaml, and says plainly when there is no
-champion yet instead of letting the server fail on an unresolvable URI.
+champion yet instead of letting the server fail on an unresolvable URI. The server is MLflow's scoring
+app (what `mlflow models serve` runs) in this process, behind a Host check, a body-size limit and a
+per-request deadline (diffaudit.tracking.scoring_app), so SIGTERM stops it within seconds.
 """
 
 from __future__ import annotations
@@ -15,29 +17,12 @@ from mlflow.tracking import MlflowClient
 
 from diffaudit.config.schema import load_params
 from diffaudit.errors import ConfigError, TrackingError
+from diffaudit.tracking.http_guards import LOOPBACK_HOSTS
 from diffaudit.tracking.mlflow_tracking import redact_uri, setup, tracking_uri
 from diffaudit.tracking.registry import CHAMPION, alias_version
+from diffaudit.tracking.scoring_app import run, scoring_app
 
-
-def serve_command(model_uri: str, host: str, port: int, workers: int = 1) -> list[str]:
-    # --env-manager local: the project's venv already holds every dependency the model needs.
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
+DEFAULT_TIMEOUT_S = 60  # MLflow's own default for a scoring request
 
 
 def existing_aliases(name: str) -> dict[str, str]:
@@ -67,7 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5001)
     ap.add_argument("--params", default=os.environ.get("DIFFAUDIT_PARAMS", "params.yaml"))
+    ap.add_argument(
+        "--allowed-hosts",
+        default=",".join(LOOPBACK_HOSTS),
+        help="comma-separated Host header names the server answers (`*` for any); default: loopback names",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=int,
+        default=int(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT") or DEFAULT_TIMEOUT_S),
+        help="seconds a request may run: 504 after it, and its sampling stops",
+    )
     args = ap.parse_args(argv)
+    allowed = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    if not allowed or args.timeout < 1:
+        what = (
+            "--allowed-hosts names no host" if not allowed else f"--timeout must be >= 1, got {args.timeout}"
+        )
+        print(f"[serve] error: {what}", file=sys.stderr)
+        return 1
     try:
         cfg = load_params(args.params)
         setup(cfg)
@@ -81,12 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     uri = f"models:/{name}@{args.alias}"
     print(f"[serve] {uri} (version {mv.version}) on http://{args.host}:{args.port}/invocations", flush=True)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg)  # lets the server resolve models:/
-    # MLflow starts `uvicorn` by name: make this interpreter's environment (the venv) findable.
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    cmd = serve_command(uri, args.host, args.port)
-    os.execv(cmd[0], cmd)
-    return 0  # not reached
+    print(f"[serve] allowed hosts: {', '.join(allowed)}; request timeout {args.timeout}s", flush=True)
+    run(scoring_app(uri, allowed, args.timeout), args.host, args.port)
+    return 0
 
 
 if __name__ == "__main__":

@@ -114,3 +114,29 @@ def test_log_outputs_writes_metrics_curves_files_and_tags_in_one_call(tmp_path, 
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == sorted(curve.items())
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"f.json", "figs"}
+
+
+def test_attribute_names_become_valid_mlflow_keys(tmp_path, monkeypatch) -> None:
+    """An ordinary attribute column (`skin tone (1-6)`) reaches metric, curve, param and tag keys through
+    the stages (test accuracy per head, the explain stage's emergence curves, split sizes): every one is
+    logged to a real store under its sanitized key instead of failing the stage (issue 18)."""
+    from diffaudit.tracking.mlflow_tracking import log_outputs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
+    attr = "skin tone (1-6)"
+    mlflow.set_experiment("attribute-names")
+    with mlflow.start_run() as run:
+        log_outputs(
+            metrics={attr: 0.9},
+            prefix="test_accuracy.",
+            curves={f"explain.step.emergence.{attr}": {0: 0.1, 1: 0.2}},
+            params={f"data.n_{attr}": 12},
+            tags={f"not_applicable.{attr}": "one group"},
+        )
+    data = MlflowClient().get_run(run.info.run_id).data
+    key = "skin tone _1-6_"
+    assert data.metrics == {f"test_accuracy.{key}": 0.9, f"explain.step.emergence.{key}": 0.2}
+    assert data.params == {f"data.n_{key}": "12"}
+    assert data.tags[f"not_applicable.{key}"] == "one group"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -492,10 +493,9 @@ def free_port() -> int:
 @contextmanager
 def server(
     cmd: list[str], ready_url: str, log: Path, timeout: float = 240.0, env: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen]:
     """Run a server in its own process group until `ready_url` answers 200; stop the whole group after."""
     import signal
-    import subprocess
     import time
     import urllib.request
 
@@ -517,7 +517,7 @@ def server(
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
             time.sleep(1.0)
-        yield
+        yield proc
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -531,18 +531,27 @@ def server(
                 continue
 
 
-def post_json(url: str, body: dict) -> tuple[int, dict]:
+def post_json(
+    url: str, body: dict, timeout: float = 120.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     import urllib.error
     import urllib.request
 
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"} | (headers or {}),
     )
     try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        raw = err.read() or b"{}"
+        try:
+            return err.code, json.loads(raw)
+        except json.JSONDecodeError:  # MLflow's 504 is plain text
+            return err.code, {"message": raw.decode(errors="replace")}
 
 
 def get_json(url: str) -> dict:

@@ -253,6 +253,13 @@ def is_setting(path: str) -> bool:
     return any(part in SETTING_KEYS or part.endswith(SETTING_SUFFIXES) for part in path.split("."))
 
 
+def mlflow_key(name: str) -> str:
+    """A metric, param or tag key MLflow accepts (alphanumerics, `_ - . /` and spaces): every other
+    character becomes `_`. Attribute and class names reach keys as data says (`skin tone (1-6)` ->
+    `skin tone _1-6_`); result files and reports keep them as they are."""
+    return re.sub(r"[^\w./ -]", "_", name)
+
+
 def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:
     """Log every numeric leaf of a nested dict as an MLflow metric named by its dotted path, except the
     settings and sample sizes (`is_setting`)."""
@@ -265,7 +272,7 @@ def log_metrics_flat(metrics: dict[str, Any], prefix: str = "") -> None:
         elif isinstance(d, (int, float)) and not isinstance(d, bool):
             name = p.rstrip(".")
             if not is_setting(name.removeprefix(prefix)):
-                flat[re.sub(r"[^\w./ -]", "_", name)] = float(d)
+                flat[mlflow_key(name)] = float(d)
 
     walk(metrics, prefix)
     if flat:
@@ -300,9 +307,9 @@ def log_outputs(
     for name, folder in (folders or {}).items():
         mlflow.log_artifacts(str(folder), name)
     if tags:
-        mlflow.set_tags(dict(tags))
+        mlflow.set_tags({mlflow_key(k): v for k, v in tags.items()})
     if params:
-        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_params({mlflow_key(k): str(v) for k, v in params.items()})
 
 
 def _log_curves(curves: Mapping[str, Mapping[int, float]]) -> None:
@@ -311,7 +318,9 @@ def _log_curves(curves: Mapping[str, Mapping[int, float]]) -> None:
 
     now = int(time.time() * 1000)
     metrics = [
-        Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts.items()
+        Metric(mlflow_key(name), float(v), now, int(step))
+        for name, pts in curves.items()
+        for step, v in pts.items()
     ]
     client, run_id = MlflowClient(), mlflow.active_run().info.run_id
     for i in range(0, len(metrics), 1000):
