@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The stages' interpreter (dvc.yaml runs them through pipelines/python.sh).
+export DIFFAUDIT_PYTHON := $(abspath $(VENV))/bin/python
 OVERRIDES ?=
 PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2

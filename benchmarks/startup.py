@@ -30,11 +30,11 @@ _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
 def stage_modules() -> dict[str, str]:
-    """dvc.yaml's stages -> the module each runs (`python -m pipelines.x`)."""
+    """dvc.yaml's stages -> the module each runs (`... -m pipelines.x`)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, s in stages.items():
-        m = re.search(r"python -m (\S+)", s["cmd"])
+        m = re.search(r" -m (pipelines\.\S+)", s["cmd"])
         if m:
             out[name] = m.group(1)
     return out

@@ -96,7 +96,7 @@ def test_every_module_a_stage_runs_is_a_dep() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     missing = {}
     for name, stage in stages.items():
-        entry = stage["cmd"].split("python -m ", 1)[1].split()[0]
+        entry = stage["cmd"].split(" -m ", 1)[1].split()[0]
         deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
         uncovered = sorted(
             _file_of(m).relative_to(ROOT).as_posix()

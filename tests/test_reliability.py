@@ -182,3 +182,21 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     assert metrics["world_size"] == 2 and metrics["ddp_ranks_agree"] == 1.0
     assert metrics["global_step"] == 10
     assert (tmp_path / "models" / "diffusion" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_dvc_repro_without_the_venv_on_path_runs_the_projects_interpreter(tmp_path) -> None:
+    """Red team, issue 18: `dvc repro` with the venv off PATH ran the system python, after DVC had deleted
+    the stage's outputs. The stage commands go through pipelines/python.sh, which picks the checkout's
+    .venv."""
+    from benchmarks.end_to_end import copy_repo
+
+    repo = tmp_path / "repo"
+    env = copy_repo(repo)
+    (repo / ".venv").symlink_to(Path(sys.prefix))
+    bare = {k: v for k, v in env.items() if k != "PATH"} | {"PATH": "/usr/bin:/bin"}
+    dvc = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run(
+        [str(dvc), "repro", "prepare"], cwd=repo, env=bare, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (repo / "data" / "prepared" / "train.safetensors").is_file()
