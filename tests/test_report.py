@@ -188,3 +188,13 @@ def test_model_card_makes_html_in_data_names_inert(run: ReleaseRun, tmp_path) ->
     assert "<script" not in card and "<img" not in card and "<b>" not in card and "<i>" not in card
     assert "&lt;script>alert(1)&lt;/script>" in card
     assert "<= 0.05" in card  # our own comparison signs stay as they are
+
+
+def test_report_page_escapes_html_in_data_names(run: ReleaseRun) -> None:
+    """Red team, issue 18 (held up; kept tested): class and group names reach audit.html escaped."""
+    content = load_content(run.cfg, run.params)
+    content.class_names = ["<script>alert(1)</script>", *content.class_names[1:]]
+    content.attribute_groups = {"<b>tone</b>": ["<i>a</i>", "b"]}
+    page = render_html(content, Lineage("abc", None, None, None, "sqlite:///x.db"), None, 4)
+    assert "<script>alert(1)" not in page and "<b>tone</b>" not in page and "<i>a</i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
