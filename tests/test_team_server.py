@@ -1,0 +1,218 @@
+"""The team server (`make server`), for real: PostgreSQL, `mlflow server --app-name basic-auth` with
+proxied artifacts and host validation. Anonymous writes and foreign Host headers are refused, a reviewer
+reads but cannot register or promote, two pipelines log at once, a server restart mid-stage fails the stage
+in one line and the rerun closes the run it left, a `user:password@` URI passes the reachability probe, and
+no credential reaches the store, the artifacts, or any output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from diffaudit.errors import TrackingError
+from diffaudit.tracking.mlflow_tracking import (
+    INTERRUPTED_TAG,
+    PIPELINE_TAG,
+    STAGE_TAG,
+    check_reachable,
+    stage_run,
+)
+from pipelines.team_server import Settings
+from tests.helpers.config import ROOT, stage_env, tiny_config
+from tests.helpers.release import free_port
+from tests.helpers.team_server import TeamServer, credentials, postgres_or_skip, team_server
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[TeamServer]:
+    postgres_or_skip()
+    with team_server() as server:
+        yield server
+
+
+@pytest.fixture
+def as_pipeline(team: TeamServer, monkeypatch: pytest.MonkeyPatch) -> TeamServer:
+    """This process logs to the team server as the pipeline account, from the environment alone."""
+    for k, v in team.client_env("pipeline").items():
+        monkeypatch.setenv(k, v)
+    return team
+
+
+def _request(url: str, body: dict | None = None, host: str | None = None, login: str | None = None) -> int:
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("Content-Type", "application/json")
+    if host:
+        req.add_header("Host", host)
+    if login:
+        import base64
+
+        req.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def assert_no_secrets(team: TeamServer, *outputs: str) -> None:
+    """No credential in the store (both databases, every artifact) nor in any output given."""
+    haystack = team.stored_text() + "\n".join(outputs)
+    for log in team.logs:
+        haystack += log.read_text(errors="replace")
+    for secret in team.secrets():
+        assert secret not in haystack, "a credential reached the store, the artifacts or an output"
+
+
+def test_anonymous_and_wrong_logins_and_foreign_hosts_are_refused(team: TeamServer) -> None:
+    api = f"{team.uri}/api/2.0/mlflow"
+    assert _request(f"{api}/experiments/create", {"name": "anonymous"}) == 401
+    assert _request(f"{api}/experiments/create", {"name": "wrong"}, login="pipeline:not-the-password") == 401
+    reviewer = f"reviewer:{team.passwords['reviewer']}"
+    assert _request(f"{api}/experiments/search", {"max_results": 1}, login=reviewer) == 200
+    # DNS rebinding: a page on another name that resolves here gets nothing
+    assert (
+        _request(f"{api}/experiments/search", {"max_results": 1}, host="evil.example", login=reviewer) == 403
+    )
+    assert team.settings.host == "127.0.0.1"
+
+
+def test_off_loopback_needs_named_hosts(tmp_path: Path) -> None:
+    assert Settings(tmp_path, port=5002).hosts() == "127.0.0.1:5002,localhost:5002"
+    with pytest.raises(TrackingError, match="SERVER_ALLOWED_HOSTS"):
+        Settings(tmp_path, host="0.0.0.0").hosts()
+    assert Settings(tmp_path, host="0.0.0.0", allowed_hosts="mlflow.team:5002").hosts() == "mlflow.team:5002"
+
+
+def test_probe_accepts_credentials_in_the_uri(team: TeamServer, tmp_path: Path, monkeypatch) -> None:
+    """Issue 18: `http://user:password@host` was always 'unreachable' (urllib took the login for the host
+    name). Now it passes, and a stage logs through it; a dead port still fails, without the password."""
+    password = team.passwords["pipeline"]
+    uri = f"http://pipeline:{password}@127.0.0.1:{team.settings.port}"
+    check_reachable(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "probe-uri")
+    cfg = tiny_config(tmp_path)
+    with stage_run(cfg, "prepare") as run:
+        mlflow.log_metric("x", 1.0)
+    with credentials("reviewer", team.passwords["reviewer"]):
+        assert MlflowClient(team.uri).get_run(run.info.run_id).info.status == "FINISHED"
+    with pytest.raises(TrackingError, match="unreachable") as err:
+        check_reachable(f"http://pipeline:{password}@127.0.0.1:{free_port()}", timeout=3)
+    assert password not in str(err.value)
+    assert_no_secrets(team)
+
+
+def test_reviewer_reads_but_cannot_register_or_promote(
+    as_pipeline: TeamServer, tmp_path: Path, monkeypatch
+) -> None:
+    team = as_pipeline
+    monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "reviewer-check")
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "model.txt").write_text("weights")
+    with stage_run(cfg, "report") as run:
+        mlflow.log_artifact(str(tmp_path / "model.txt"), "model")
+    name = "team-reviewer-check"
+    writer = MlflowClient(team.uri)
+    writer.create_registered_model(name)
+    v1 = writer.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    writer.set_registered_model_alias(name, "champion", v1.version)
+
+    with credentials("reviewer", team.passwords["reviewer"]):
+        reviewer = MlflowClient(team.uri)
+        assert reviewer.get_run(run.info.run_id).data.tags[STAGE_TAG] == "report"  # reads runs
+        assert [a.path for a in reviewer.list_artifacts(run.info.run_id, "model")] == ["model/model.txt"]
+        assert reviewer.get_registered_model(name).aliases == {"champion": v1.version}
+        for refused in (
+            lambda: reviewer.set_registered_model_alias(name, "champion", v1.version),  # promote
+            lambda: reviewer.set_registered_model_alias(name, "challenger", v1.version),
+            lambda: reviewer.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id),
+            lambda: reviewer.log_param(run.info.run_id, "tampered", "1"),
+        ):
+            with pytest.raises(MlflowException) as err:
+                refused()
+            assert err.value.error_code == "PERMISSION_DENIED"
+    model = writer.get_registered_model(name)
+    assert model.aliases == {"champion": v1.version}
+    assert len(writer.search_model_versions(f"name = '{name}'")) == 1
+
+
+@pytest.mark.slow
+def test_two_pipelines_log_at_once(team: TeamServer, tmp_path: Path) -> None:
+    """Two real prepare stages, separate pipelines, as subprocesses on the server at the same time;
+    the login comes from the environment only (each config still names its own sqlite store)."""
+    procs = {}
+    for pid in ("team-a", "team-b"):
+        cfg = tiny_config(tmp_path / pid)
+        env = stage_env(tmp_path / pid / "params.yaml", pid, **team.client_env("pipeline"))
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+        procs[pid] = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.prepare"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    outputs = {pid: p.communicate(timeout=300)[0] for pid, p in procs.items()}
+    for pid, p in procs.items():
+        assert p.returncode == 0, outputs[pid]
+        assert not (tmp_path / pid / "mlflow.db").exists()  # the environment's server won over the config
+
+    with credentials("reviewer", team.passwords["reviewer"]):
+        client = MlflowClient(team.uri)
+        exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+        assert exp.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+        for pid in procs:
+            runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}'")
+            by_stage = {r.data.tags[STAGE_TAG]: r for r in runs}
+            assert set(by_stage) == {"pipeline", "prepare"}, pid
+            prepare = by_stage["prepare"]
+            assert prepare.info.status == "FINISHED"
+            assert prepare.data.tags["mlflow.parentRunId"] == by_stage["pipeline"].info.run_id
+            assert prepare.data.params["data.n_train"] == "420"
+            artifacts = {a.path for a in client.list_artifacts(prepare.info.run_id)}
+            assert {"config", "data.json", "real_grid.png"} <= artifacts, artifacts
+    stored = list((team.home / "artifacts").rglob("data.json"))
+    assert len(stored) >= 2  # on the server's artifact root, not in either pipeline's folder
+    outputs_text = [Path(p).read_text(errors="replace") for p in (tmp_path).rglob("*.json")]
+    assert_no_secrets(team, *outputs.values(), *outputs_text)
+
+
+@pytest.mark.slow
+def test_server_restart_mid_stage_fails_in_one_line_and_the_rerun_closes_the_run(
+    as_pipeline: TeamServer, tmp_path: Path, monkeypatch
+) -> None:
+    team = as_pipeline
+    monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "restart-mid-stage")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail in seconds, not minutes
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(TrackingError) as err, stage_run(cfg, "train") as run:
+        mlflow.log_metric("train/loss", 1.0, step=0)
+        team.stop()  # the server goes away mid-stage, and is back only after the stage gave up
+        mlflow.log_metric("train/loss", 0.5, step=1)
+    team.start()
+    message = str(err.value)
+    assert "\n" not in message and "failed during stage train" in message
+    assert run.info.run_id in message and "RUNNING" in message
+    assert team.passwords["pipeline"] not in message
+    assert MlflowClient().get_run(run.info.run_id).info.status == "RUNNING"  # what the message warned of
+
+    with stage_run(cfg, "train") as rerun:  # the rerun, on the restarted server
+        mlflow.log_metric("train/loss", 0.5, step=1)
+    client = MlflowClient()
+    left = client.get_run(run.info.run_id)
+    assert left.info.status == "KILLED"
+    assert rerun.info.run_id in left.data.tags[INTERRUPTED_TAG]
+    assert client.get_run(rerun.info.run_id).info.status == "FINISHED"
+    assert_no_secrets(team, message)
