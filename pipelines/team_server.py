@@ -130,6 +130,8 @@ def prepare(settings: Settings, environ: dict[str, str] | None = None) -> tuple[
         backend, auth_db = backend or cluster.uri(TRACKING_DB), auth_db or cluster.uri(AUTH_DB)
     write_auth_config(home / "auth.ini", auth_db)
     env = {k: v for k, v in environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    # MLflow's job runner (GenAI scorers, several worker processes) has no work for a review dashboard.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env |= {
         "MLFLOW_BACKEND_STORE_URI": backend,
         "MLFLOW_AUTH_CONFIG_PATH": str(home / "auth.ini"),

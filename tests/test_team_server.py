@@ -85,6 +85,15 @@ def test_anonymous_and_wrong_logins_and_foreign_hosts_are_refused(team: TeamServ
         _request(f"{api}/experiments/search", {"max_results": 1}, host="evil.example", login=reviewer) == 403
     )
     assert team.settings.host == "127.0.0.1"
+    argv = " ".join(team.cmd)  # what `ps` shows: the options, not the store's password
+    assert "--app-name basic-auth" in argv and "--serve-artifacts" in argv and "--allowed-hosts" in argv
+    assert not any(secret in argv for secret in team.secrets())
+
+
+def test_ci_installs_postgresql() -> None:
+    """In CI these tests must run, not skip: both CI entry points install Debian's postgresql."""
+    assert "postgresql" in (ROOT / ".ci" / "run").read_text()
+    assert "postgresql" in (ROOT / ".github" / "workflows" / "ci.yml").read_text()
 
 
 def test_off_loopback_needs_named_hosts(tmp_path: Path) -> None:
