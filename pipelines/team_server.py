@@ -117,6 +117,7 @@ def prepare(settings: Settings, environ: dict[str, str] | None = None) -> tuple[
     """Start the database (the local cluster unless DIFFAUDIT_SERVER_DB_URI names one), write the auth
     config, and return the server's command and environment."""
     environ = dict(os.environ if environ is None else environ)
+    settings.hosts()  # an unguarded off-loopback setting is refused before anything starts
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     keys = load_secrets(home)

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         granted = add_user(args.uri, args.username, password, args.role, args.experiment, args.model)
     except MlflowException as err:
-        print(f"[users] error: {redact_uri(str(err.message)).splitlines()[0]}", file=sys.stderr)
+        first = redact_uri(str(err.message)).splitlines()[0].split(" Error: ")[0]  # not the SQL behind it
+        print(f"[users] error: {first}", file=sys.stderr)
         return 1
     extra = f" ({', '.join(granted)})" if granted else ""
     print(f"[users] {args.role} {args.username} created on {redact_uri(args.uri)}{extra}")

@@ -28,7 +28,8 @@ from diffaudit.tracking.mlflow_tracking import (
     check_reachable,
     stage_run,
 )
-from pipelines.team_server import Settings
+from pipelines.team_server import ADMIN, Settings, prepare
+from pipelines.team_users import add_user
 from tests.helpers.config import ROOT, stage_env, tiny_config
 from tests.helpers.release import free_port
 from tests.helpers.team_server import TeamServer, credentials, postgres_or_skip, team_server
@@ -99,7 +100,8 @@ def test_ci_installs_postgresql() -> None:
 def test_off_loopback_needs_named_hosts(tmp_path: Path) -> None:
     assert Settings(tmp_path, port=5002).hosts() == "127.0.0.1:5002,localhost:5002"
     with pytest.raises(TrackingError, match="SERVER_ALLOWED_HOSTS"):
-        Settings(tmp_path, host="0.0.0.0").hosts()
+        prepare(Settings(tmp_path / "home", host="0.0.0.0"))
+    assert not (tmp_path / "home").exists()  # refused before any database or secret was made
     assert Settings(tmp_path, host="0.0.0.0", allowed_hosts="mlflow.team:5002").hosts() == "mlflow.team:5002"
 
 
@@ -225,3 +227,24 @@ def test_server_restart_mid_stage_fails_in_one_line_and_the_rerun_closes_the_run
     assert rerun.info.run_id in left.data.tags[INTERRUPTED_TAG]
     assert client.get_run(rerun.info.run_id).info.status == "FINISHED"
     assert_no_secrets(team, message)
+
+
+def test_a_second_writer_gets_the_existing_experiment_and_model(as_pipeline: TeamServer) -> None:
+    """A writer account added after the experiment and model exist (made by another writer) may log to the
+    one and promote in the other: `team_users --role writer` grants EDIT and MANAGE on them."""
+    team = as_pipeline
+    owner = MlflowClient(team.uri)
+    exp_id = owner.create_experiment("team-second-writer")
+    run = owner.create_run(exp_id)
+    name = "team-second-writer-model"
+    owner.create_registered_model(name)
+    version = owner.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version
+    password = "pw-ci2-" + "x" * 12
+    with credentials(ADMIN, team.passwords[ADMIN]):
+        granted = add_user(team.uri, "ci2", password, "writer", "team-second-writer", name)
+    assert granted == ["EDIT on experiment team-second-writer", f"MANAGE on model {name}"]
+    with credentials("ci2", password):
+        second = MlflowClient(team.uri)
+        second.log_metric(second.create_run(exp_id).info.run_id, "x", 1.0)
+        second.set_registered_model_alias(name, "champion", version)
+    assert owner.get_registered_model(name).aliases == {"champion": version}
