@@ -69,6 +69,7 @@ def _request(url: str, body: dict | None = None, host: str | None = None, login:
 def assert_no_secrets(team: TeamServer, *outputs: str) -> None:
     """No credential in the store (both databases, every artifact) nor in any output given."""
     haystack = team.stored_text() + "\n".join(outputs)
+    assert "CREATE TABLE public.users" in haystack and "reviewer" in haystack  # the real store was searched
     for log in team.logs:
         haystack += log.read_text(errors="replace")
     for secret in team.secrets():
@@ -248,3 +249,39 @@ def test_a_second_writer_gets_the_existing_experiment_and_model(as_pipeline: Tea
         second.log_metric(second.create_run(exp_id).info.run_id, "x", 1.0)
         second.set_registered_model_alias(name, "champion", version)
     assert owner.get_registered_model(name).aliases == {"champion": version}
+
+
+@pytest.mark.slow
+def test_release_loop_on_the_server_registers_promotes_and_keeps_credentials_out(
+    as_pipeline: TeamServer, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """The release loop (tests/helpers/release.py: real prepare and report stages, an untrained model)
+    on the server as the pipeline account: the model is registered and made champion there, and no
+    credential is in the report, the model card, release.json, the printed output or the store."""
+    from diffaudit.results import QualityResult, write_result
+    from pipelines import pipeline_run, prepare, report
+    from tests.helpers.release import quality, write_audit_files, write_samples, write_untrained_model
+
+    team = as_pipeline
+    extra = ["sampler.steps=2", "sampler.num_per_class=3", "tracking.experiment_name=team-release"]
+    cfg = tiny_config(tmp_path, [*extra, "tracking.registered_model_name=team-release-model"])
+    monkeypatch.setenv("DIFFAUDIT_PIPELINE_ID", "team-release")
+    monkeypatch.setenv("DIFFAUDIT_PROGRESS", "0")
+    monkeypatch.setenv("DIFFAUDIT_PARAMS", str(tmp_path / "params.yaml"))
+    prepare.main(cfg)
+    write_untrained_model(cfg)
+    write_samples(cfg)
+    write_result(tmp_path / "metrics" / QualityResult.FILE, QualityResult.model_validate(quality()))
+    write_audit_files(tmp_path, True)
+    report.main(cfg)
+    pipeline_run.finish(0)
+
+    with credentials("reviewer", team.passwords["reviewer"]):
+        model = MlflowClient(team.uri).get_registered_model("team-release-model")
+    assert "champion" in model.aliases
+    assert not (tmp_path / "mlflow.db").exists()  # the environment's server, not the config's sqlite
+    reports = [p for p in (tmp_path / "reports").rglob("*") if p.is_file()]
+    assert {"MODEL_CARD.md", "release.json"} <= {p.name for p in reports}
+    printed = capfd.readouterr()
+    texts = [p.read_bytes().decode("utf-8", "replace") for p in reports]
+    assert_no_secrets(team, printed.out, printed.err, *texts)
