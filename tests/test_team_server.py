@@ -92,6 +92,18 @@ def test_anonymous_and_wrong_logins_and_foreign_hosts_are_refused(team: TeamServ
     assert not any(secret in argv for secret in team.secrets())
 
 
+def test_missing_postgres_fails_in_ci_and_skips_elsewhere(monkeypatch) -> None:
+    from diffaudit.tracking import postgres
+
+    monkeypatch.setattr(postgres, "available", lambda: False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must install"):
+        postgres_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y postgresql"):
+        postgres_or_skip()
+
+
 def test_ci_installs_postgresql() -> None:
     """In CI these tests must run, not skip: both CI entry points install Debian's postgresql."""
     assert "postgresql" in (ROOT / ".ci" / "run").read_text()
