@@ -6,6 +6,7 @@ no credential reaches the store, the artifacts, or any output."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -56,8 +57,6 @@ def _request(url: str, body: dict | None = None, host: str | None = None, login:
     if host:
         req.add_header("Host", host)
     if login:
-        import base64
-
         req.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -86,6 +85,8 @@ def test_anonymous_and_wrong_logins_and_foreign_hosts_are_refused(team: TeamServ
     assert (
         _request(f"{api}/experiments/search", {"max_results": 1}, host="evil.example", login=reviewer) == 403
     )
+    with credentials("reviewer", team.passwords["reviewer"]):
+        assert MlflowClient(team.uri).get_experiment_by_name("anonymous") is None  # nothing was written
     assert team.settings.host == "127.0.0.1"
     argv = " ".join(team.cmd)  # what `ps` shows: the options, not the store's password
     assert "--app-name basic-auth" in argv and "--serve-artifacts" in argv and "--allowed-hosts" in argv
