@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5002
+SERVER_ALLOWED_HOSTS ?=
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 5001
 SERVE_ALIAS ?= champion
@@ -19,7 +22,7 @@ RETRAIN_ARGS ?=
 BENCH_ARGS ?=
 EXP_ARGS ?=
 
-.PHONY: install params repro locked-repro audit test lint bench ui serve retrain exp clean
+.PHONY: install params repro locked-repro audit test lint bench ui server serve retrain exp clean
 
 # One pinned install: torch==2.13.0 resolves to the local CPU wheel (no multi-GB CUDA download).
 $(STAMP): requirements.lock pyproject.toml
@@ -85,6 +88,12 @@ bench: install
 ui: install
 	exec $(PY) -m pipelines.ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  --host $(UI_HOST) --port $(UI_PORT)
+
+# The reviewers' shared dashboard (docs/team_server.md): MLflow over PostgreSQL, logins required (basic-auth),
+# artifacts proxied, Host headers validated; loopback unless SERVER_HOST (then SERVER_ALLOWED_HOSTS) says otherwise.
+server: install
+	exec $(PY) -m pipelines.team_server --host $(SERVER_HOST) --port $(SERVER_PORT) \
+	  --allowed-hosts '$(SERVER_ALLOWED_HOSTS)'
 
 # Serve a registry alias (default: the champion) over MLflow's scoring protocol on loopback, answering only
 # the Host names in SERVE_ALLOWED_HOSTS (add yours when SERVE_HOST is not loopback; `*` for any).

@@ -7,12 +7,14 @@ Stages are separate processes (DVC runs them), so the parent is found by a pipel
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -68,6 +70,20 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri)
 
 
+def health_request(uri: str) -> urllib.request.Request:
+    """The GET of `uri`'s /health. urllib reads `user:password@` as part of the host name (and fails to
+    resolve it), so credentials in the URI move into a basic-auth header and out of the URL."""
+    parts = urllib.parse.urlsplit(uri)
+    hostport = parts.netloc.rpartition("@")[2]
+    url = urllib.parse.urlunsplit((parts.scheme, hostport, parts.path.rstrip("/") + "/health", "", ""))
+    req = urllib.request.Request(url)
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        pw = urllib.parse.unquote(parts.password or "")
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+    return req
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail within seconds, with the URI in the message, when a tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
@@ -75,14 +91,19 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     # Keep MLflow's own client from retrying for minutes if the server goes away later.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    if "@" in urllib.parse.urlsplit(uri).netloc:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: not with a password in it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(health_request(uri), timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError(f"MLflow server {redact_uri(uri)} answered /health with {resp.status}")
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
+    except urllib.error.HTTPError as err:
+        raise TrackingError(f"MLflow server {redact_uri(uri)} answered /health with {err.code}") from None
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
         raise TrackingError(
-            f"MLflow tracking server {redact_uri(uri)} is unreachable ({err}); start it (`make ui`) "
-            "or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+            f"MLflow tracking server {redact_uri(uri)} is unreachable ({err}); start it (`make ui`, or "
+            "`make server` for the team's) or unset MLFLOW_TRACKING_URI to use the local sqlite store"
         ) from None
 
 
@@ -114,11 +135,23 @@ def setup(cfg: Config) -> str:
 def _describe_experiment(experiment: Any) -> None:
     """The experiment says it is model training, and (its description, shown in the experiment list) where
     the verdict is; a description someone wrote is kept."""
-    client = MlflowClient()
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        _set_experiment_tag_once(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if not experiment.tags.get("mlflow.note.content"):
-        client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_NOTE)
+        _set_experiment_tag_once(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_NOTE)
+
+
+def _set_experiment_tag_once(experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag; a pipeline that set it at the same moment (a unique-key clash in a shared
+    server's database) is as good as setting it here."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if key not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -184,14 +217,14 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
 def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = None) -> Iterator[Run | None]:
     """A nested MLflow run for one stage: config params, lineage tags, the config as an artifact.
 
-    Yields None on ranks other than 0. The run ends FAILED if the stage raises.
+    Yields None on ranks other than 0. The run ends FAILED if the stage raises. When the store fails
+    mid-stage (a tracking server restarted or gone), the stage fails with a one-line TrackingError that
+    names the run left unfinished; the next stage run marks that one FAILED (`orphans.close_orphaned_runs`).
     """
     if not is_global_zero():
         yield None
         return
     experiment_id = setup(cfg)
-    for run_id in close_orphaned_runs(MlflowClient(), experiment_id):
-        print(f"[{stage}] MLflow run {run_id} was left RUNNING by a killed process: marked FAILED")
     pid = pipeline_id(cfg)
     parent = find_or_create_parent(experiment_id, pid, cfg)
     tags = {
@@ -203,14 +236,47 @@ def stage_run(cfg: Config, stage: str, inputs: dict[str, str | Path] | None = No
     for name, path in (inputs or {}).items():
         if Path(path).exists():
             tags[f"input_md5.{name}"] = path_md5(path)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
-        _log_params(MlflowClient(), run.info.run_id, config_params(cfg))
-        mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/params.yaml")
-        startup = stage_startup_seconds(stage)  # work starts here: after interpreter, imports, params, run
-        if startup is not None:
-            mlflow.log_metric(STARTUP_METRIC, startup)
-        yield run
-        mlflow.log_metric(PEAK_RSS_METRIC, peak_rss_mib())
+    run_id = ""
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
+            run_id = run.info.run_id
+            for closed in close_orphaned_runs(MlflowClient(), experiment_id, pid, stage, run_id):
+                print(f"[{stage}] MLflow run {closed} was never closed (killed, or the store failed): FAILED")
+            _log_params(MlflowClient(), run_id, config_params(cfg))
+            mlflow.log_text(
+                yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/params.yaml"
+            )
+            startup = stage_startup_seconds(
+                stage
+            )  # work starts here: after interpreter, imports, params, run
+            if startup is not None:
+                mlflow.log_metric(STARTUP_METRIC, startup)
+            yield run
+            mlflow.log_metric(PEAK_RSS_METRIC, peak_rss_mib())
+    except Exception as err:
+        if not is_store_failure(err):
+            raise
+        left = (
+            f"its run {run_id} may be left RUNNING (the stage's next run marks it FAILED)" if run_id else ""
+        )
+        raise TrackingError(
+            f"MLflow store {redact_uri(tracking_uri(cfg))} failed during stage {stage}: "
+            f"{store_failure_line(err)}; {left or 'no run was started'}"
+        ) from None
+
+
+def is_store_failure(err: BaseException) -> bool:
+    """Whether an exception came from the MLflow store (a refused or failed request), not the stage."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, (MlflowException, requests.exceptions.RequestException))
+
+
+def store_failure_line(err: BaseException) -> str:
+    """The store's error on one short line, without credentials."""
+    text = " ".join(str(getattr(err, "message", err)).split())
+    return redact_uri(text)[:300]
 
 
 def peak_rss_mib() -> float:

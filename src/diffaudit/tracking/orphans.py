@@ -1,9 +1,12 @@
-"""Stage runs whose process was killed: MLflow leaves them RUNNING for ever, so the next stage run of the
-same store closes them.
+"""Stage runs that never ended: MLflow leaves them RUNNING for ever, so a later stage run closes them.
 
-Every stage run carries the host and pid of its process. A RUNNING run of this host whose process no
-longer exists was killed (SIGKILL, out of memory, a power cut): nothing ended it. It is marked FAILED with
-a note saying so. A run of another host is left alone, since its process cannot be seen from here.
+Two ways a run is left so, each closed FAILED with a note (tag `diffaudit.closed_note`) saying why:
+- its process was killed (SIGKILL, out of memory, a power cut): every stage run carries the host and pid
+  of its process, and a RUNNING run of this host whose process no longer exists is closed by the next
+  stage run on the store. A run of another host is left to this rule there, since its process cannot be
+  seen from here;
+- the store failed under it (a tracking server restarted mid-stage; the stage exits with a one-line
+  TrackingError): the next run of the same stage in the same pipeline closes it, from any host.
 """
 
 from __future__ import annotations
@@ -34,24 +37,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
-    """Mark FAILED every RUNNING run of this host whose process is gone; return their run ids."""
-    host = socket.gethostname()
-    running = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-        max_results=1000,
-    )
-    closed = []
-    for run in running:
+def close_orphaned_runs(
+    client: MlflowClient, experiment_id: str, pipeline_id: str, stage: str, current: str
+) -> list[str]:
+    """Mark FAILED every RUNNING run other than `current` whose process on this host is gone, or that is
+    an earlier run of `stage` in pipeline `pipeline_id`; return their run ids."""
+    from diffaudit.tracking.mlflow_tracking import PIPELINE_TAG, STAGE_TAG
+
+    host, when = socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    notes: dict[str, str] = {}
+    running = "attributes.status = 'RUNNING'"
+    for run in client.search_runs(
+        [experiment_id], filter_string=f"{running} and tags.`{HOST_TAG}` = '{host}'", max_results=1000
+    ):
         pid = run.data.tags.get(PID_TAG, "")
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        note = (
-            f"process {pid} on {host} ended without closing this run (killed); marked FAILED by a later "
-            f"stage run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            notes[run.info.run_id] = f"process {pid} on {host} ended without closing this run (killed)"
+    same_stage = f"tags.`{PIPELINE_TAG}` = '{pipeline_id}' and tags.`{STAGE_TAG}` = '{stage}'"
+    for run in client.search_runs(
+        [experiment_id], filter_string=f"{running} and {same_stage}", max_results=100
+    ):
+        notes.setdefault(
+            run.info.run_id,
+            f"never finished (the tracking store failed, or its process died); superseded by run {current}",
         )
-        client.set_tag(run.info.run_id, NOTE_TAG, note)
-        client.set_terminated(run.info.run_id, "FAILED")
-        closed.append(run.info.run_id)
-    return closed
+    notes.pop(current, None)
+    for run_id, why in notes.items():
+        client.set_tag(run_id, NOTE_TAG, f"{why}; marked FAILED by a later stage run at {when}")
+        client.set_terminated(run_id, "FAILED")
+    return sorted(notes)
