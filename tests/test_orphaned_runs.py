@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from diffaudit.tracking.mlflow_tracking import STAGE_TAG, stage_run
 from diffaudit.tracking.orphans import NOTE_TAG
-from tests.helpers.config import ROOT, stage_env, tiny_config
+from tests.helpers.config import ROOT, pipeline_env, stage_env, tiny_config
 
 STAGE_THEN = """
 import os, signal, sys, time
@@ -47,7 +47,7 @@ def test_a_killed_stage_run_is_marked_failed_by_the_next_and_a_live_one_is_not(t
         assert killed.returncode == -9
         assert [r.info.status for r in _runs(cfg, "sample")] == ["RUNNING"]
 
-        with stage_run(cfg, "audit"):
+        with pipeline_env(tmp_path, "orphans"), stage_run(cfg, "audit"):  # this store, whatever ran before
             pass
 
         (sample,) = _runs(cfg, "sample")

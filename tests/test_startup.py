@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from benchmarks.end_to_end import startup
 from benchmarks.startup import self_time_by_package
 from diffaudit.tracking.mlflow_tracking import STAGE_TAG, STARTUP_METRIC
-from tests.helpers.config import ROOT, stage_env, tiny_config
+from tests.helpers.config import ROOT, pipeline_env, stage_env, tiny_config
 
 
 def test_seconds_since_start_agrees_with_an_outside_timer() -> None:
@@ -42,7 +42,8 @@ def test_a_stage_process_logs_its_startup_and_an_in_process_call_does_not(tmp_pa
     outside = time.perf_counter() - t0
     from pipelines import prepare
 
-    prepare.main(cfg)  # this process was not started for the stage: no start-up to log
+    with pipeline_env(tmp_path, "startup"):  # this store, whatever a test before left in the environment
+        prepare.main(cfg)  # this process was not started for the stage: no start-up to log
     client = MlflowClient(cfg.tracking.uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = 'prepare'")
