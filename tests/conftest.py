@@ -17,6 +17,18 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_restored():
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which wins over a config's store
+    (tracking_uri): a test that calls it must not point the next test in this process at its store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     """prepare -> evaluator -> train -> sample -> evaluate on the tiny config, in process."""
