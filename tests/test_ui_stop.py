@@ -62,3 +62,30 @@ def test_stopping_make_ui_leaves_no_process_running(tmp_path: Path, sig: int, to
         for pid in started | {make.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_make_ui_is_on_loopback_and_checks_the_host_header(tmp_path: Path) -> None:
+    """Red team, issue 18 (held up; kept tested): `make ui` listens on 127.0.0.1 only and refuses a request
+    whose Host is not a local name (DNS rebinding), as MLflow's host validation does."""
+    import http.client
+    import socket
+
+    from tests.helpers.release import server
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = ["make", "--no-print-directory", "-o", "install", f"VENV={VENV}", f"UI_PORT={port}", "ui"]
+    with server(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env=env):
+
+        def status(host: str) -> int:  # not /health or /version, which MLflow exempts from the check
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+            return conn.getresponse().status
+
+        assert status(f"127.0.0.1:{port}") == 200 and status(f"localhost:{port}") == 200
+        assert status("evil.example") in (400, 403)
+        outside = socket.gethostbyname(socket.gethostname())
+        if not outside.startswith("127."):
+            with pytest.raises(OSError):
+                socket.create_connection((outside, port), timeout=5).close()
