@@ -32,6 +32,8 @@ SUPPORTED_VAES = ("VQModel", "AutoencoderKL")
 # diffaudit sampler and the membership attack are built from.
 SUPPORTED_SCHEDULERS = (
     "DDPMScheduler",
+    "EDMEulerScheduler",  # an EDM model (diffaudit's diffusion=edm export): sampled with the EDM samplers
+    "EDMDPMSolverMultistepScheduler",
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",
     "PNDMScheduler",

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from diffaudit.diffusion.edm import c_in, is_edm_scheduler, vp_alpha_bar
 from diffaudit.diffusion.parameterization import to_x0_eps
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import StepInfo
@@ -64,7 +65,10 @@ class Trajectory:
 
 
 def step_alpha_bar(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor) -> float:
-    """alpha_bar of the step: from the sigma grid for Euler (its timesteps may be fractional)."""
+    """alpha_bar of the step: from the sigma grid for Euler (its timesteps may be fractional) and EDM (the VP
+    level 1 / (1 + sigma^2) of x = x0 + sigma eps; its timesteps are c_noise)."""
+    if is_edm_scheduler(scheduler):
+        return float(vp_alpha_bar(scheduler.sigmas[index]))
     if isinstance(scheduler, EulerDiscreteScheduler):
         sigma = float(scheduler.sigmas[index])
         return 1.0 / (sigma**2 + 1.0)
@@ -72,7 +76,11 @@ def step_alpha_bar(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor
 
 
 def step_input_scale(scheduler: SchedulerMixin, index: int) -> float:
-    """The factor scale_model_input applies (Euler works in sigma space: x_in = x / sqrt(sigma^2 + 1))."""
+    """The factor scale_model_input applies (Euler works in sigma space: x_in = x / sqrt(sigma^2 + 1); EDM's
+    is c_in = 1 / sqrt(sigma^2 + sigma_data^2))."""
+    if is_edm_scheduler(scheduler):
+        sigma = torch.as_tensor(float(scheduler.sigmas[index]), dtype=torch.float64)
+        return float(c_in(sigma, float(scheduler.config.sigma_data)))
     if isinstance(scheduler, EulerDiscreteScheduler):
         return 1.0 / (float(scheduler.sigmas[index]) ** 2 + 1.0) ** 0.5
     return 1.0
@@ -84,7 +92,8 @@ def scheduler_x0(scheduler: SchedulerMixin, info: StepInfo) -> torch.Tensor:
     DPM-Solver++ keeps it (after its thresholding) as the newest entry of `model_outputs`; the
     others return it as `pred_original_sample`, which the pipeline passes on in StepInfo.
     """
-    if isinstance(scheduler, DPMSolverMultistepScheduler) and scheduler.config.algorithm_type in (
+    dpm = (DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler)
+    if isinstance(scheduler, dpm) and scheduler.config.algorithm_type in (
         "dpmsolver++",
         "sde-dpmsolver++",
     ):
