@@ -122,8 +122,11 @@ def build_edm_scheduler(cfg: DiffusionCfg) -> EDMEulerScheduler:
 
 def is_edm_scheduler(scheduler: SchedulerMixin | dict) -> bool:
     """Whether a scheduler (or a scheduler config) is one of diffusers' EDM schedulers."""
-    if isinstance(scheduler, dict):
-        return scheduler.get("_class_name") in {c.__name__ for c in EDM_SCHEDULERS}
+    if isinstance(scheduler, dict):  # a saved config names its class; a live one's dict may not
+        name = scheduler.get("_class_name")
+        if name is not None:
+            return name in {c.__name__ for c in EDM_SCHEDULERS}
+        return "sigma_data" in scheduler and "beta_schedule" not in scheduler
     return isinstance(scheduler, EDM_SCHEDULERS)
 
 

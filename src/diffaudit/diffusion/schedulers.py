@@ -67,7 +67,7 @@ def build_sampler(name: str, train_config: dict[str, Any], clip: bool = True) ->
         kind = "an EDM sampler" if name in EDM_SAMPLERS else "a DDPM sampler"
         raise ValueError(
             f"sampler {name!r} is {kind} but the model is {model} (scheduler "
-            f"{train_config.get('_class_name', 'DDPMScheduler')}); "
+            f"{train_config.get('_class_name') or ('EDMEulerScheduler' if edm_model else 'DDPMScheduler')}); "
             f"use one of {', '.join(samplers_for(train_config))}"
         )
     if name == "edm_euler":
