@@ -12,6 +12,8 @@ mismatch, naming both).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from diffusers import (
@@ -35,6 +37,12 @@ SAMPLERS = DDPM_SAMPLERS + EDM_SAMPLERS
 def samplers_for(train_config: dict[str, Any]) -> tuple[str, ...]:
     """The samplers a model trained with this scheduler config can use (its family's)."""
     return EDM_SAMPLERS if is_edm_scheduler(train_config) else DDPM_SAMPLERS
+
+
+def scheduler_config(model_dir: str | Path) -> dict[str, Any]:
+    """An exported model's saved scheduler config (`scheduler/scheduler_config.json`), without loading it."""
+    path = Path(model_dir) / "scheduler" / "scheduler_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def build_noise_scheduler(cfg: DiffusionCfg) -> DDPMScheduler | EDMEulerScheduler:
