@@ -14,6 +14,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffaudit.config.schema import DiffusionCfg
+from diffaudit.models.export import EDM_SCHEDULER_CLASSES
 
 EDM_SCHEDULERS = (EDMEulerScheduler, EDMDPMSolverMultistepScheduler)
 # diffusers' EDM schedulers name EDM's own F-parameterization (c_out > 0) "epsilon".
@@ -125,7 +126,7 @@ def is_edm_scheduler(scheduler: SchedulerMixin | dict) -> bool:
     if isinstance(scheduler, dict):  # a saved config names its class; a live one's dict may not
         name = scheduler.get("_class_name")
         if name is not None:
-            return name in {c.__name__ for c in EDM_SCHEDULERS}
+            return name in EDM_SCHEDULER_CLASSES
         return "sigma_data" in scheduler and "beta_schedule" not in scheduler
     return isinstance(scheduler, EDM_SCHEDULERS)
 

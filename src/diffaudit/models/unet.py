@@ -15,7 +15,12 @@ from safetensors import SafetensorError
 
 from diffaudit.config.schema import ModelCfg
 from diffaudit.errors import ModelFolderError
-from diffaudit.models.export import SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, exported_unet_config
+from diffaudit.models.export import (
+    EDM_SCHEDULER_CLASSES,
+    SCHEDULER_SUBFOLDER,
+    UNET_SUBFOLDER,
+    exported_unet_config,
+)
 from diffaudit.models.imported import SCHEDULER_CONFIG, SOURCE_RECORD, inspect_model_folder
 from diffaudit.results.applicability import Conditioning
 from diffaudit.results.base import read_result
@@ -123,11 +128,9 @@ def load_model(model_dir: str | Path) -> LoadedModel:
 def _training_scheduler(folder: Path) -> DDPMScheduler | EDMEulerScheduler:
     """The DDPM schedule (any supported VP scheduler's config converts to it), or an EDM model's
     EDMEulerScheduler (an EDM DPM-Solver config converts to it: the same sigma range and sigma_data)."""
-    from diffaudit.diffusion.edm import is_edm_scheduler
-
     config_path = folder / SCHEDULER_CONFIG
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    if is_edm_scheduler(config):
+    if config.get("_class_name") in EDM_SCHEDULER_CLASSES:
         return EDMEulerScheduler.from_pretrained(folder)
     return DDPMScheduler.from_pretrained(folder)
 
