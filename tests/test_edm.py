@@ -221,3 +221,25 @@ def test_the_edm_noise_scheduler_is_what_the_module_saves() -> None:
     sched = build_noise_scheduler(EDM)
     assert isinstance(sched, EDMEulerScheduler) and sched.config.prediction_type == "epsilon"
     assert edm.is_edm_scheduler(dict(sched.config) | {"_class_name": "EDMEulerScheduler"})
+
+
+def test_serving_an_edm_model(edm_run) -> None:
+    """The served model loads with its family's sampler, samples the requested labels, and refuses a DDPM
+    sampler with a 400 naming the allowed ones."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from diffaudit.tracking.pyfunc_model import DiffusionPyfunc
+
+    model = DiffusionPyfunc()
+    folder = str(Layout.of(edm_run.cfg).diffusion)
+    model.load_context(
+        SimpleNamespace(artifacts={"diffusion": folder}, model_config={"sampler": "edm_euler"})
+    )
+    rows = pd.DataFrame({"label": [1, 7], "seed": [0, 1]})
+    out = model.predict(None, rows, {"steps": 4})
+    assert out.shape[0] == 2 and out.dtype.name == "uint8"
+    with pytest.raises(MlflowException, match="edm_euler, edm_dpm_solver"):
+        model.predict(None, rows, {"steps": 4, "sampler": "ddim"})
