@@ -165,8 +165,11 @@ def test_every_edm_sampler_lands_on_the_data_with_the_exact_denoiser(name: str) 
         on_step=steps.append,
     ).images
     assert torch.allclose(out, torch.full_like(out, 0.4), atol=2e-3), (name, float((out - 0.4).abs().max()))
-    for s in steps:  # D is the data at every sigma, as the explainability audit films it
+    sigmas = pipe.scheduler.sigmas
+    for s in steps:  # D is the data at every sigma, as the explainability audit films it ...
         assert torch.allclose(s.x0_pred, torch.full_like(s.x0_pred, 0.4), atol=1e-2), (name, s.index)
+        # ... and the passes are the noise (x - D) / sigma of the step's own sigma
+        assert torch.allclose(s.eps_cond, (s.x_t - 0.4) / sigmas[s.index], atol=1e-3), (name, s.index)
 
 
 def test_euler_is_built_for_the_epsilon_it_is_handed() -> None:

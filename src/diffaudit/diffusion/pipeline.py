@@ -373,16 +373,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
             x_in = scheduler.scale_model_input(x, t)
             out, cond, uncond = guided_output(unet, x_in, t, labels, null, guidance_scale, with_uncond)
             if edm:
-                # EDM: x0 = D(x; sigma) = c_skip x + c_out F (the scheduler's own preconditioning), clipped in
-                # pixel space; Euler steps from it (DPM-Solver++ thresholds its own x0 instead).
-                x0 = scheduler.precondition_outputs(x, out, step_sigma(scheduler))
-                x0 = x0.clamp(-1, 1) if clip else x0
-                if isinstance(scheduler, EDMEulerScheduler):
-                    step = scheduler.step(out, t, x, pred_original_sample=x0)
-                else:
-                    step = scheduler.step(out, t, x)
+                step, x0 = _edm_step(scheduler, out, t, x, clip)
                 if on_step is not None:  # the passes as the noise they imply, as a DDPM's epsilon
-                    sigma, sd = step_sigma(scheduler).to(x.device), float(scheduler.config.sigma_data)
+                    sigma, sd = scheduler.sigmas[i].to(x.device), float(scheduler.config.sigma_data)
                     cond, uncond = (
                         None if o is None else epsilon_of(o, x, sigma, sd) for o in (cond, uncond)
                     )
@@ -404,6 +397,19 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 on_step(StepInfo(i, t, x, cond, uncond, x0_pred, step.prev_sample))
             x = step.prev_sample
         return self.decode(x) if self.latent else x.clamp(-1.0, 1.0)
+
+
+def _edm_step(
+    scheduler: SchedulerMixin, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor, clip: bool
+) -> tuple[BaseOutput, torch.Tensor]:
+    """One EDM scheduler step and its x0 = D(x; sigma) = c_skip x + c_out F (the scheduler's own
+    preconditioning), clipped in pixel space: Euler steps from the clipped x0, DPM-Solver++ thresholds its
+    own."""
+    x0 = scheduler.precondition_outputs(x, out, step_sigma(scheduler))  # before step() moves the index
+    x0 = x0.clamp(-1, 1) if clip else x0
+    if isinstance(scheduler, EDMEulerScheduler):
+        return scheduler.step(out, t, x, pred_original_sample=x0), x0
+    return scheduler.step(out, t, x), x0
 
 
 def _alpha_bar_euler(scheduler: EulerDiscreteScheduler) -> torch.Tensor:
