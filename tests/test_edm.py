@@ -243,3 +243,26 @@ def test_serving_an_edm_model(edm_run) -> None:
     assert out.shape[0] == 2 and out.dtype.name == "uint8"
     with pytest.raises(MlflowException, match="edm_euler, edm_dpm_solver"):
         model.predict(None, rows, {"steps": 4, "sampler": "ddim"})
+
+
+@pytest.mark.slow
+def test_the_later_stages_run_unchanged_on_an_edm_model(edm_run) -> None:
+    """evaluate, sampler_study, explain and audit on the tiny EDM run: each writes its result, with finite
+    numbers (explain's guidance maps are drawn at each step's own sigma), and membership runs on the VP
+    view."""
+    import json
+
+    from pipelines import audit, evaluate, explain, sampler_study
+
+    layout = Layout.of(edm_run.cfg)
+    with pipeline_env(edm_run.root, "edm-session"):
+        for stage in (evaluate, sampler_study, explain, audit):
+            stage.main(edm_run.cfg)
+    study = json.loads(layout.sampler_study.read_text())
+    assert set(study["nfe_sweep"]) == {"edm_euler", "edm_dpm_solver"}
+    assert {int(n) for n in study["nfe_sweep"]["edm_euler"]} == {10, 20, 35}
+    text = layout.explain.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["guidance"]["mean_magnitude"] > 0
+    membership = json.loads(layout.privacy.read_text())["membership"]
+    assert membership["n_members"] > 0 and membership["n_nonmembers"] > 0
