@@ -213,6 +213,7 @@ def test_both_edm_samplers_and_the_trajectories_through_the_pipeline(edm_run) ->
     assert traj.x0.shape[:2] == (10, 2) and traj.guidance is not None
     sigmas = edm.vp_sigma(traj.alpha_bar)
     assert sigmas[0] == pytest.approx(80.0, rel=1e-4) and bool((sigmas[1:] < sigmas[:-1]).all())
+    assert traj.step_name(0) == "sigma=80" and traj.subset(torch.tensor([1])).edm  # figures name sigma
     with pytest.raises(ValueError, match="EDM-trained"):
         pipe.with_sampler("ddpm")
 

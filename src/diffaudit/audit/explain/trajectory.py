@@ -34,6 +34,7 @@ class Trajectory:
     guidance: torch.Tensor | None  # (S, N, C, H, W) eps_cond - eps_uncond, in epsilon units; None without CFG
     final: torch.Tensor  # (N, C, H, W) the generated images in [-1, 1]
     x_t_image: torch.Tensor  # x_t as an image to look at: x_t itself, or a latent model's decoded latents
+    edm: bool = False  # an EDM sampler's: timesteps are c_noise = ln(sigma) / 4, steps are named by sigma
 
     @property
     def image_size(self) -> int:
@@ -57,7 +58,15 @@ class Trajectory:
             g,
             self.final[index],
             self.x_t_image[:, index],
+            self.edm,
         )
+
+    def step_name(self, index: int) -> str:
+        """The noise level of a step, as figures label it: `t=` its timestep, an EDM step's `sigma=`."""
+        if self.edm:
+            a = float(self.alpha_bar[index])
+            return f"sigma={((1 - a) / a) ** 0.5:.3g}"
+        return f"t={float(self.timesteps[index]):.0f}"
 
     def with_labels(self, labels: torch.Tensor) -> Trajectory:
         """The same trajectories read as `labels` (an unconditional model's: the evaluator's classes)."""
@@ -177,6 +186,7 @@ def record_trajectories(
         guidance=torch.cat([torch.stack(p.guidance) for p in parts], dim=1) if has_guidance else None,
         final=torch.cat(finals),
         x_t_image=x_t_image,
+        edm=is_edm_scheduler(pipe.scheduler),
     )
 
 
