@@ -42,7 +42,7 @@ def test_committed_params_yaml_matches_conf() -> None:
         ("train.max_steps=-5", "train.max_steps"),
         ("train.batch_size=0", "train.batch_size"),
         ("train.max_steps=abc", "train.max_steps"),
-        ("sampler.name=heun", "'ddpm', 'ddim', 'dpm_solver' or 'euler'"),
+        ("sampler.name=heun", "'ddpm', 'ddim', 'dpm_solver', 'euler', 'edm_euler' or 'edm_dpm_solver'"),
         ("sampler.steps=0", "sampler.steps"),
         ("data.image_size=18", "multiple of 4"),
         ("+train.bogus=1", "train.bogus: unknown key"),

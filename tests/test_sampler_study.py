@@ -15,7 +15,12 @@ import torch
 from diffaudit.config.eval_schema import GuidanceSweepCfg, SamplerCfg, StudyCfg
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import StepInfo
-from diffaudit.diffusion.schedulers import SAMPLERS, build_noise_scheduler, build_sampler
+from diffaudit.diffusion.schedulers import (
+    DDPM_SAMPLERS,
+    EDM_SAMPLERS,
+    build_noise_scheduler,
+    build_sampler,
+)
 from diffaudit.metrics.features import single_thread
 from diffaudit.metrics.sampler_study import StudyPoint, plan
 from diffaudit.results import SamplerStudyResult, read_result
@@ -43,7 +48,7 @@ class ExplodingUNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_every_sampler_clips_its_x0_prediction(name: str, prediction_type: str) -> None:
     from diffaudit.config.schema import DiffusionCfg
 
@@ -85,7 +90,7 @@ class OracleUNet(ExplodingUNet):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_every_sampler_lands_on_the_data_with_the_exact_denoiser(name: str, prediction_type: str) -> None:
     from diffaudit.config.schema import DiffusionCfg
 
@@ -108,6 +113,63 @@ def test_every_sampler_lands_on_the_data_with_the_exact_denoiser(name: str, pred
     for s in steps:  # the x0-prediction the explainability audit films is the data at every step
         # (to float32 rounding: Euler's x0 = x - sigma * eps with x ~ 5e4 at sigma ~ 2e4 in its first step)
         assert torch.allclose(s.x0_pred, torch.full_like(s.x0_pred, 0.4), atol=1e-2), (name, s.index)
+
+
+class EDMOracleUNet(ExplodingUNet):
+    """The exact EDM network of a point mass at `target`: F = (target - c_skip x) / c_out, so D = target
+    (x recovered from F's input c_in x, sigma from the timestep c_noise = ln(sigma) / 4)."""
+
+    def __init__(self, target: float, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        self.target, self.sd = target, sigma_data
+
+    def forward(self, x_in: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> SimpleNamespace:
+        from diffaudit.diffusion import edm
+
+        sigma = (4 * t.double()).exp().reshape(-1, 1, 1, 1)
+        x = x_in.double() / edm.c_in(sigma, self.sd)
+        out = (self.target - edm.c_skip(sigma, self.sd) * x) / edm.c_out(sigma, self.sd)
+        return SimpleNamespace(sample=out.to(x_in.dtype))
+
+
+def _edm_noise():
+    from diffaudit.config.schema import DiffusionCfg
+
+    return build_noise_scheduler(DiffusionCfg(family="edm"))
+
+
+@pytest.mark.parametrize("name", EDM_SAMPLERS)
+def test_every_edm_sampler_clips_its_x0_prediction(name: str) -> None:
+    steps: list[StepInfo] = []
+    pipe = ClassConditionalPipeline.from_unet(ExplodingUNet(), _edm_noise(), name)
+    out = pipe(
+        labels=torch.tensor([0, 1]),
+        seeds=[1, 2],
+        num_inference_steps=6,
+        guidance_scale=2.0,
+        on_step=steps.append,
+    ).images
+    assert len(steps) == 6 and torch.isfinite(out).all()
+    assert all(s.x0_pred.abs().max() <= 1.0 + 1e-3 for s in steps), name
+
+
+@pytest.mark.parametrize("name", EDM_SAMPLERS)
+def test_every_edm_sampler_lands_on_the_data_with_the_exact_denoiser(name: str) -> None:
+    steps: list[StepInfo] = []
+    pipe = ClassConditionalPipeline.from_unet(EDMOracleUNet(target=0.4), _edm_noise(), name)
+    out = pipe(
+        labels=torch.tensor([0, 1]),
+        seeds=[3, 4],
+        num_inference_steps=10,
+        guidance_scale=2.0,
+        on_step=steps.append,
+    ).images
+    assert torch.allclose(out, torch.full_like(out, 0.4), atol=2e-3), (name, float((out - 0.4).abs().max()))
+    sigmas = pipe.scheduler.sigmas
+    for s in steps:  # D is the data at every sigma, as the explainability audit films it ...
+        assert torch.allclose(s.x0_pred, torch.full_like(s.x0_pred, 0.4), atol=1e-2), (name, s.index)
+        # ... and the passes are the noise (x - D) / sigma of the step's own sigma
+        assert torch.allclose(s.eps_cond, (s.x_t - 0.4) / sigmas[s.index], atol=1e-3), (name, s.index)
 
 
 def test_euler_is_built_for_the_epsilon_it_is_handed() -> None:

@@ -15,7 +15,7 @@ from diffaudit.config.schema import DiffusionCfg, ModelCfg
 from diffaudit.diffusion.parameterization import eps_from_x0, to_x0_eps, training_target
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline, ClassConditionalPipelineOutput
 from diffaudit.diffusion.sampling import StepInfo, guided_output, sample_seeds
-from diffaudit.diffusion.schedulers import SAMPLERS, build_noise_scheduler, build_sampler
+from diffaudit.diffusion.schedulers import EDM_SAMPLERS, SAMPLERS, build_noise_scheduler, build_sampler
 from diffaudit.models.unet import build_unet, null_class
 
 STEPS = 4
@@ -42,6 +42,12 @@ def _noise(prediction_type: str = "epsilon") -> DDPMScheduler:
 
 
 def _pipe(unet, name: str, prediction_type: str = "epsilon") -> ClassConditionalPipeline:
+    """A pipeline with sampler `name` over the UNet, trained (as far as the samplers know) as a DDPM, or as
+    an EDM model for the EDM samplers: the sampler contract holds for every sampler."""
+    if name in EDM_SAMPLERS:
+        return ClassConditionalPipeline.from_unet(
+            unet, build_noise_scheduler(DiffusionCfg(family="edm")), name
+        )
     return ClassConditionalPipeline.from_unet(unet, _noise(prediction_type), name)
 
 

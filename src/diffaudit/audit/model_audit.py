@@ -150,9 +150,10 @@ def _membership(
     if not cfg.audit.membership.enabled or model is None:
         return None
     pipe = model()
+    denoiser, schedule = pipe.vp_denoiser()  # an EDM model: on a VP grid (diffusion/edm.py VPView)
     return membership_audit(
-        pipe.unet,
-        pipe.noise_scheduler,
+        denoiser,
+        schedule,
         (train.images, train.labels),
         (test.images, test.labels),
         cfg.audit.membership,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SamplerName = Literal["ddpm", "ddim", "dpm_solver", "euler"]
+SamplerName = Literal["ddpm", "ddim", "dpm_solver", "euler", "edm_euler", "edm_dpm_solver"]
 
 
 MAX_PER_CLASS = 100_000  # images per class in one sample set

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from diffaudit.config.audit_schema import AuditCfg
 from diffaudit.config.eval_schema import EvalCfg, EvaluatorCfg, SamplerCfg
@@ -83,10 +91,81 @@ class ModelCfg(_Strict):
         return self
 
 
+DIFFUSION_FAMILIES = ("ddpm", "edm")
+_DDPM_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type")
+_EDM_KEYS = ("sigma_min", "sigma_max", "sigma_data", "p_mean", "p_std", "rho")
+
+
 class DiffusionCfg(_Strict):
-    num_train_timesteps: int = Field(ge=10, le=10000)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
-    prediction_type: Literal["epsilon", "v_prediction", "sample"]
+    """The diffusion family and its settings: `ddpm` (a discrete VP noise schedule, diffusers'
+    DDPMScheduler; the default, so configs without `family` stay DDPM) or `edm` (Karras et al. 2022:
+    sigma-parameterized, preconditioned denoiser; diffusion/edm.py). Each family takes only its own keys."""
+
+    family: Literal["ddpm", "edm"] = "ddpm"
+    # ddpm
+    num_train_timesteps: int | None = Field(default=None, ge=10, le=10000)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] | None = None
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = None
+    # edm (defaults: the paper's Table 1)
+    sigma_min: float | None = Field(default=None, gt=0.0)
+    sigma_max: float | None = Field(default=None, gt=0.0)
+    sigma_data: float | None = Field(default=None, gt=0.0)
+    p_mean: float | None = None  # log-normal training sigmas: ln(sigma) ~ N(p_mean, p_std^2)
+    p_std: float | None = Field(default=None, gt=0.0)
+    rho: float | None = Field(default=None, gt=0.0)  # the sampling grid's Karras exponent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        family = raw.get("family", "ddpm")
+        if family not in DIFFUSION_FAMILIES:
+            raise ValueError(
+                f"diffusion.family {family!r} is unknown; allowed: {', '.join(DIFFUSION_FAMILIES)}"
+            )
+        own, other = (_DDPM_KEYS, _EDM_KEYS) if family == "ddpm" else (_EDM_KEYS, _DDPM_KEYS)
+        stray = [k for k in other if raw.get(k) is not None]
+        if stray:
+            raise ValueError(
+                f"diffusion.family={family!r} does not take {', '.join(stray)}; its keys: {', '.join(own)}"
+            )
+        if family == "edm":
+            return EDM_DEFAULTS | {k: v for k, v in raw.items() if v is not None}
+        missing = [k for k in _DDPM_KEYS if raw.get(k) is None]
+        if missing:
+            raise ValueError(f"diffusion.family='ddpm' needs {', '.join(missing)}")
+        return raw
+
+    @model_validator(mode="after")
+    def _sigma_range(self) -> DiffusionCfg:
+        if self.family == "edm" and self.sigma_min >= self.sigma_max:
+            raise ValueError(f"diffusion.sigma_min={self.sigma_min} must be below sigma_max={self.sigma_max}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _own_keys(self, handler: Any) -> dict[str, Any]:
+        # Only the family's own keys: a DDPM config dumps exactly as before EDM existed (the same training
+        # config hash, the same checkpoints resumed).
+        out = handler(self)
+        if self.family == "ddpm":
+            return {k: out[k] for k in _DDPM_KEYS}
+        return {"family": "edm"} | {k: out[k] for k in _EDM_KEYS}
+
+    @property
+    def is_edm(self) -> bool:
+        return self.family == "edm"
+
+
+EDM_DEFAULTS: dict[str, Any] = {
+    "family": "edm",
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "sigma_data": 0.5,
+    "p_mean": -1.2,
+    "p_std": 1.2,
+    "rho": 7.0,
+}
 
 
 class TrainCfg(_Strict):
@@ -166,12 +245,35 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _samplers_of_the_family(self) -> Config:
+        """An EDM model samples only with the EDM samplers, a DDPM one only with the others: caught at
+        compose time, naming both, not after the pipeline has trained."""
+        if self.model.source == "pretrained":
+            return self  # the imported folder's scheduler says its family: checked when it is sampled
+        family = self.diffusion.family
+        named = {"sampler.name": self.sampler.name}
+        named |= {f"eval.study.nfe.{k}": k for k in self.eval.study.nfe}
+        if self.eval.study.guidance.sampler is not None:
+            named["eval.study.guidance.sampler"] = self.eval.study.guidance.sampler
+        wrong = [
+            f"{key}={name}" for key, name in named.items() if name.startswith("edm_") != (family == "edm")
+        ]
+        if wrong:
+            own = "edm_euler, edm_dpm_solver" if family == "edm" else "ddpm, ddim, dpm_solver, euler"
+            raise ValueError(
+                f"{', '.join(wrong)}: not a sampler of diffusion.family={family!r}; its samplers: {own}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _attacks_within_the_schedule(self) -> Config:
         """Membership inference attacks the trained model's own schedule: caught at compose time, not
         after the pipeline has trained."""
         m, steps = self.audit.membership, self.diffusion.num_train_timesteps
         if self.model.source == "pretrained":
             return self  # the imported model's own schedule: checked when it is imported
+        if self.diffusion.is_edm:
+            return self  # EDM has no discrete timesteps: the attacks run on a VP grid (diffusion/edm.py)
         late = sorted(t for t in {*m.timesteps, *m.pia_timesteps} if t >= steps)
         if m.enabled and late:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The Lightning module that trains the denoiser: noise, predict, MSE in fp32, EMA, CFG dropout."""
+"""The Lightning module that trains the denoiser: noise, predict, MSE in fp32, EMA, CFG dropout. A DDPM
+(discrete timesteps, diffusers' DDPMScheduler) or an EDM model (sigma-parameterized, diffusion/edm.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 
 from diffaudit.config.schema import DiffusionCfg, ModelCfg, TrainCfg
+from diffaudit.diffusion.edm import edm_loss
 from diffaudit.diffusion.parameterization import training_target
 from diffaudit.diffusion.schedulers import build_noise_scheduler
 from diffaudit.errors import NonFiniteLossError
@@ -35,7 +37,10 @@ class DiffusionModule(L.LightningModule):
         self.train_cfg = TrainCfg(**train)
         self.unet = build_unet(self.model_cfg, image_size, channels, num_classes)
         self.noise_scheduler = build_noise_scheduler(self.diffusion_cfg)
-        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        if not self.diffusion_cfg.is_edm:  # EDM has no discrete schedule: sigmas are drawn per image
+            self.register_buffer(
+                "alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False
+            )
         self.null_class = num_classes
         self.ema = EMAModel(
             self.unet.parameters(),
@@ -54,7 +59,10 @@ class DiffusionModule(L.LightningModule):
         timesteps: torch.Tensor | None = None,
         reduce: bool = True,
     ) -> torch.Tensor:
-        """MSE between the network output and its target at random (or given) timesteps, in fp32."""
+        """MSE between the network output and its target at random (or given) timesteps, in fp32. An EDM
+        model: EDM's weighted denoising loss at log-normal sigmas (`timesteps` are then sigmas)."""
+        if self.diffusion_cfg.is_edm:
+            return edm_loss(self.unet, x0, labels, self.diffusion_cfg, generator, timesteps, reduce)
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if timesteps is None:

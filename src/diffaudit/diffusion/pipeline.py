@@ -18,12 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler, ModelMixin, UNet2DModel
+from diffusers import (
+    DDPMScheduler,
+    DiffusionPipeline,
+    EDMEulerScheduler,
+    EulerDiscreteScheduler,
+    ModelMixin,
+    UNet2DModel,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from diffaudit.config.eval_schema import SamplerCfg
+from diffaudit.diffusion.edm import VPView, epsilon_of, is_edm_scheduler, step_sigma, vp_schedule
 from diffaudit.diffusion.parameterization import eps_from_x0, to_x0_eps
 from diffaudit.diffusion.sampling import StepInfo, guided_output, initial_noise
 from diffaudit.diffusion.schedulers import SAMPLERS, build_sampler
@@ -162,8 +170,23 @@ class ClassConditionalPipeline(DiffusionPipeline):
     @property
     def prediction_type(self) -> str:
         """What the UNet predicts (`epsilon`, `v_prediction` or `sample`): the training schedule's
-        objective."""
+        objective (an EDM model's `epsilon` is diffusers' name for EDM's F, see diffusion/edm.py)."""
         return str(self.noise_scheduler.config.prediction_type)
+
+    @property
+    def is_edm(self) -> bool:
+        """Whether the UNet is an EDM network F (sigma-parameterized, preconditioned by its scheduler)."""
+        return is_edm_scheduler(self.noise_scheduler)
+
+    def vp_denoiser(self) -> tuple[torch.nn.Module, DDPMScheduler]:
+        """The model as a denoiser on a discrete VP schedule, with that schedule: what the membership attacks
+        and the timestep profile run on. A DDPM's own UNet and training schedule; an EDM model's network
+        through `edm.VPView` on `edm.vp_schedule()` (x0-prediction)."""
+        if not self.is_edm:
+            return self.unet, self.noise_scheduler
+        vp = vp_schedule()
+        view = VPView(self.unet, vp.alphas_cumprod, float(self.noise_scheduler.config.sigma_data))
+        return view.to(next(self.unet.parameters()).device).eval(), vp
 
     @property
     def is_conditional(self) -> bool:
@@ -342,12 +365,23 @@ class ClassConditionalPipeline(DiffusionPipeline):
         # sampler then gives image i the same pixels whatever batch it is drawn in (serving, the study).
         gen = [torch.Generator(device=device).manual_seed(_step_noise_seed(s)) for s in seeds]
         is_euler = isinstance(scheduler, EulerDiscreteScheduler)
+        edm = is_edm_scheduler(scheduler)
         clip = not self.latent  # latents are unbounded: clipped only in pixel space
         takes_gen = _takes_generator(scheduler)  # once, not per step
         null = self.null_class
         for i, t in enumerate(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
             out, cond, uncond = guided_output(unet, x_in, t, labels, null, guidance_scale, with_uncond)
+            if edm:
+                step, x0 = _edm_step(scheduler, out, t, x, clip)
+                if on_step is not None:  # the passes as the noise they imply, as a DDPM's epsilon
+                    sigma, sd = scheduler.sigmas[i].to(x.device), float(scheduler.config.sigma_data)
+                    cond, uncond = (
+                        None if o is None else epsilon_of(o, x, sigma, sd) for o in (cond, uncond)
+                    )
+                    on_step(StepInfo(i, t, x, cond, uncond, x0, step.prev_sample))
+                x = step.prev_sample
+                continue
             if is_euler:
                 # Euler has no x0 clipping: clip here and hand it the epsilon of the clipped x0 (build_sampler
                 # configures it for epsilon whatever the model predicts), so its own x0 = x - sigma * eps is
@@ -363,6 +397,19 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 on_step(StepInfo(i, t, x, cond, uncond, x0_pred, step.prev_sample))
             x = step.prev_sample
         return self.decode(x) if self.latent else x.clamp(-1.0, 1.0)
+
+
+def _edm_step(
+    scheduler: SchedulerMixin, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor, clip: bool
+) -> tuple[BaseOutput, torch.Tensor]:
+    """One EDM scheduler step and its x0 = D(x; sigma) = c_skip x + c_out F (the scheduler's own
+    preconditioning), clipped in pixel space: Euler steps from the clipped x0, DPM-Solver++ thresholds its
+    own."""
+    x0 = scheduler.precondition_outputs(x, out, step_sigma(scheduler))  # before step() moves the index
+    x0 = x0.clamp(-1, 1) if clip else x0
+    if isinstance(scheduler, EDMEulerScheduler):
+        return scheduler.step(out, t, x, pred_original_sample=x0), x0
+    return scheduler.step(out, t, x), x0
 
 
 def _alpha_bar_euler(scheduler: EulerDiscreteScheduler) -> torch.Tensor:

@@ -13,6 +13,8 @@ CONFIG_NAME = "config.json"  # diffusers' ConfigMixin.config_name
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' SAFETENSORS_WEIGHTS_NAME
 UNET_SUBFOLDER = "unet"
 SCHEDULER_SUBFOLDER = "scheduler"
+# The scheduler classes whose saved config marks an EDM model (diffusion=edm; diffusion/edm.py).
+EDM_SCHEDULER_CLASSES = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 
 
 def exported_unet_config(model_dir: str | Path) -> Path:

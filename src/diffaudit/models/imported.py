@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from diffaudit.errors import ModelFolderError
-from diffaudit.models.export import CONFIG_NAME, SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, WEIGHTS_NAME
+from diffaudit.models.export import (
+    CONFIG_NAME,
+    EDM_SCHEDULER_CLASSES,
+    SCHEDULER_SUBFOLDER,
+    UNET_SUBFOLDER,
+    WEIGHTS_NAME,
+)
 from diffaudit.results.applicability import Conditioning
 from diffaudit.utils.lineage import path_md5
 
@@ -29,13 +35,16 @@ SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "LDMPipeline")
 SUPPORTED_UNETS = ("UNet2DModel",)
 SUPPORTED_VAES = ("VQModel", "AutoencoderKL")
 # Discrete variance-preserving schedules: each config converts to the DDPM noise schedule that every
-# diffaudit sampler and the membership attack are built from.
+# DDPM sampler and the membership attack are built from. And EDM's (diffaudit's diffusion=edm export,
+# models/export.py EDM_SCHEDULER_CLASSES): sampled with the EDM samplers, audited on a VP view
+# (diffusion/edm.py).
 SUPPORTED_SCHEDULERS = (
     "DDPMScheduler",
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",
     "PNDMScheduler",
     "EulerDiscreteScheduler",
+    *EDM_SCHEDULER_CLASSES,
 )
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 VAE_SUBFOLDERS = ("vqvae", "vae")  # LDMPipeline's name, then the common one

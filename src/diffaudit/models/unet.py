@@ -3,19 +3,25 @@ diffaudit trains it; an imported one may be conditional without a null class, or
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
+from diffusers import DDPMScheduler, EDMEulerScheduler, ModelMixin, UNet2DModel
 from safetensors import SafetensorError
 
 from diffaudit.config.schema import ModelCfg
 from diffaudit.errors import ModelFolderError
-from diffaudit.models.export import SCHEDULER_SUBFOLDER, UNET_SUBFOLDER, exported_unet_config
-from diffaudit.models.imported import SOURCE_RECORD, inspect_model_folder
+from diffaudit.models.export import (
+    EDM_SCHEDULER_CLASSES,
+    SCHEDULER_SUBFOLDER,
+    UNET_SUBFOLDER,
+    exported_unet_config,
+)
+from diffaudit.models.imported import SCHEDULER_CONFIG, SOURCE_RECORD, inspect_model_folder
 from diffaudit.results.applicability import Conditioning
 from diffaudit.results.base import read_result
 from diffaudit.results.model_source import ModelSource
@@ -106,7 +112,7 @@ def load_model(model_dir: str | Path) -> LoadedModel:
     try:
         with _quiet_diffusers():
             unet = UNet2DModel.from_pretrained(model_dir / UNET_SUBFOLDER, use_safetensors=True).eval()
-            noise_scheduler = DDPMScheduler.from_pretrained(model_dir / SCHEDULER_SUBFOLDER)
+            noise_scheduler = _training_scheduler(model_dir / SCHEDULER_SUBFOLDER)
             vae = None
             folder = inspect_model_folder(model_dir)
             if folder.vae_class is not None and folder.vae_subfolder is not None:
@@ -117,6 +123,16 @@ def load_model(model_dir: str | Path) -> LoadedModel:
             f"{model_dir}: the model cannot be loaded ({str(err).splitlines()[0]})"
         ) from None
     return LoadedModel(unet=unet, noise_scheduler=noise_scheduler, vae=vae, source=source)
+
+
+def _training_scheduler(folder: Path) -> DDPMScheduler | EDMEulerScheduler:
+    """The DDPM schedule (any supported VP scheduler's config converts to it), or an EDM model's
+    EDMEulerScheduler (an EDM DPM-Solver config converts to it: the same sigma range and sigma_data)."""
+    config_path = folder / SCHEDULER_CONFIG
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if config.get("_class_name") in EDM_SCHEDULER_CLASSES:
+        return EDMEulerScheduler.from_pretrained(folder)
+    return DDPMScheduler.from_pretrained(folder)
 
 
 @contextmanager

@@ -92,7 +92,9 @@ def _details(content: RunContent, lin: Lineage, record: ReleaseRecord | None) ->
             f"layers_per_block {cfg.model.layers_per_block}, attention {cfg.model.attention}, {classes}"
         )
         diffusion = (
-            f"{cfg.diffusion.num_train_timesteps} steps, `{cfg.diffusion.beta_schedule}` schedule, "
+            _diffusion_line(cfg)
+            if cfg.diffusion.is_edm
+            else f"{cfg.diffusion.num_train_timesteps} steps, `{cfg.diffusion.beta_schedule}` schedule, "
             f"`{cfg.diffusion.prediction_type}` objective"
         )
         training = (
@@ -340,8 +342,7 @@ def _training(content: RunContent) -> str:
             f"{tr.warmup_steps} warm-up steps, cosine decay), batch {tr.batch_size}, gradient clipping "
             f"{tr.grad_clip:g}, EMA decay "
             f"{tr.ema_decay:g}, condition dropout {tr.cond_drop_prob:g} (classifier-free guidance), "
-            f"`{cfg.diffusion.prediction_type}` objective on a `{cfg.diffusion.beta_schedule}` schedule of "
-            f"{cfg.diffusion.num_train_timesteps} steps, seed {cfg.seed}."
+            f"{_diffusion_line(cfg)}, seed {cfg.seed}."
         )
     return f"### Preprocessing\n\n{prep}\n\n### Training procedure\n\n{proc}\n"
 
@@ -445,3 +446,17 @@ def render_model_card_appendix(content: RunContent) -> str:
     if train:
         parts += ["## Training data\n", md_tables(train)]
     return "\n".join(parts)
+
+
+def _diffusion_line(cfg: Any) -> str:
+    """The diffusion family and its settings, in words."""
+    d = cfg.diffusion
+    if d.is_edm:
+        return (
+            f"EDM (Karras et al. 2022): preconditioned denoiser, sigma_data {d.sigma_data:g}, "
+            f"training sigmas log-normal (P_mean {d.p_mean:g}, P_std {d.p_std:g}), "
+            f"sampling sigmas {d.sigma_min:g} to {d.sigma_max:g} (rho {d.rho:g})"
+        )
+    return (
+        f"`{d.prediction_type}` objective on a `{d.beta_schedule}` schedule of {d.num_train_timesteps} steps"
+    )

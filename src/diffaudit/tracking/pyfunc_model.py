@@ -20,7 +20,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from diffaudit.diffusion.schedulers import SAMPLERS
+from diffaudit.diffusion.schedulers import SAMPLERS, samplers_for, scheduler_config
 from diffaudit.tracking import request_deadline
 
 MAX_ROWS = 1024  # one request must not occupy a server for minutes
@@ -98,7 +98,8 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
 
         self.config: dict[str, Any] = dict(context.model_config or {})
         # The loaded pipeline's own scheduler is never used: predict() takes a fresh one per call.
-        self.pipe = ClassConditionalPipeline.from_exported(Path(context.artifacts["diffusion"]), SAMPLERS[0])
+        folder = Path(context.artifacts["diffusion"])
+        self.pipe = ClassConditionalPipeline.from_exported(folder, samplers_for(scheduler_config(folder))[0])
         self.num_classes = self.pipe.num_classes
 
     def predict(
@@ -114,6 +115,9 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         batch_size = _int_param(params, "batch_size", 64, 1, MAX_BATCH)
         if sampler not in SAMPLERS:
             raise _bad(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+        family = samplers_for(dict(self.pipe.noise_scheduler.config))  # an EDM model's or a DDPM's
+        if sampler not in family:
+            raise _bad(f"sampler {sampler!r} is not one of this model's family: {', '.join(family)}")
         df = pd.DataFrame(model_input)
         if not 0 < len(df) <= MAX_ROWS:
             raise _bad(f"send between 1 and {MAX_ROWS} rows, got {len(df)}")

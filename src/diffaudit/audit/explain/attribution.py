@@ -22,6 +22,8 @@ from torch import nn
 
 from diffaudit.audit.explain.trajectory import Trajectory
 from diffaudit.config.explain_schema import ExplainCfg
+from diffaudit.diffusion import edm
+from diffaudit.diffusion.edm import vp_sigma
 from diffaudit.diffusion.parameterization import to_x0_eps
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import guided_output
@@ -42,9 +44,11 @@ class StepClassLogit(nn.Module):
         guidance_scale: float,
         prediction_type: str,
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        sigma_data: float | None = None,
     ) -> None:
         super().__init__()
         self.unet, self.evaluator, self.decode = unet, evaluator, decode
+        self.sigma_data = sigma_data  # an EDM network: x0 = D(x_t; sigma) (diffusion/edm.py)
         self.timestep = timestep
         self.alpha_bar, self.input_scale = float(alpha_bar), float(input_scale)
         self.guidance_scale, self.prediction_type = guidance_scale, prediction_type
@@ -59,6 +63,7 @@ class StepClassLogit(nn.Module):
         guidance_scale: float,
         prediction_type: str,
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        sigma_data: float | None = None,
     ) -> StepClassLogit:
         return cls(
             unet,
@@ -69,6 +74,7 @@ class StepClassLogit(nn.Module):
             guidance_scale,
             prediction_type,
             decode,
+            sigma_data,
         )
 
     def x0(self, x_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -78,7 +84,11 @@ class StepClassLogit(nn.Module):
         out, _, _ = guided_output(
             self.unet, x_in, self.timestep, labels, null_class(self.unet), self.guidance_scale
         )
-        x0, _ = to_x0_eps(out, x_in, self.alpha_bar, self.prediction_type)
+        if self.sigma_data is None:
+            x0, _ = to_x0_eps(out, x_in, self.alpha_bar, self.prediction_type)
+        else:  # the step's sigma from its VP level a = 1 / (1 + sigma^2); D = c_skip x + c_out F
+            sigma = vp_sigma(self.alpha_bar).to(x_t.dtype)
+            x0 = edm.c_skip(sigma, self.sigma_data) * x_t + edm.c_out(sigma, self.sigma_data) * out
         return x0.clamp(-1.0, 1.0) if self.decode is None else self.decode(x0)
 
     def forward(self, x_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -161,12 +171,13 @@ def attribute(
     check)."""
     unet, prediction_type = pipe.unet, pipe.prediction_type
     decode = pipe.decode if pipe.latent else None
+    sd = float(pipe.noise_scheduler.config.sigma_data) if pipe.is_edm else None
     steps = trajectory_steps(cfg.attribution_steps, traj.num_steps)
     random_unet = randomized_like(unet, seed) if cfg.randomization_check else None
     ig, delta, gap, sg, ig_r, sg_r = [], [], [], [], [], []
     for k in steps:
         x = traj.x_t[k]
-        f = StepClassLogit.at_step(unet, evaluator, traj, k, guidance_scale, prediction_type, decode)
+        f = StepClassLogit.at_step(unet, evaluator, traj, k, guidance_scale, prediction_type, decode, sd)
         a, d = _ig(f, x, traj.labels, target, cfg)
         ig.append(a)
         delta.append(d)
@@ -177,7 +188,7 @@ def attribute(
         sg.append(_smoothgrad(f, x, traj.labels, target, cfg, seed + k))
         if random_unet is not None:
             fr = StepClassLogit.at_step(
-                random_unet, evaluator, traj, k, guidance_scale, prediction_type, decode
+                random_unet, evaluator, traj, k, guidance_scale, prediction_type, decode, sd
             )
             ig_r.append(_ig(fr, x, traj.labels, target, cfg)[0])
             sg_r.append(_smoothgrad(fr, x, traj.labels, target, cfg, seed + k))

@@ -139,7 +139,7 @@ def explain_model(
     metrics["loss_by_timestep"] = {
         f"t{r['t_lo']:04d}_{r['t_hi']:04d}": {k: r[k] for k in ("loss", "x0_mse")} for r in rows
     }
-    res.figures["loss_by_timestep"] = figures.loss_figure(rows, len(pipe.noise_scheduler.alphas_cumprod))
+    res.figures["loss_by_timestep"] = figures.loss_figure(rows, len(pipe.vp_denoiser()[1].alphas_cumprod))
     res.tables["loss_by_timestep"] = _csv(
         ["t_mid", "loss", "x0_mse"], [[r["t_mid"], r["loss"], r["x0_mse"]] for r in rows]
     )

@@ -99,7 +99,7 @@ def tile_figure(
 
 
 def _step_labels(traj: Trajectory) -> list[str]:
-    return [f"{i}: t={float(t):.0f}" for i, t in enumerate(traj.timesteps)]
+    return [f"{i}: {traj.step_name(i)}" for i in range(traj.num_steps)]
 
 
 # -- filmstrips and guidance maps -------------------------------------------------------------------
@@ -150,7 +150,7 @@ def filmstrip_frames(traj: Trajectory, maps: torch.Tensor | None, scale: int = 4
         framed = Image.new("RGB", (img.width, img.height + 28), "white")
         framed.paste(img, (0, 28))
         draw = ImageDraw.Draw(framed)
-        draw.text((2, 1), f"step {s + 1}/{traj.num_steps} t={float(traj.timesteps[s]):.0f}", fill="black")
+        draw.text((2, 1), f"step {s + 1}/{traj.num_steps} {traj.step_name(s)}", fill="black")
         tile_w = (traj.x0.shape[-1] + PAD) * scale
         for j, name in enumerate(["x_t", "x0-pred", "guidance"][: len(row_tiles[0])]):
             draw.text((PAD * scale + j * tile_w + 2, 15), name, fill="black")
@@ -185,7 +185,7 @@ def attribution_figure(attr: Attributions, traj: Trajectory, class_names: list[s
                 )
             rows.append(row)
             target = class_names[int(attr.target[n])]
-            labels.append(f"{target} (seed {traj.seeds[n]}) step {k} t={float(traj.timesteps[k]):.0f}")
+            labels.append(f"{target} (seed {traj.seeds[n]}) step {k} {traj.step_name(k)}")
     return tile_figure(
         rows,
         labels,

@@ -34,11 +34,8 @@ def loss_by_timestep(
     The bins cover `pipe`'s training noise schedule; the objective is the model's prediction type. A latent
     model is measured on the latents of the images (`pipe.encode`), so x0_mse is in latent units there.
     """
-    unet, alphas_cumprod, prediction_type = (
-        pipe.unet,
-        pipe.noise_scheduler.alphas_cumprod,
-        pipe.prediction_type,
-    )
+    unet, schedule = pipe.vp_denoiser()  # an EDM model: on a VP grid, as an x0-predictor (edm.VPView)
+    alphas_cumprod, prediction_type = schedule.alphas_cumprod, str(schedule.config.prediction_type)
     gen = torch.Generator().manual_seed(seed)
     n = min(max_images, len(images))
     pick = torch.randperm(len(images), generator=gen)[:n]

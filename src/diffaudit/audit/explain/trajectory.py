@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from diffaudit.diffusion.edm import c_in, is_edm_scheduler, vp_alpha_bar
 from diffaudit.diffusion.parameterization import to_x0_eps
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import StepInfo
@@ -33,6 +34,7 @@ class Trajectory:
     guidance: torch.Tensor | None  # (S, N, C, H, W) eps_cond - eps_uncond, in epsilon units; None without CFG
     final: torch.Tensor  # (N, C, H, W) the generated images in [-1, 1]
     x_t_image: torch.Tensor  # x_t as an image to look at: x_t itself, or a latent model's decoded latents
+    edm: bool = False  # an EDM sampler's: timesteps are c_noise = ln(sigma) / 4, steps are named by sigma
 
     @property
     def image_size(self) -> int:
@@ -56,7 +58,15 @@ class Trajectory:
             g,
             self.final[index],
             self.x_t_image[:, index],
+            self.edm,
         )
+
+    def step_name(self, index: int) -> str:
+        """The noise level of a step, as figures label it: `t=` its timestep, an EDM step's `sigma=`."""
+        if self.edm:
+            a = float(self.alpha_bar[index])
+            return f"sigma={((1 - a) / a) ** 0.5:.3g}"
+        return f"t={float(self.timesteps[index]):.0f}"
 
     def with_labels(self, labels: torch.Tensor) -> Trajectory:
         """The same trajectories read as `labels` (an unconditional model's: the evaluator's classes)."""
@@ -64,7 +74,10 @@ class Trajectory:
 
 
 def step_alpha_bar(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor) -> float:
-    """alpha_bar of the step: from the sigma grid for Euler (its timesteps may be fractional)."""
+    """alpha_bar of the step: from the sigma grid for Euler (its timesteps may be fractional) and EDM (the VP
+    level 1 / (1 + sigma^2) of x = x0 + sigma eps; its timesteps are c_noise)."""
+    if is_edm_scheduler(scheduler):
+        return float(vp_alpha_bar(scheduler.sigmas[index]))
     if isinstance(scheduler, EulerDiscreteScheduler):
         sigma = float(scheduler.sigmas[index])
         return 1.0 / (sigma**2 + 1.0)
@@ -72,7 +85,11 @@ def step_alpha_bar(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor
 
 
 def step_input_scale(scheduler: SchedulerMixin, index: int) -> float:
-    """The factor scale_model_input applies (Euler works in sigma space: x_in = x / sqrt(sigma^2 + 1))."""
+    """The factor scale_model_input applies (Euler works in sigma space: x_in = x / sqrt(sigma^2 + 1); EDM's
+    is c_in = 1 / sqrt(sigma^2 + sigma_data^2))."""
+    if is_edm_scheduler(scheduler):
+        sigma = torch.as_tensor(float(scheduler.sigmas[index]), dtype=torch.float64)
+        return float(c_in(sigma, float(scheduler.config.sigma_data)))
     if isinstance(scheduler, EulerDiscreteScheduler):
         return 1.0 / (float(scheduler.sigmas[index]) ** 2 + 1.0) ** 0.5
     return 1.0
@@ -84,7 +101,8 @@ def scheduler_x0(scheduler: SchedulerMixin, info: StepInfo) -> torch.Tensor:
     DPM-Solver++ keeps it (after its thresholding) as the newest entry of `model_outputs`; the
     others return it as `pred_original_sample`, which the pipeline passes on in StepInfo.
     """
-    if isinstance(scheduler, DPMSolverMultistepScheduler) and scheduler.config.algorithm_type in (
+    dpm = (DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler)
+    if isinstance(scheduler, dpm) and scheduler.config.algorithm_type in (
         "dpmsolver++",
         "sde-dpmsolver++",
     ):
@@ -168,6 +186,7 @@ def record_trajectories(
         guidance=torch.cat([torch.stack(p.guidance) for p in parts], dim=1) if has_guidance else None,
         final=torch.cat(finals),
         x_t_image=x_t_image,
+        edm=is_edm_scheduler(pipe.scheduler),
     )
 
 
