@@ -77,7 +77,13 @@ def figures(r: dict[str, Any]) -> list[Figure]:
             "x",
             f">= {TARGET_SPEEDUP}",
             s >= TARGET_SPEEDUP,
-            f"the default precision ({r['precision']}) against fp32, {where}",
+            f"the default precision ({r['precision']}) against fp32, {where}"
+            + (
+                "; fp32 is the default: the bf16-trained default model failed the fairness gate "
+                "(docs/performance.md, Training precision)"
+                if r["precision"] == "32-true"
+                else ""
+            ),
         ),
         Figure(
             "bf16_step_speedup",
