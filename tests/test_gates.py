@@ -198,12 +198,16 @@ def test_biased_experiment_composes() -> None:
 
 
 def _audit_cfg(run: TinyRun, out: Path, **audit: object) -> Config:
-    """The tiny run's config with audit settings changed and metrics/plots redirected to `out`."""
+    """The tiny run's config with audit settings changed and metrics/plots redirected to `out`, with its own
+    MLflow store (the tiny run's is shared: another pipeline in it would change what later tests read)."""
     (out / "metrics").mkdir(parents=True, exist_ok=True)
     shutil.copy(run.root / "metrics" / "quality.json", out / "metrics" / "quality.json")
     cfg = run.cfg
     paths = cfg.paths.model_copy(update={"metrics": str(out / "metrics"), "plots": str(out / "plots")})
-    return cfg.model_copy(update={"paths": paths, "audit": cfg.audit.model_copy(update=audit)})
+    store = cfg.tracking.model_copy(update={"uri": f"sqlite:///{out / 'mlflow.db'}"})
+    return cfg.model_copy(
+        update={"paths": paths, "tracking": store, "audit": cfg.audit.model_copy(update=audit)}
+    )
 
 
 def test_audit_stage_writes_verdicts_and_fails_on_gate(tiny_run: TinyRun, tmp_path: Path) -> None:
