@@ -171,8 +171,8 @@ def finding(key: str, content: RunContent) -> str:
             return ""
         n = len(s["labels"])
         return (
-            f"{n} generated images; each row shows the first ones of a class, beside real training images "
-            "for comparison."
+            f"{n} generated images; each row shows the first ones of a class, and a grid of real training "
+            "images follows for comparison."
         )
     kind = FINDINGS.get(key)
     data = content.section_data(key)
