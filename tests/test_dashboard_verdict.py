@@ -142,6 +142,8 @@ def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_
             # The experiment's plain address (what `make ui` -> Experiments gives) opens as GenAI until the
             # switch says Model training, as the experiment's description tells; then the browser keeps it.
             page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="domcontentloaded")
+            # Under load the page's loading overlay can still cover the switch when it first shows.
+            page.wait_for_load_state("networkidle", timeout=90_000)
             page.get_by_text("Model training", exact=True).first.click(timeout=90_000)
             expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=90_000)
             page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="domcontentloaded")
