@@ -112,6 +112,7 @@ def _chromium_or_skip() -> str:
 def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_path) -> None:
     """Through the links diffaudit prints and writes (the end of `make repro`, the descriptions): the
     experiment on its runs table, the parent run named with its verdict, its description and metrics."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect, sync_playwright
 
     from diffaudit.tracking.links import experiment_url, run_url
@@ -142,9 +143,16 @@ def test_dashboard_opens_on_the_runs_and_shows_the_verdict(run: ReleaseRun, tmp_
             # The experiment's plain address (what `make ui` -> Experiments gives) opens as GenAI until the
             # switch says Model training, as the experiment's description tells; then the browser keeps it.
             page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="domcontentloaded")
-            # Under load the page's loading overlay can still cover the switch when it first shows.
-            page.wait_for_load_state("networkidle", timeout=90_000)
-            page.get_by_text("Model training", exact=True).first.click(timeout=90_000)
+            # A popover the UI opens on a first visit can cover the switch: Escape closes it, then retry.
+            switch = page.get_by_text("Model training", exact=True).first
+            for _ in range(3):
+                try:
+                    switch.click(timeout=30_000)
+                    break
+                except PlaywrightError:
+                    page.keyboard.press("Escape")
+            else:
+                pytest.fail("the Model training switch stayed covered")
             expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=90_000)
             page.goto(f"{base}/#/experiments/{experiment_id}", wait_until="domcontentloaded")
             page.reload(wait_until="domcontentloaded")
