@@ -57,18 +57,26 @@ def test_every_sampler_clips_its_x0_prediction(name: str, prediction_type: str) 
             num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
         )
     )
-    steps: list[StepInfo] = []
     pipe = ClassConditionalPipeline.from_unet(ExplodingUNet(), noise, name)
-    out = pipe(
-        labels=torch.tensor([0, 1]),
-        seeds=[1, 2],
-        num_inference_steps=6,
-        guidance_scale=2.0,
-        on_step=steps.append,
-    ).images
+    steps, out = _draw(pipe, seeds=[1, 2], steps=6)
     assert len(steps) == 6 and torch.isfinite(out).all()
     for s in steps:  # Euler's own x0 = x - sigma * eps is float32 at sigma ~ 1e3 here: rounding ~ 1e-4
         assert s.x0_pred.abs().max() <= 1.0 + 1e-3, (name, s.index, float(s.x0_pred.abs().max()))
+
+
+def _draw(
+    pipe: ClassConditionalPipeline, *, seeds: list[int], steps: int
+) -> tuple[list[StepInfo], torch.Tensor]:
+    """Two images (classes 0 and 1) at guidance 2, with every step the pipeline reports."""
+    seen: list[StepInfo] = []
+    out = pipe(
+        labels=torch.tensor([0, 1]),
+        seeds=seeds,
+        num_inference_steps=steps,
+        guidance_scale=2.0,
+        on_step=seen.append,
+    ).images
+    return seen, out
 
 
 class OracleUNet(ExplodingUNet):
@@ -100,15 +108,8 @@ def test_every_sampler_lands_on_the_data_with_the_exact_denoiser(name: str, pred
         )
     )
     unet = OracleUNet(noise.alphas_cumprod, prediction_type, target=0.4)
-    steps: list[StepInfo] = []
     pipe = ClassConditionalPipeline.from_unet(unet, noise, name)
-    out = pipe(
-        labels=torch.tensor([0, 1]),
-        seeds=[3, 4],
-        num_inference_steps=8,
-        guidance_scale=2.0,
-        on_step=steps.append,
-    ).images
+    steps, out = _draw(pipe, seeds=[3, 4], steps=8)
     assert torch.allclose(out, torch.full_like(out, 0.4), atol=2e-3), (name, float((out - 0.4).abs().max()))
     for s in steps:  # the x0-prediction the explainability audit films is the data at every step
         # (to float32 rounding: Euler's x0 = x - sigma * eps with x ~ 5e4 at sigma ~ 2e4 in its first step)
@@ -140,30 +141,16 @@ def _edm_noise():
 
 @pytest.mark.parametrize("name", EDM_SAMPLERS)
 def test_every_edm_sampler_clips_its_x0_prediction(name: str) -> None:
-    steps: list[StepInfo] = []
     pipe = ClassConditionalPipeline.from_unet(ExplodingUNet(), _edm_noise(), name)
-    out = pipe(
-        labels=torch.tensor([0, 1]),
-        seeds=[1, 2],
-        num_inference_steps=6,
-        guidance_scale=2.0,
-        on_step=steps.append,
-    ).images
+    steps, out = _draw(pipe, seeds=[1, 2], steps=6)
     assert len(steps) == 6 and torch.isfinite(out).all()
     assert all(s.x0_pred.abs().max() <= 1.0 + 1e-3 for s in steps), name
 
 
 @pytest.mark.parametrize("name", EDM_SAMPLERS)
 def test_every_edm_sampler_lands_on_the_data_with_the_exact_denoiser(name: str) -> None:
-    steps: list[StepInfo] = []
     pipe = ClassConditionalPipeline.from_unet(EDMOracleUNet(target=0.4), _edm_noise(), name)
-    out = pipe(
-        labels=torch.tensor([0, 1]),
-        seeds=[3, 4],
-        num_inference_steps=10,
-        guidance_scale=2.0,
-        on_step=steps.append,
-    ).images
+    steps, out = _draw(pipe, seeds=[3, 4], steps=10)
     assert torch.allclose(out, torch.full_like(out, 0.4), atol=2e-3), (name, float((out - 0.4).abs().max()))
     sigmas = pipe.scheduler.sigmas
     for s in steps:  # D is the data at every sigma, as the explainability audit films it ...

@@ -59,6 +59,20 @@ def build_noise_scheduler(cfg: DiffusionCfg) -> DDPMScheduler | EDMEulerSchedule
     )
 
 
+def _dpm_solver_pp(clip: bool) -> dict[str, Any]:
+    """DPM-Solver++ (2nd order) as both families run it: x0 thresholded to [-1, 1] when `clip`, the last
+    step to sigma 0 in first order."""
+    return {
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+        "thresholding": clip,
+        "sample_max_value": 1.0,
+        "dynamic_thresholding_ratio": 0.995,
+        "final_sigmas_type": "zero",
+        "lower_order_final": True,
+    }
+
+
 def build_sampler(name: str, train_config: dict[str, Any], clip: bool = True) -> SchedulerMixin:
     """A sampler scheduler sharing the training schedule (betas, objective); `clip`: clip (or threshold)
     the x0-prediction to [-1, 1] (pixel-space models).
@@ -81,31 +95,13 @@ def build_sampler(name: str, train_config: dict[str, Any], clip: bool = True) ->
     if name == "edm_euler":
         return EDMEulerScheduler.from_config(train_config)  # pipeline.py clips its x0 (pixel space)
     if name == "edm_dpm_solver":
-        return EDMDPMSolverMultistepScheduler.from_config(
-            train_config,
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            thresholding=clip,
-            sample_max_value=1.0,
-            dynamic_thresholding_ratio=0.995,
-            final_sigmas_type="zero",
-            lower_order_final=True,
-        )
+        return EDMDPMSolverMultistepScheduler.from_config(train_config, **_dpm_solver_pp(clip))
     if name == "ddpm":
         return DDPMScheduler.from_config(train_config, clip_sample=clip)
     if name == "ddim":
         return DDIMScheduler.from_config(train_config, clip_sample=clip, set_alpha_to_one=True)
     if name == "dpm_solver":
-        return DPMSolverMultistepScheduler.from_config(
-            train_config,
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            thresholding=clip,
-            sample_max_value=1.0,
-            dynamic_thresholding_ratio=0.995,
-            final_sigmas_type="zero",
-            lower_order_final=True,
-        )
+        return DPMSolverMultistepScheduler.from_config(train_config, **_dpm_solver_pp(clip))
     if name == "euler":
         # Euler has no clipping option of its own: diffusion/pipeline.py clips the x0-prediction and hands
         # Euler the matching epsilon, so Euler is configured for epsilon whatever the model predicts.
