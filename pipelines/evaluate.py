@@ -1,11 +1,13 @@
 """Stage evaluate: FID/KID/precision/recall in the configured feature space, conditional accuracy and
 CAS, each beside its real-vs-real floor with a bootstrap 95% interval and its n; writes
-metrics/quality.json and plots/conditional_accuracy.csv."""
+metrics/quality.json and plots/conditional_accuracy.csv. The `trainer` config spreads the feature
+extraction and the evaluator's class reads over processes, as the sample stage's draw."""
 
 from __future__ import annotations
 
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
+from diffaudit.distributed.world import launch
 from diffaudit.layout import Layout
 from diffaudit.metrics.quality import evaluate_quality
 from diffaudit.models.evaluator import Evaluator
@@ -14,7 +16,8 @@ from diffaudit.results.applicability import LABELS_FROM_CONDITION
 from diffaudit.results.quality import QualityRow, SamplerRun
 from diffaudit.tracking.mlflow_tracking import log_outputs, stage_run
 from diffaudit.tracking.summary import quality_metrics
-from diffaudit.utils.io import load_tensor_metadata, load_tensors, write_text
+from diffaudit.utils.io import load_tensor_metadata, write_text
+from diffaudit.utils.tensor_rows import TensorRows
 from pipelines._stage import run
 
 
@@ -24,21 +27,24 @@ def main(cfg: Config) -> None:
     with stage_run(
         cfg, "evaluate", {"samples": layout.samples_dir, "evaluator": evaluator_dir, "data": data_dir}
     ):
+        world = launch(cfg.trainer)  # the ranks share feature extraction and class reads; rank 0 writes
         meta = load_meta(data_dir)
-        samples = load_tensors(samples_path)
         train, val, test = (load_split(data_dir, s) for s in ("train", "val", "test"))
         result = evaluate_quality(
             cfg.eval,
-            Evaluator.from_pretrained(evaluator_dir, use_safetensors=True),
+            Evaluator.from_pretrained(evaluator_dir, use_safetensors=True).to(world.device),
             meta,
             train=train,
             test=test,
             val=val,
-            gen_images=samples["images"],
-            gen_labels=samples["labels"],
+            gen_images=TensorRows(samples_path, "images"),  # read in batches, never whole
+            gen_labels=TensorRows(samples_path, "labels")[:],
             seed=cfg.seed,
             labels_from=load_tensor_metadata(samples_path).get("labels", LABELS_FROM_CONDITION),
+            world=world,
         )
+        if result is None:  # a rank other than 0: its share is done
+            return
         result.sampler = SamplerRun(**cfg.sampler.model_dump())
         write_result(layout.quality, result)
         per, floor = result.conditional_accuracy_per_class, result.conditional_accuracy_floor_per_class

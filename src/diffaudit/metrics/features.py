@@ -11,10 +11,12 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+from diffaudit.distributed.world import World
 from diffaudit.models.evaluator import Evaluator
 
 
@@ -63,13 +65,19 @@ class CachedFeatures(nn.Module):
 
 
 @torch.no_grad()
-def extract(module: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Features of a whole image set, batched (computed once, then reused by every metric)."""
-    return torch.cat([module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).double()
+def extract(
+    module: nn.Module, images: Any, batch_size: int = 512, world: World | None = None
+) -> torch.Tensor:
+    """Features of a whole image set (a tensor or a lazy row reader), batched, the batches spread over the
+    ranks of `world` (computed once, then reused by every metric)."""
+    return (world or World()).map_batches(module, images, batch_size).double()
 
 
-def fingerprint(images: torch.Tensor) -> str:
-    """Content hash of an image set (shape, dtype and values)."""
+def fingerprint(images: Any) -> str:
+    """Content hash of an image set (shape, dtype and values); a lazy reader's own fingerprint (its file
+    and version), so a 50k-image set is not read twice to be named."""
+    if not isinstance(images, torch.Tensor):
+        return str(images.fingerprint)
     t = images.detach().cpu().contiguous()
     h = hashlib.sha1(f"{tuple(t.shape)}{t.dtype}".encode())
     h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
@@ -80,16 +88,17 @@ class FeatureCache:
     """Features of image sets in one feature space, keyed by content: no set goes through the network
     twice."""
 
-    def __init__(self, module: nn.Module, batch_size: int = 512) -> None:
+    def __init__(self, module: nn.Module, batch_size: int = 512, world: World | None = None) -> None:
         self.module = module
+        self.world = world or World()
         self.space: str = module.space
         self.batch_size = batch_size
         self._store: dict[str, torch.Tensor] = {}
         self.misses = 0
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: Any) -> torch.Tensor:
         key = fingerprint(images)
         if key not in self._store:
             self.misses += 1
-            self._store[key] = extract(self.module, images, self.batch_size)
+            self._store[key] = extract(self.module, images, self.batch_size, self.world)
         return self._store[key]

@@ -26,7 +26,10 @@ def _feed(metric: nn.Module, feats: torch.Tensor, real: bool, batch_size: int = 
 def fid_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between two feature sets (N, D), each with at least 2 rows."""
     metric = FrechetInceptionDistance(
-        feature=CachedFeatures(real.shape[1]), normalize=True, input_img_size=(real.shape[1],)
+        feature=CachedFeatures(real.shape[1]),
+        normalize=True,
+        input_img_size=(real.shape[1],),
+        sync_on_compute=False,  # the features are whole already (gathered from every rank); no all-gather
     )
     with single_thread():
         _feed(metric, real.double(), True)
@@ -44,7 +47,11 @@ def kid_features(
         # (a few thousand rows at most), so there is nothing to act on.
         warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save all")
         metric = KernelInceptionDistance(
-            feature=CachedFeatures(real.shape[1]), normalize=True, subsets=subsets, subset_size=size
+            feature=CachedFeatures(real.shape[1]),
+            normalize=True,
+            subsets=subsets,
+            subset_size=size,
+            sync_on_compute=False,
         )
     _feed(metric, real.double(), True)
     _feed(metric, fake.double(), False)

@@ -17,6 +17,7 @@ from torch import nn
 
 from diffaudit.config.schema import EvalCfg, EvaluatorCfg
 from diffaudit.data.store import DataMeta, Split
+from diffaudit.distributed.world import World
 from diffaudit.errors import ConfigError
 from diffaudit.metrics.bootstrap import LEVEL, half_sample_ci, mean_ci
 from diffaudit.metrics.features import EvaluatorFeatures, FeatureCache, single_thread
@@ -47,9 +48,15 @@ def feature_module(cfg: EvalCfg, evaluator: Evaluator) -> nn.Module:
     return InceptionFeatures(cfg.inception_weights)
 
 
-def class_hits(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """1.0 where the evaluator's class argmax equals the label, else 0.0."""
-    return (predict(evaluator, images)["class"].argmax(-1) == labels).float()
+def class_hits(
+    evaluator: Evaluator, images: Any, labels: torch.Tensor, world: World | None = None, batch_size: int = 512
+) -> torch.Tensor:
+    """1.0 where the evaluator's class argmax equals the label, else 0.0; `images` a tensor or a lazy row
+    reader, the batches spread over the ranks of `world`."""
+    read = (world or World()).map_batches(
+        lambda x: predict(evaluator, x)["class"].argmax(-1), images, batch_size
+    )
+    return (read == labels).float()
 
 
 @dataclass(frozen=True)
@@ -176,14 +183,19 @@ def evaluate_quality(
     meta: DataMeta,
     train: Split,
     test: Split,
-    gen_images: torch.Tensor,
+    gen_images: Any,
     gen_labels: torch.Tensor,
     seed: int,
     val: Split | None = None,
     cache: FeatureCache | None = None,
     labels_from: LabelSource = LABELS_FROM_CONDITION,
-) -> QualityResult:
+    world: World | None = None,
+) -> QualityResult | None:
     """Every quality metric with its floor, 95 % bootstrap interval and n (CAS only when `val` is given).
+
+    `gen_images` (and the splits' images) may be lazy row readers: only features and class reads of
+    them are held. Under a multi-process `world` the ranks share the feature extraction and the class
+    reads; rank 0 computes the metrics from them and returns the result, the other ranks return None.
 
     `labels_from="evaluator"`: `gen_labels` are the evaluator's reads of an unconditional model's images, so
     conditional accuracy and CAS (both score images against the label that made them) are not applicable:
@@ -194,9 +206,15 @@ def evaluate_quality(
         for k, v in not_applicable(conditioning_of_labels(labels_from)).items()
         if k in ("conditional_accuracy", "cas")
     }
-    cache = cache or FeatureCache(feature_module(cfg, evaluator))
+    world = world or World()
+    cache = cache or FeatureCache(feature_module(cfg, evaluator).to(world.device), world=world)
     space = cache.space
     f_test, f_train, f_gen = cache(test.images), cache(train.images), cache(gen_images)
+    acc_on = "conditional_accuracy" not in na
+    gen_hits = class_hits(evaluator, gen_images, gen_labels, world) if acc_on else None
+    test_hits = class_hits(evaluator, test.images, test.labels, world)
+    if not world.is_zero:
+        return None
     n = min(len(test), len(gen_images), len(train))
     gen = torch.Generator().manual_seed(seed)
     pick_gen = torch.randperm(len(gen_images), generator=gen)[:n]
@@ -209,18 +227,15 @@ def evaluate_quality(
     # The Vendi floor: as many real train images per class as were generated for it (the score grows
     # with n, so it is compared at equal counts).
     pick_vendi = _per_class_pick(train.labels, gen_labels, gen)
-    acc = (
-        None
-        if "conditional_accuracy" in na
-        else _accuracy_report(class_hits(evaluator, gen_images, gen_labels), gen_labels, names, reps, seed)
-    )
-    real = _accuracy_report(class_hits(evaluator, test.images, test.labels), test.labels, names, reps, seed)
+    acc = None if gen_hits is None else _accuracy_report(gen_hits, gen_labels, names, reps, seed)
+    real = _accuracy_report(test_hits, test.labels, names, reps, seed)
     cas: dict[str, Any] = {}
     if cfg.cas and val is not None and "cas" not in na:
         ecfg = cfg.evaluator
         n_real = min(len(gen_images), len(train))
         real_pick = torch.randperm(len(train), generator=gen)[:n_real]
-        score, hits = cas_score(_class_only(gen_images, gen_labels), val, test, meta, ecfg, seed)
+        # CAS trains on the generated images themselves: they are read whole (eval.cas=false at 50k).
+        score, hits = cas_score(_class_only(gen_images[:], gen_labels), val, test, meta, ecfg, seed)
         floor, floor_hits = cas_score(
             _class_only(train.images[real_pick], train.labels[real_pick]), val, test, meta, ecfg, seed
         )

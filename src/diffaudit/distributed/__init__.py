@@ -1,0 +1,1 @@
+"""Generation and scoring across processes, on the same engine (Lightning) and trainer configs as training."""
