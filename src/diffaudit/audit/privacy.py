@@ -22,25 +22,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffaudit.metrics.knn import nearest
 from diffaudit.results.privacy import PrivacyResult
 from diffaudit.utils import intervals
 from diffaudit.utils.images import labelled_pairs
 
 
-def two_nearest(
-    queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distances d1 <= d2 of each query to its two nearest reference points, and the nearest's index."""
-    q = queries.reshape(len(queries), -1).double()
-    r = reference.reshape(len(reference), -1).double()
-    d1, d2, i1 = [], [], []
-    for i in range(0, len(q), chunk):
-        d = torch.cdist(q[i : i + chunk], r)
-        top = d.topk(2, dim=1, largest=False)
-        d1.append(top.values[:, 0])
-        d2.append(top.values[:, 1])
-        i1.append(top.indices[:, 0])
-    return torch.cat(d1).numpy(), torch.cat(d2).numpy(), torch.cat(i1).numpy()
+def two_nearest(queries: torch.Tensor, reference: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distances d1 <= d2 of each query to its two nearest reference points, and the nearest's index
+    (exact search, metrics/knn.py)."""
+    d, i = nearest(queries, reference, 2)
+    return d[:, 0].numpy(), d[:, 1].numpy(), i[:, 0].numpy()
 
 
 def nn_ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:

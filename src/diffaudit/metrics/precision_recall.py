@@ -7,21 +7,26 @@ nearest neighbour in its own set).
   generated outliers: density = how many real balls hold a generated point, over k, averaged over
   generated points (about 1 for matching distributions, above 1 where samples crowd real modes);
   coverage = share of real points whose ball holds at least one generated point.
-Distances are computed in chunks, so memory stays O(chunk * N) rather than O(N^2).
+The radii come from an exact k-NN search (faiss, metrics/knn.py); the ball tests compute distances in
+chunks, so memory stays O(chunk * N) rather than O(N^2).
 """
 
 from __future__ import annotations
 
 import torch
 
+from diffaudit.metrics.knn import nearest
 
-def knn_radii(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """Distance from each point to its k-th nearest other point of the same set."""
-    radii = []
-    for i in range(0, len(feats), chunk):
-        d = torch.cdist(feats[i : i + chunk], feats)
-        radii.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself is at distance 0
-    return torch.cat(radii)
+# The radii are exact float64 distances; the ball tests' `cdist` (a matrix product) agrees with them to
+# about 1e-15 relative, not bitwise. A point on a ball's edge (a copy of the real point that sets the
+# radius) must count as inside, as `<=` intends: the radii are widened by this much.
+EDGE = 1e-9
+
+
+def knn_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each point to its k-th nearest other point of the same set (exact search,
+    metrics/knn.py)."""
+    return nearest(feats, feats, k + 1)[0][:, k] * (1 + EDGE)  # +1: the point itself is at distance 0
 
 
 def coverage_share(
@@ -57,7 +62,7 @@ def density_coverage_indicators(
     real, fake = real.double(), fake.double()
     if len(real) <= k:
         raise ValueError(f"density/coverage with k={k} needs more than {k} real points (got {len(real)})")
-    counts, covered = balls_holding(fake, real, knn_radii(real, k, chunk), chunk)
+    counts, covered = balls_holding(fake, real, knn_radii(real, k), chunk)
     return counts / k, covered
 
 
@@ -75,8 +80,8 @@ def precision_recall_indicators(
             f"precision/recall with k={k} needs more than {k} points in each set "
             f"(got {len(real)} real, {len(fake)} generated)"
         )
-    in_real = coverage_share(fake, real, knn_radii(real, k, chunk), chunk)
-    in_fake = coverage_share(real, fake, knn_radii(fake, k, chunk), chunk)
+    in_real = coverage_share(fake, real, knn_radii(real, k), chunk)
+    in_fake = coverage_share(real, fake, knn_radii(fake, k), chunk)
     return in_real, in_fake
 
 
