@@ -24,10 +24,28 @@ from typing import Any
 
 import torch
 
-from benchmarks import end_to_end, eval_scaling, precision, sampling, startup, training_overhead
+from benchmarks import (
+    end_to_end,
+    eval_scaling,
+    knn,
+    precision,
+    sampling,
+    startup,
+    training_overhead,
+    world_size,
+)
 from benchmarks.common import ROOT, Figure, loadavg, table
 
-BENCHMARKS = ("training_overhead", "precision", "sampling", "eval_scaling", "startup", "end_to_end")
+BENCHMARKS = (
+    "training_overhead",
+    "precision",
+    "sampling",
+    "eval_scaling",
+    "knn",
+    "world_size",
+    "startup",
+    "end_to_end",
+)
 
 
 def _jobs(
@@ -45,6 +63,8 @@ def _jobs(
             lambda: eval_scaling.run(q, tuple(args.eval_sizes) if args.eval_sizes else None),
             eval_scaling.figures,
         ),
+        "knn": (lambda: knn.run(q), knn.figures),
+        "world_size": (lambda: world_size.run(q), world_size.figures),
         "startup": (lambda: startup.run(q), startup.figures),
         "end_to_end": (lambda: end_to_end.run(q, dvc_check=not (q or args.no_dvc)), end_to_end.figures),
     }
