@@ -8,6 +8,7 @@ import torch
 from diffaudit.config.schema import Config
 from diffaudit.data.store import load_meta, load_split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
+from diffaudit.distributed.world import launch
 from diffaudit.errors import ConfigError
 from diffaudit.layout import Layout
 from diffaudit.metrics.features import FeatureCache
@@ -28,13 +29,14 @@ def main(cfg: Config) -> None:
     layout = Layout.of(cfg)
     data_dir, model_dir, evaluator_dir = layout.prepared, layout.diffusion, layout.evaluator
     with stage_run(cfg, "sampler_study", {"model": model_dir, "evaluator": evaluator_dir, "data": data_dir}):
+        world = launch(cfg.trainer)  # the ranks share each point's batches, as the sample stage's
         meta = load_meta(data_dir)
         train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
-        pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name)
-        evaluator = Evaluator.from_pretrained(evaluator_dir, use_safetensors=True)
-        cache = FeatureCache(feature_module(cfg.eval, evaluator))
+        pipe = ClassConditionalPipeline.from_exported(model_dir, cfg.sampler.name).to(world.device)
+        evaluator = Evaluator.from_pretrained(evaluator_dir, use_safetensors=True).to(world.device).eval()
+        cache = FeatureCache(feature_module(cfg.eval, evaluator).to(world.device), world=world)
         torch.manual_seed(cfg.seed)
-        verbose = progress_enabled()
+        verbose = progress_enabled() and world.is_zero
 
         def on_point(p: StudyPoint, m: PointScore) -> None:
             if verbose:
@@ -47,8 +49,20 @@ def main(cfg: Config) -> None:
                 )
 
         result = run_study(
-            pipe, evaluator, cache, meta, train, test, cfg.eval, cfg.sampler, cfg.seed, on_point=on_point
+            pipe,
+            evaluator,
+            cache,
+            meta,
+            train,
+            test,
+            cfg.eval,
+            cfg.sampler,
+            cfg.seed,
+            on_point=on_point,
+            world=world,
         )
+        if not world.is_zero:  # every rank has the result; rank 0 alone writes it
+            return
         write_result(layout.sampler_study, result)
         write_study_outputs(result, layout.sampler_study_plots)
         log_outputs(

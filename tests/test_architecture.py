@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "utils"),
     ("config",),
     ("layout", "results"),
-    ("data", "models"),
+    ("data", "models", "distributed"),
     ("diffusion", "training", "metrics"),
     ("audit",),
     ("tracking",),

@@ -37,7 +37,7 @@ def _faiss_knn(q: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     index.add(r.float().numpy())
     wide = min(len(r), k + MARGIN)
     dists, idx = [], []
-    rows = _rows_per_chunk(wide * 64)  # candidates' float64 re-rank block stays small
+    rows = _rows_per_chunk(wide * r.shape[1])  # the float64 re-rank block (rows x wide x dim) stays bounded
     for i in range(0, len(q), rows):
         qi = q[i : i + rows]
         _, cand = index.search(qi.float().numpy(), wide)

@@ -24,8 +24,9 @@ from diffaudit.config.eval_schema import EvalCfg, SamplerCfg, StudyCfg
 from diffaudit.data.store import DataMeta, Split
 from diffaudit.diffusion.pipeline import ClassConditionalPipeline
 from diffaudit.diffusion.sampling import balanced_labels, sample_seeds
+from diffaudit.distributed.world import World
 from diffaudit.metrics.features import FeatureCache
-from diffaudit.metrics.quality import class_hits, set_metrics
+from diffaudit.metrics.quality import set_metrics
 from diffaudit.models.evaluator import Evaluator
 from diffaudit.results.applicability import UNCONDITIONAL as UNCONDITIONAL_NOTE
 from diffaudit.results.quality import FeatureSpace, is_space_quantity, space_key, space_keys
@@ -37,6 +38,7 @@ from diffaudit.results.sampler_study import (
     StudyFloor,
     StudyTarget,
 )
+from diffaudit.training.evaluator_training import predict
 from diffaudit.utils.io import atomic_path
 
 
@@ -81,6 +83,36 @@ def best_point(
     return BestPoint(sampler=s_best, nfe=n_best, seconds=nfe_sweep[s_best][str(n_best)].seconds, ties=ties)
 
 
+def _point_reader(
+    pipe: ClassConditionalPipeline,
+    evaluator: Evaluator,
+    features: torch.nn.Module,
+    labels: torch.Tensor,
+    seeds: list[int],
+    p: StudyPoint,
+    batch_size: int,
+    clock: list[float],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A batch of row indices -> their images' features and class reads, side by side (the images are not
+    kept); the sampling time is added to `clock[0]`."""
+
+    def read(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.cpu()
+        t0 = time.perf_counter()
+        images = pipe(
+            labels=labels[rows],
+            seeds=[seeds[i] for i in rows.tolist()],
+            num_inference_steps=p.nfe,
+            guidance_scale=p.guidance_scale,
+            batch_size=batch_size,
+        ).images
+        clock[0] += time.perf_counter() - t0
+        cls = predict(evaluator, images)["class"].argmax(-1)
+        return torch.cat([features(images).double(), cls[:, None].double()], dim=1)
+
+    return read
+
+
 def run_study(
     pipe: ClassConditionalPipeline,
     evaluator: Evaluator,
@@ -92,11 +124,15 @@ def run_study(
     sampler: SamplerCfg,
     seed: int,
     on_point: Callable[[StudyPoint, PointScore], None] | None = None,
+    world: World | None = None,
 ) -> SamplerStudyResult:
     """Sample and score every study point once (points shared by both sweeps are sampled once).
 
     Every point samples with a fresh scheduler of its sampler over `pipe`'s UNet (`pipe.with_sampler`).
+    Under a multi-process `world` the ranks share each point's batches; a rank keeps only the features
+    and class reads of the images it drew, and every rank gets all of them (the same result on each).
     """
+    world = world or World()
     study = cfg.study
     if study is None:
         raise ValueError("eval.study is not configured")
@@ -118,18 +154,23 @@ def run_study(
             StudyPoint(guidance_points[0].sampler, guidance_points[0].nfe, 1.0)
         ]
     for p in dict.fromkeys(nfe_points + guidance_points):
-        t0 = time.perf_counter()
-        images = pipe.with_sampler(p.sampler)(
-            labels=labels,
-            seeds=seeds,
-            num_inference_steps=p.nfe,
-            guidance_scale=p.guidance_scale,
-            batch_size=sampler.batch_size,
-        ).images
-        seconds = time.perf_counter() - t0
-        m = set_metrics(ref, cache(images)[pick_gen], cfg, seed, with_ci=False)
+        drawing = [0.0]  # this rank's sampling seconds (not the feature passes)
+        draw_and_read = _point_reader(
+            pipe.with_sampler(p.sampler),
+            evaluator,
+            cache.module,
+            labels,
+            seeds,
+            p,
+            sampler.batch_size,
+            drawing,
+        )
+        out = world.map_batches(draw_and_read, torch.arange(len(seeds)), sampler.batch_size)
+        seconds = max(world.gather(drawing[0]))  # the slowest rank's draw
+        feats, read = out[:, :-1], out[:, -1].long()
+        m = set_metrics(ref, feats[pick_gen], cfg, seed, with_ci=False)
         accuracy = (  # an unconditional model has no label to agree with
-            float(class_hits(evaluator, images, labels).double().mean()) if pipe.is_conditional else None
+            float((read == labels).double().mean()) if pipe.is_conditional else None
         )
         over = m.fid / floor.fid if floor.fid > 0 else math.inf
         scored[p] = PointScore(
