@@ -16,13 +16,14 @@ MARGIN = 8  # extra candidates per query, re-ranked in float64: covers float32 n
 CHUNK_ELEMENTS = 2**24  # query rows x reference rows per distance block: 128 MiB in float64, whatever N
 
 
-def _rows_per_chunk(n_reference: int) -> int:
+def rows_per_chunk(n_reference: int) -> int:
+    """Query rows per distance block against `n_reference` points: CHUNK_ELEMENTS distances at most."""
     return max(1, CHUNK_ELEMENTS // max(1, n_reference))
 
 
 def _torch_knn(q: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     dists, idx = [], []
-    rows = _rows_per_chunk(len(r))
+    rows = rows_per_chunk(len(r))
     for i in range(0, len(q), rows):
         top = torch.cdist(q[i : i + rows], r).topk(k, dim=1, largest=False)
         dists.append(top.values)
@@ -37,7 +38,7 @@ def _faiss_knn(q: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     index.add(r.float().numpy())
     wide = min(len(r), k + MARGIN)
     dists, idx = [], []
-    rows = _rows_per_chunk(wide * r.shape[1])  # the float64 re-rank block (rows x wide x dim) stays bounded
+    rows = rows_per_chunk(wide * r.shape[1])  # the float64 re-rank block (rows x wide x dim) stays bounded
     for i in range(0, len(q), rows):
         qi = q[i : i + rows]
         _, cand = index.search(qi.float().numpy(), wide)

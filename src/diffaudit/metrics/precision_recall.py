@@ -8,14 +8,14 @@ nearest neighbour in its own set).
   generated points (about 1 for matching distributions, above 1 where samples crowd real modes);
   coverage = share of real points whose ball holds at least one generated point.
 The radii come from an exact k-NN search (faiss, metrics/knn.py); the ball tests compute distances in
-chunks, so memory stays O(chunk * N) rather than O(N^2).
+blocks of at most 2^24 (metrics/knn.py), so memory stays bounded whatever N, not O(N^2).
 """
 
 from __future__ import annotations
 
 import torch
 
-from diffaudit.metrics.knn import nearest
+from diffaudit.metrics.knn import nearest, rows_per_chunk
 
 # The radii are exact float64 distances; the ball tests' `cdist` (a matrix product) agrees with them to
 # about 1e-15 relative, not bitwise. A point on a ball's edge (a copy of the real point that sets the
@@ -30,10 +30,11 @@ def knn_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def coverage_share(
-    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int | None = None
 ) -> torch.Tensor:
     """Per query: 1.0 if it lies inside the ball of any support point, else 0.0."""
     inside = []
+    chunk = chunk or rows_per_chunk(len(support))
     for i in range(0, len(queries), chunk):
         d = torch.cdist(queries[i : i + chunk], support)
         inside.append((d <= radii[None, :]).any(dim=1).float())
@@ -41,10 +42,11 @@ def coverage_share(
 
 
 def balls_holding(
-    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+    queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per query: how many support balls hold it, per support point: 1.0 if its ball holds a query)."""
     counts, held = [], torch.zeros(len(support), dtype=torch.bool)
+    chunk = chunk or rows_per_chunk(len(support))
     for i in range(0, len(queries), chunk):
         inside = torch.cdist(queries[i : i + chunk], support) <= radii[None, :]
         counts.append(inside.sum(1).double())
@@ -53,7 +55,7 @@ def balls_holding(
 
 
 def density_coverage_indicators(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point terms: (real balls holding each fake point / k, real point's ball holds a fake point).
 
@@ -67,7 +69,7 @@ def density_coverage_indicators(
 
 
 def precision_recall_indicators(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point memberships: (fake point inside the real manifold, real point inside the fake manifold).
 
@@ -86,7 +88,7 @@ def precision_recall_indicators(
 
 
 def precision_recall(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int | None = None
 ) -> tuple[float, float]:
     """(precision, recall) of `fake` against `real` feature sets, k-NN manifolds with k neighbours."""
     in_real, in_fake = precision_recall_indicators(real, fake, k, chunk)
