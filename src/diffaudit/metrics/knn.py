@@ -38,7 +38,8 @@ def _faiss_knn(q: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     index.add(r.float().numpy())
     wide = min(len(r), k + MARGIN)
     dists, idx = [], []
-    rows = rows_per_chunk(wide * r.shape[1])  # the float64 re-rank block (rows x wide x dim) stays bounded
+    # The float64 re-rank holds three (rows x wide x dim) temporaries: a quarter of the budget each.
+    rows = rows_per_chunk(4 * wide * r.shape[1])
     for i in range(0, len(q), rows):
         qi = q[i : i + rows]
         _, cand = index.search(qi.float().numpy(), wide)
