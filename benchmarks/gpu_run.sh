@@ -21,8 +21,8 @@ timeout "${GPU_CHECK_TIMEOUT:-330}" $PY -m benchmarks.gpu_check --out "$OUT" "$@
 echo "gpu_check exit ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_log.txt"
 # Issue 19: can torch.compile's max-autotune (autotuned kernels + CUDA graphs) lift the CIFAR step past 25 %
 # of the bf16 matmul rate? A separate call with its own timeout: autotuning may take minutes, and a timeout
-# must not cost the figures above. (Sampling on every local GPU needs the distributed sampling of issue 14,
-# which has not landed: part 3 above samples on one.)
+# must not cost the figures above. Sampling on every local GPU (issue 14's distributed sampling) is the
+# stage check's last part below.
 timeout "${AUTOTUNE_TIMEOUT:-240}" $PY -m benchmarks.gpu_check --out "$OUT/autotune" \
   --variants bf16 bf16_compile_max_autotune --pipeline-steps 0 --sample-images 0 2>&1 | tee -a "$OUT/gpu_log.txt"
 echo "gpu_check max-autotune exit ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_log.txt"
@@ -37,7 +37,14 @@ cp -r conf pipelines src dvc.yaml "$scratch"/
   $PY -m pipelines.compose "trainer=${TRAINER:-gpu}" "train.max_steps=${STAGE_STEPS:-300}" sampler.num_per_class=20 &&
     $PY -m pipelines.prepare && $PY -m pipelines.train && t1=$(date +%s) && $PY -m pipelines.sample &&
     echo "stage check: prepare+train $((t1 - t0)) s, sample $(($(date +%s) - t1)) s" &&
-    cp plots/train_loss.csv "$OUT/stage_train_loss.csv" && cp samples/grid.png "$OUT/stage_samples.png" && ls -R samples models/diffusion
+    cp plots/train_loss.csv "$OUT/stage_train_loss.csv" && cp samples/grid.png "$OUT/stage_samples.png" && ls -R samples models/diffusion &&
+    # The sample stage at 10k images (batch 1000) on one GPU, then on every local GPU (trainer=ddp, one
+    # rank per GPU, rank 0 joins the parts); the md5s show whether the bytes agree on this hardware.
+    for tr in gpu ddp; do
+      $PY -m pipelines.compose "trainer=$tr" sampler.num_per_class=1000 sampler.batch_size=1000 &&
+        t2=$(date +%s) && $PY -m pipelines.sample && md5sum samples/samples.safetensors &&
+        echo "sample stage, 10k images, trainer=$tr: $(($(date +%s) - t2)) s" || exit 1
+    done
 ) > "$OUT/stage_log.txt" 2>&1
 rc=$?
 tail -n 25 "$OUT/stage_log.txt"
