@@ -62,9 +62,22 @@ def test_batches_are_spread_over_ranks_and_cover_every_one_once() -> None:
     assert torch.equal(World().map_batches(lambda b: b * 2, x, batch_size=3), x * 2)
 
 
+# A two-point sampler study (DDIM at 2 and 4 steps; guidance 1 and 2 at 4 steps) on the tiny run's model.
+STUDY = {
+    "num_per_class": 6,
+    "guidance_scale": None,
+    "nfe": {"ddim": [2, 4]},
+    "guidance": {"sampler": "ddim", "nfe": 4, "scales": [1.0, 2.0]},
+    "target_fid_over_floor": 3.0,
+    "target_conditional_accuracy": 0.9,
+}
+
+
 def _params(tiny_run, root: Path, trainer: str, **sampler) -> Path:
-    """The tiny run's params (its data and models) with this run's outputs, store and trainer."""
+    """The tiny run's params (its data and models) with this run's outputs, store, trainer and a tiny
+    sampler study."""
     raw = yaml.safe_load((tiny_run.root / "params.yaml").read_text())
+    raw["eval"]["study"] = STUDY
     for k in ("samples", "metrics", "plots", "reports"):
         raw["paths"][k] = str(root / k)
     raw["tracking"]["uri"] = f"sqlite:///{root / 'mlflow.db'}"
@@ -89,12 +102,13 @@ def _flat(d, prefix=""):
 @pytest.mark.slow
 def test_sample_and_evaluate_on_two_gloo_processes_equal_one_process(tiny_run, tmp_path) -> None:
     """Done-when of issue 14: the sample and evaluate stages on 2 gloo processes give the one-process
-    samples byte for byte and the same metrics (to 1e-6), with one MLflow run per stage (rank 0's)."""
+    samples byte for byte and the same metrics (to 1e-6), with one MLflow run per stage (rank 0's); so
+    does the sampler study (its timings aside)."""
     out = {}
     for trainer in ("cpu", "ddp_cpu"):
         root = tmp_path / trainer
         params = _params(tiny_run, root, trainer, batch_size=16)  # 4 batches for 60 images: both ranks draw
-        for stage in ("sample", "evaluate"):
+        for stage in ("sample", "evaluate", "sampler_study"):
             proc = subprocess.run(
                 [sys.executable, "-m", f"pipelines.{stage}"],
                 cwd=ROOT,
@@ -109,9 +123,11 @@ def test_sample_and_evaluate_on_two_gloo_processes_equal_one_process(tiny_run, t
         runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = 'sample'")
         assert len(runs) == 1 and runs[0].data.metrics["world_size"] == (1 if trainer == "cpu" else 2)
         assert not (root / ".samples.parts").exists()
+        study = json.loads((root / "metrics" / "sampler_study.json").read_text())
         out[trainer] = (
             (root / "samples" / "samples.safetensors").read_bytes(),
-            dict(_flat(json.loads((root / "metrics" / "quality.json").read_text()))),
+            dict(_flat(json.loads((root / "metrics" / "quality.json").read_text())))
+            | {f"study{k}": v for k, v in _flat(study) if "seconds" not in k},
         )
     (one_bytes, one), (two_bytes, two) = out["cpu"], out["ddp_cpu"]
     assert one_bytes == two_bytes
